@@ -1,0 +1,130 @@
+"""Frozen dense feature extractors for evaluation, built from an encoder spec string.
+
+An encoder spec names where the features come from:
+
+- a pretraining run directory or a `.keras` file (loaded with `vader_tf.load_encoder`);
+- a SavedModel export directory whose `serving_default` signature takes `images`
+  (uint8 `[N, H, W, 3]`) and returns `features` (float32 `[N, H/4, W/4, D]`);
+- `random:<backbone>` (e.g. `random:resnet18`): a randomly initialised encoder, the
+  lower-bound baseline; its weights are fixed by the `seed` argument.
+
+Every spec becomes a `FeatureExtractor`: a frozen callable mapping float32 images in
+[0, 255] of any size to stride-4 features. Images are padded at the bottom and right to
+multiples of 32 and the features are cropped back to `ceil(H / 4) x ceil(W / 4)` cells, so
+cell `j` keeps its centre at input coordinate `4 * (j + 0.5)` (see `vader_tf.ops.grid`).
+"""
+
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
+from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.run_dir import load_encoder
+
+RANDOM_PREFIX = "random:"
+SERVING_SIGNATURE = "serving_default"
+SERVING_INPUT = "images"
+SERVING_OUTPUT = "features"
+
+
+def load_keras_encoder(spec, seed=0):
+    """The trainable `DenseEncoder` named by a run dir, `.keras` file or `random:<backbone>`."""
+    if spec.startswith(RANDOM_PREFIX):
+        keras.utils.set_random_seed(seed)
+        return build_encoder(spec[len(RANDOM_PREFIX) :])
+    return load_encoder(spec)
+
+
+def is_saved_model_dir(path):
+    """Whether `path` is a SavedModel directory (as opposed to a pretraining run dir)."""
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def pad_to_multiple(images, multiple=INPUT_MULTIPLE):
+    """Pads `[B, H, W, 3]` images (static H, W) at the bottom and right to multiples of
+    `multiple`, by mirroring the border; images smaller than `multiple` are zero-padded."""
+    height, width = images.shape[1], images.shape[2]
+    paddings = [[0, 0], [0, (-height) % multiple], [0, (-width) % multiple], [0, 0]]
+    mode = "SYMMETRIC" if min(height, width) >= multiple else "CONSTANT"
+    return tf.pad(images, paddings, mode=mode)
+
+
+class FeatureExtractor:
+    """A frozen images -> dense features callable.
+
+    Args:
+        forward: function of float32 `[B, H, W, 3]` images in [0, 255], H and W multiples
+            of 32, returning `[B, H/4, W/4, D]` features.
+        spec: the encoder spec it was built from (recorded in result files).
+
+    Call it on float32 `[B, H, W, 3]` images in [0, 255] of any size; it returns
+    `[B, ceil(H/4), ceil(W/4), D]` float32 features as a tensor. `extract` does the same
+    for a large numpy array in batches.
+    """
+
+    def __init__(self, forward, spec):
+        self._forward = forward
+        self.spec = spec
+
+    def __call__(self, images):
+        images = tf.convert_to_tensor(images, tf.float32)
+        height, width = images.shape[1], images.shape[2]
+        features = self._forward(pad_to_multiple(images))
+        return features[
+            :, : math.ceil(height / FEATURE_STRIDE), : math.ceil(width / FEATURE_STRIDE)
+        ]
+
+    def extract(self, images, batch_size=8, dtype=np.float32):
+        """Features of a numpy stack of same-size images, computed `batch_size` at a time."""
+        batches = [
+            self(np.asarray(images[i : i + batch_size], np.float32)).numpy().astype(dtype)
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(batches, axis=0)
+
+
+def _keras_forward(encoder):
+    encoder.trainable = False
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        return encoder(images, training=False)
+
+    return forward
+
+
+def _saved_model_forward(path):
+    loaded = tf.saved_model.load(path)
+    if SERVING_SIGNATURE not in loaded.signatures:
+        raise ValueError(
+            f"SavedModel at {path!r} has no {SERVING_SIGNATURE!r} signature "
+            f"(it has {sorted(loaded.signatures)})."
+        )
+    signature = loaded.signatures[SERVING_SIGNATURE]
+
+    def forward(images):
+        pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
+        return tf.cast(signature(**{SERVING_INPUT: pixels})[SERVING_OUTPUT], tf.float32)
+
+    # Keep the loaded object alive as long as the signature is used.
+    forward.saved_model = loaded
+    return forward
+
+
+def load_feature_extractor(spec, seed=0):
+    """Builds a frozen `FeatureExtractor` from an encoder spec (see the module docstring).
+
+    Args:
+        spec: run directory, `.keras` file, SavedModel directory or `random:<backbone>`.
+        seed: seed of the random initialisation for `random:` specs.
+
+    Returns:
+        A `FeatureExtractor` in inference mode.
+    """
+    if is_saved_model_dir(spec):
+        return FeatureExtractor(_saved_model_forward(spec), spec)
+    return FeatureExtractor(_keras_forward(load_keras_encoder(spec, seed=seed)), spec)

@@ -1,0 +1,165 @@
+"""Linear probe for semantic segmentation on frozen dense features.
+
+Protocol:
+
+1. Training targets live at feature resolution (stride 4): each feature cell gets the
+   majority class of the non-ignored label pixels it covers (`majority_downsample`);
+   cells with no such pixel are ignored. Downsampling the labels, rather than
+   upsampling the features, keeps the frozen training set small enough to hold in
+   memory and train on CPU.
+2. Features are computed once, with the encoder frozen; up to `pixels_per_image`
+   random labelled cells per training image are kept.
+3. The probe is a per-cell (1x1) linear classifier, preceded by a fixed standardisation
+   with the training features' mean and variance (a BatchNorm-without-affine folded in),
+   trained with Adam on softmax cross-entropy.
+4. Scoring: the probe's stride-4 logits are upsampled bilinearly to label resolution and
+   the arg-max is scored by `vader_tf.eval.segmentation.score_segmentation` (mIoU with
+   the ignore label).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vader_tf.eval.segmentation import score_segmentation
+from vader_tf.ops.grid import FEATURE_STRIDE
+
+
+def majority_downsample(label, num_classes, ignore_label, stride=FEATURE_STRIDE):
+    """Majority vote of each `stride x stride` block of an `[H, W]` label map.
+
+    Returns:
+        `[ceil(H / stride), ceil(W / stride)]` int32 map; blocks whose pixels are all
+        `ignore_label` (or lie outside the image) get `ignore_label`. Ties go to the
+        smaller class id.
+    """
+    label = np.asarray(label, np.int64)
+    height, width = label.shape
+    padded = np.full(
+        (-(-height // stride) * stride, -(-width // stride) * stride), ignore_label, np.int64
+    )
+    padded[:height, :width] = label
+    valid = padded != ignore_label
+    one_hot = np.zeros(padded.shape + (num_classes,), np.int32)
+    rows, cols = np.nonzero(valid)
+    one_hot[rows, cols, padded[valid]] = 1
+    cells_h, cells_w = padded.shape[0] // stride, padded.shape[1] // stride
+    counts = one_hot.reshape(cells_h, stride, cells_w, stride, num_classes).sum(axis=(1, 3))
+    return np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_label).astype(np.int32)
+
+
+def sample_training_cells(
+    extractor, images, labels, num_classes, ignore_label, pixels_per_image, batch_size=8, seed=0
+):
+    """Frozen features and majority labels of random labelled cells of each image.
+
+    Returns:
+        (features float32 `[M, D]`, labels int32 `[M]`).
+    """
+    rng = np.random.default_rng(seed)
+    sampled_features, sampled_labels = [], []
+    for start in range(0, len(images), batch_size):
+        batch_features = extractor(np.asarray(images[start : start + batch_size], np.float32))
+        for features, label in zip(batch_features.numpy(), labels[start : start + batch_size]):
+            cell_labels = majority_downsample(label, num_classes, ignore_label)
+            cell_labels = cell_labels[: features.shape[0], : features.shape[1]]
+            candidates = np.flatnonzero(cell_labels.ravel() != ignore_label)
+            if pixels_per_image and len(candidates) > pixels_per_image:
+                candidates = rng.choice(candidates, pixels_per_image, replace=False)
+            sampled_features.append(features.reshape(-1, features.shape[-1])[candidates])
+            sampled_labels.append(cell_labels.ravel()[candidates])
+    return np.concatenate(sampled_features), np.concatenate(sampled_labels)
+
+
+def train_linear_classifier(
+    features, labels, num_classes, steps, batch_size=4096, learning_rate=1e-2, seed=0
+):
+    """Fits standardisation + a linear layer on `[M, D]` features and `[M]` labels.
+
+    Returns:
+        A `keras.Model` mapping `[M, D]` features to `[M, num_classes]` logits; use
+        `apply_per_cell` on `[B, h, w, D]` maps.
+    """
+    keras.utils.set_random_seed(seed)
+    mean = features.mean(axis=0)
+    variance = features.var(axis=0) + 1e-6
+    standardize = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")
+    # Built eagerly: its constants must not be created inside a traced training step.
+    standardize.build((None, features.shape[-1]))
+    classifier = keras.Sequential(
+        [
+            standardize,
+            keras.layers.Dense(num_classes, name="classifier"),
+        ],
+        name="linear_probe",
+    )
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((features, labels))
+        .shuffle(min(len(labels), 200_000), seed=seed)
+        .repeat()
+        .batch(batch_size)
+    )
+    history = classifier.fit(dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
+    logging.info("Linear probe: final training loss %.4f", history.history["loss"][-1])
+    return classifier
+
+
+def apply_per_cell(classifier, feature_maps):
+    """Applies a `[M, D] -> [M, C]` model to every cell of `[B, h, w, D]` maps."""
+    shape = tf.shape(feature_maps)
+    outputs = classifier(tf.reshape(feature_maps, [-1, feature_maps.shape[-1]]), training=False)
+    return tf.reshape(outputs, tf.concat([shape[:-1], [-1]], axis=0))
+
+
+def run_linear_probe(
+    extractor,
+    train_images,
+    train_labels,
+    val_images,
+    val_labels,
+    num_classes,
+    ignore_label,
+    steps,
+    pixels_per_image=1000,
+    batch_size=4096,
+    learning_rate=1e-2,
+    seed=0,
+):
+    """Trains a linear probe on the training split and scores it on the validation split.
+
+    Args:
+        extractor: a `vader_tf.eval.encoders.FeatureExtractor` (frozen).
+        train_images, val_images: uint8/float `[N, H, W, 3]` arrays (or lists) in [0, 255].
+        train_labels, val_labels: `[N, H, W]` class-id arrays (or lists).
+        num_classes: number of classes (ids 0..num_classes-1).
+        ignore_label: label id excluded from training and scoring.
+        steps: optimisation steps.
+        pixels_per_image: labelled cells sampled per training image (0 = all).
+        batch_size: cells per optimisation step.
+        learning_rate: Adam learning rate.
+        seed: seed of the cell sampling and the classifier initialisation.
+
+    Returns:
+        dict of `score_segmentation` metrics plus `num_train_cells`.
+    """
+    features, labels = sample_training_cells(
+        extractor, train_images, train_labels, num_classes, ignore_label, pixels_per_image, seed=seed
+    )
+    logging.info("Linear probe: %d training cells of dimension %d", *features.shape)
+    classifier = train_linear_classifier(
+        features, labels, num_classes, steps, batch_size, learning_rate, seed
+    )
+    scores = score_segmentation(
+        lambda images: apply_per_cell(classifier, extractor(images)),
+        val_images,
+        val_labels,
+        num_classes,
+        ignore_label,
+    )
+    scores["num_train_cells"] = int(len(labels))
+    return scores
