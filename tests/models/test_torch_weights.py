@@ -1,5 +1,6 @@
 """Tests of `vader_tf.models.torch_weights` against a torchvision-layout ResNet in torch."""
 
+import importlib.util
 import os
 
 import numpy as np
@@ -296,3 +297,38 @@ def test_local_keras_hub_preset_round_trip(tmp_path):
     got = backbone_lib.pyramid_model(loaded)([images])
     for level in backbone_lib.PYRAMID_LEVELS:
         np.testing.assert_allclose(np.asarray(got[level]), np.asarray(want[level]), atol=1e-6)
+
+
+@pytest.fixture
+def convert_script():
+    """The `export/convert_torch_weights.py` module, its flags reset afterwards."""
+    from absl import flags  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "..", "export", "convert_torch_weights.py"
+    )
+    spec = importlib.util.spec_from_file_location("convert_torch_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield lambda *args: (flags.FLAGS(["convert_torch_weights", *args]), module.main([]))[1]
+    for name in ("checkpoint", "output", "backbone", "prefix", "allow_pickle"):
+        delattr(flags.FLAGS, name)
+
+
+def test_convert_script(resnet50_reference, tmp_path, capsys, convert_script):
+    checkpoint = tmp_path / "moco.pth.tar"
+    torch.save(_moco_checkpoint(resnet50_reference), checkpoint)
+    output = tmp_path / "moco.weights.h5"
+
+    assert convert_script(f"--checkpoint={checkpoint}", f"--output={output}") == 0
+    printed = capsys.readouterr().out
+    assert "mapped tensors: 265" in printed
+    assert "classifier / projection head (fc): 4" in printed
+    assert "missing tensors: 0" in printed
+    assert output.exists()
+
+    wrong = tmp_path / "wrong.weights.h5"
+    args = (f"--checkpoint={checkpoint}", f"--output={wrong}", "--backbone=resnet101")
+    assert convert_script(*args) == 1
+    assert "layer3.22.conv1.weight" in capsys.readouterr().err
+    assert not wrong.exists()
