@@ -1,0 +1,143 @@
+"""The two-view training pipeline: image source -> batched view pairs with matched points.
+
+Order and randomness are pure functions of `seed` and of each element's position in the
+index stream, so the stream is reproducible and resumable:
+
+* The index stream lists file indices epoch after epoch; with `shuffle`, epoch `e` is a
+  stateless permutation seeded by `(seed, e)`. Element `g` of the stream (its *global
+  index*) is built before anything is read, so `start_index=k` starts at element `k`
+  without reading or decoding the first `k` files.
+* Each element's augmentation is seeded by `(seed, g)`.
+
+`start_index` counts index-stream positions. Files skipped as unreadable still occupy
+their position, so after skips a resume from `steps * batch_size` starts slightly early;
+with clean data the two are equal.
+"""
+
+import tensorflow as tf
+
+from vader_tf.data import correspondence, sources
+from vader_tf.data.views import ViewConfig, render_view
+
+# Distinct streams of randomness drawn from one element seed.
+_PAIR_GEOMETRY, _VIEW1_PHOTOMETRY, _VIEW2_PHOTOMETRY, _POINTS = range(4)
+
+
+def index_stream(num_images, seed=0, start_index=0, shuffle=True, repeat=True):
+    """`(global_index, file_index)` int64 pairs, from global index `start_index` on.
+
+    Args:
+        num_images: images per epoch.
+        seed: seed of the per-epoch permutations.
+        start_index: first global index to produce.
+        shuffle: permute each epoch (statelessly, by `(seed, epoch)`); else index order.
+        repeat: endless epochs; else only epoch 0.
+    """
+    first_epoch = start_index // num_images
+    if not repeat and first_epoch > 0:
+        raise ValueError(
+            f"start_index={start_index} is past the single epoch of {num_images} images."
+        )
+    epochs = tf.data.Dataset.range(first_epoch, first_epoch + 1)
+    if repeat:
+        epochs = tf.data.Dataset.range(first_epoch, tf.int64.max)
+
+    def epoch_elements(epoch):
+        positions = tf.range(num_images, dtype=tf.int64)
+        file_indices = positions
+        if shuffle:
+            keys = tf.random.stateless_uniform(
+                [num_images], seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+            )
+            file_indices = tf.cast(tf.argsort(keys, stable=True), tf.int64)
+        begin = tf.maximum(start_index - epoch * num_images, 0)
+        global_indices = epoch * num_images + positions
+        return tf.data.Dataset.from_tensor_slices((global_indices[begin:], file_indices[begin:]))
+
+    return epochs.flat_map(epoch_elements)
+
+
+def make_view_pair(image, element_seed, view_config, num_points, min_overlap, num_candidates):
+    """Two augmented views of `image` and their matched points (one unbatched element)."""
+
+    def seed_for(purpose):
+        return tf.random.experimental.stateless_fold_in(element_seed, purpose)
+
+    geometry = correspondence.draw_view_pair(
+        seed_for(_PAIR_GEOMETRY), tf.shape(image)[:2], view_config, min_overlap, num_candidates
+    )
+    points1, points2 = correspondence.sample_matched_points(
+        seed_for(_POINTS), geometry, view_config.image_size, num_points
+    )
+    return {
+        "view1": render_view(
+            image, geometry["box1"], geometry["flip1"], seed_for(_VIEW1_PHOTOMETRY), view_config
+        ),
+        "view2": render_view(
+            image, geometry["box2"], geometry["flip2"], seed_for(_VIEW2_PHOTOMETRY), view_config
+        ),
+        "points1": points1,
+        "points2": points2,
+        "valid": geometry["valid"],
+    }
+
+
+def two_view_dataset(
+    source,
+    view_config=None,
+    batch_size=32,
+    num_points=64,
+    seed=0,
+    start_index=0,
+    repeat=True,
+    shuffle=True,
+    min_overlap=correspondence.DEFAULT_MIN_OVERLAP,
+    num_candidate_pairs=correspondence.DEFAULT_NUM_CANDIDATE_PAIRS,
+    num_parallel_calls=tf.data.AUTOTUNE,
+):
+    """Batched pairs of augmented views with pixel correspondences, for VADeR training.
+
+    Args:
+        source: a `sources.ImageSource` or a data spec string (see
+            `sources.parse_data_spec`). Unreadable images are skipped and counted in
+            `source.skipped`.
+        view_config: `ViewConfig`; defaults to MoCo v2 at 224 x 224.
+        batch_size: pairs per batch (the last partial batch is dropped).
+        num_points: matched points `P` per pair.
+        seed: global seed of order and augmentation.
+        start_index: global index-stream position to start at (resume; see module doc).
+        repeat: loop over epochs forever; else a single epoch.
+        shuffle: shuffle the images of each epoch.
+        min_overlap: minimum-overlap rule of `vader_tf.data.correspondence`.
+        num_candidate_pairs: crop pairs drawn per image to find an acceptable one.
+        num_parallel_calls: parallelism of the read/decode and augmentation maps.
+
+    Returns:
+        A prefetched `tf.data.Dataset` of dicts:
+        `view1`, `view2`: float32 `[B, S, S, 3]` in [0, 255];
+        `points1`, `points2`: float32 `[B, P, 2]` (y, x) grid coordinates of the stride-4
+        feature maps of view1 / view2 (`vader_tf.ops.grid`), the same scene points;
+        `valid`: bool `[B]`, False where the pair's overlap was too small (mask it out).
+    """
+    if isinstance(source, str):
+        source = sources.parse_data_spec(source)
+    view_config = view_config or ViewConfig()
+    indices = index_stream(len(source), seed, start_index, shuffle, repeat)
+
+    def load(global_index, file_index):
+        return {"global_index": global_index, **source.load(file_index)}
+
+    def augment(element):
+        element_seed = tf.stack([tf.constant(seed, tf.int64), element["global_index"]])
+        return make_view_pair(
+            element["image"],
+            element_seed,
+            view_config,
+            num_points,
+            min_overlap,
+            num_candidate_pairs,
+        )
+
+    images = sources.decode_and_filter(indices, load, num_parallel_calls)
+    pairs = images.map(augment, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
