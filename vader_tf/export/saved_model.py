@@ -1,0 +1,321 @@
+"""Export of the dense encoder as a versioned SavedModel for TensorFlow Serving.
+
+The export holds only the query encoder's weights and plain TensorFlow functions, so it
+loads with `tf.saved_model.load` without vader_tf or Keras. Signatures:
+
+- `serving_default`: `images` uint8 `[N, H, W, 3]` RGB (H, W multiples of 32) ->
+  `features` float32 `[N, H/4, W/4, D]`, unit L2 norm per pixel.
+- `pyramid`: the same input -> `features`, the backbone levels `P2`..`P5` (strides
+  4..32) and `decoder` (the FPN output the projection head reads, stride 4).
+- `encoded_images`: `image_bytes` string `[N]` of JPEG/PNG/BMP/GIF files, all of the same
+  size with H, W multiples of 32 -> `features`, as for `serving_default`.
+
+An export is written to a temporary directory next to its target, checked against the
+Keras model on sample images, and only then renamed to `EXPORT_DIR/<version>/`, so a
+failed or interrupted export never leaves a version directory behind.
+"""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vader_tf.export import sample_images as sample_images_lib
+from vader_tf.models.encoder import INPUT_MULTIPLE
+from vader_tf.run_dir import write_json_atomic
+
+SERVING_SIGNATURE = "serving_default"
+PYRAMID_SIGNATURE = "pyramid"
+ENCODED_IMAGES_SIGNATURE = "encoded_images"
+IMAGES_INPUT = "images"
+IMAGE_BYTES_INPUT = "image_bytes"
+FEATURES_OUTPUT = "features"
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+METADATA_FILE = os.path.join("assets.extra", "vader_export.json")
+TMP_PREFIX = ".tmp-"
+
+# Verification: the export must reproduce the Keras model to float32 round-off.
+VERIFY_MAX_ABS_ERROR = 1e-4
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model's outputs do not match the Keras model's."""
+
+
+def _check_image_size(images):
+    """Fails inside the graph unless `images` has H, W positive multiples of 32."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    valid = tf.logical_and(
+        tf.logical_and(height > 0, width > 0),
+        tf.logical_and(
+            tf.equal(height % INPUT_MULTIPLE, 0), tf.equal(width % INPUT_MULTIPLE, 0)
+        ),
+    )
+    check = tf.debugging.Assert(
+        valid,
+        [
+            f"images: height and width must be positive multiples of {INPUT_MULTIPLE}; "
+            "got height, width =",
+            height,
+            width,
+        ],
+        name="check_image_size",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def _decode_same_size_images(image_bytes):
+    """Decodes a batch of encoded images, which must all have the same size."""
+
+    def decode(contents):
+        image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    reference_shape = tf.shape(decode(image_bytes[0]))
+
+    def decode_checked(contents):
+        image = decode(contents)
+        check = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(image), reference_shape)),
+            [
+                "image_bytes: all images in a request must have the same size; got",
+                tf.shape(image),
+                "and",
+                reference_shape,
+            ],
+            name="check_same_size",
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(image)
+
+    return tf.map_fn(
+        decode_checked,
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+    )
+
+
+class EncoderServingModule(tf.Module):
+    """The `tf.Module` that is saved: the encoder's variables and serving functions.
+
+    Only the variables are tracked (not the Keras objects), so the SavedModel holds
+    plain TensorFlow functions. The encoder always runs in inference mode.
+    """
+
+    def __init__(self, encoder):
+        super().__init__(name="vader_encoder")
+        self._encoder = encoder
+        self._pyramid_model = keras.Model(
+            encoder.input,
+            {**encoder.pyramid_outputs, FEATURES_OUTPUT: encoder.output},
+            name="encoder_with_pyramid",
+        )
+        # Tracked so that `tf.saved_model.save` serialises the weights.
+        self.encoder_variables = list(encoder.variables)
+
+        image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)
+        bytes_spec = tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)
+        self.serve = tf.function(self._serve, input_signature=[image_spec])
+        self.serve_pyramid = tf.function(self._serve_pyramid, input_signature=[image_spec])
+        self.serve_encoded_images = tf.function(
+            self._serve_encoded_images, input_signature=[bytes_spec]
+        )
+
+    def _features(self, images):
+        images = tf.cast(_check_image_size(images), tf.float32)
+        return tf.cast(self._encoder(images, training=False), tf.float32)
+
+    def _serve(self, images):
+        return {FEATURES_OUTPUT: self._features(images)}
+
+    def _serve_pyramid(self, images):
+        images = tf.cast(_check_image_size(images), tf.float32)
+        outputs = self._pyramid_model(images, training=False)
+        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+
+    def _serve_encoded_images(self, image_bytes):
+        return {FEATURES_OUTPUT: self._features(_decode_same_size_images(image_bytes))}
+
+    def signatures(self):
+        return {
+            SERVING_SIGNATURE: self.serve.get_concrete_function(),
+            PYRAMID_SIGNATURE: self.serve_pyramid.get_concrete_function(),
+            ENCODED_IMAGES_SIGNATURE: self.serve_encoded_images.get_concrete_function(),
+        }
+
+
+def existing_versions(export_dir):
+    """The integer version directories in `export_dir`, sorted."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(export_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+    )
+
+
+def next_version(export_dir):
+    """1 for an empty `export_dir`, else one more than its largest version."""
+    versions = existing_versions(export_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def write_warmup_requests(path, images, model_name="vader"):
+    """Writes TF Serving warmup records: one `serving_default` PredictRequest.
+
+    Args:
+        path: output file (`<version>/assets.extra/tf_serving_warmup_requests`).
+        images: uint8 `[N, H, W, 3]` batch sent as the request's `images` input.
+        model_name: `model_spec.name` of the request (TF Serving ignores it for warmup).
+    """
+    # Imported here: tensorflow-serving-api is an optional dependency (extra "serving").
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE)
+    )
+    request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(np.asarray(images, np.uint8)))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(log.SerializeToString())
+
+
+def _encode_png(images):
+    return tf.stack([tf.io.encode_png(image) for image in tf.unstack(images)])
+
+
+def verify_export(saved_model_dir, encoder, images, max_abs_error=VERIFY_MAX_ABS_ERROR):
+    """Checks every signature of an export against the Keras encoder.
+
+    Args:
+        saved_model_dir: the SavedModel to check.
+        encoder: the `DenseEncoder` it was exported from.
+        images: uint8 `[N, H, W, 3]` sample images, H and W multiples of 32.
+        max_abs_error: largest allowed absolute difference of any output value.
+
+    Returns:
+        A dict of measured differences (for the export metadata).
+
+    Raises:
+        ExportVerificationError: if an output differs by more than `max_abs_error` or
+            the features are not unit-norm.
+    """
+    loaded = tf.saved_model.load(saved_model_dir)
+    expected = keras.ops.convert_to_numpy(
+        encoder(tf.cast(images, tf.float32), training=False)
+    ).astype(np.float32)
+    outputs = {
+        SERVING_SIGNATURE: loaded.signatures[SERVING_SIGNATURE](
+            **{IMAGES_INPUT: tf.constant(images)}
+        )[FEATURES_OUTPUT],
+        PYRAMID_SIGNATURE: loaded.signatures[PYRAMID_SIGNATURE](
+            **{IMAGES_INPUT: tf.constant(images)}
+        )[FEATURES_OUTPUT],
+        ENCODED_IMAGES_SIGNATURE: loaded.signatures[ENCODED_IMAGES_SIGNATURE](
+            **{IMAGE_BYTES_INPUT: _encode_png(tf.constant(images))}
+        )[FEATURES_OUTPUT],
+    }
+    report = {}
+    for name, output in outputs.items():
+        output = output.numpy()
+        if output.shape != expected.shape:
+            raise ExportVerificationError(
+                f"Signature {name!r} returned shape {output.shape}, "
+                f"the Keras model {expected.shape}."
+            )
+        error = float(np.max(np.abs(output - expected)))
+        report[f"{name}_max_abs_error"] = error
+        if not error <= max_abs_error:
+            raise ExportVerificationError(
+                f"Signature {name!r} differs from the Keras model by up to {error:.3g} "
+                f"(allowed: {max_abs_error:.3g})."
+            )
+    norm_error = float(np.max(np.abs(np.linalg.norm(expected, axis=-1) - 1.0)))
+    if not norm_error <= 1e-3:
+        raise ExportVerificationError(f"Features are not unit-norm (error {norm_error:.3g}).")
+    return report
+
+
+def _version_path(export_dir, version):
+    if version is None:
+        version = next_version(export_dir)
+    version = int(version)
+    if version < 0:
+        raise ValueError(f"The version must be a non-negative integer, got {version}.")
+    path = os.path.join(export_dir, str(version))
+    if os.path.exists(path):
+        raise FileExistsError(
+            f"Version {version} already exists at {path!r}; exports are never overwritten. "
+            "Pick another --version or omit it to use the next free one."
+        )
+    return version, path
+
+
+def export_saved_model(
+    encoder,
+    export_dir,
+    version=None,
+    sample_size=224,
+    num_sample_images=4,
+    warmup_batch_size=1,
+    metadata=None,
+):
+    """Exports `encoder` to `export_dir/<version>/` for TensorFlow Serving.
+
+    Args:
+        encoder: a `DenseEncoder` (the query encoder).
+        export_dir: the model's base directory, as given to `tensorflow_model_server
+            --model_base_path`.
+        version: integer version; by default 1 if free, else the next free integer. An
+            existing version is an error.
+        sample_size: height and width of the verification and warmup images (a multiple
+            of 32).
+        num_sample_images: number of images the export is verified on.
+        warmup_batch_size: images in the warmup request.
+        metadata: optional JSON-serialisable dict stored in
+            `assets.extra/vader_export.json` (e.g. the source checkpoint).
+
+    Returns:
+        The path of the written version directory.
+    """
+    if sample_size % INPUT_MULTIPLE:
+        raise ValueError(f"sample_size must be a multiple of {INPUT_MULTIPLE}, got {sample_size}.")
+    os.makedirs(export_dir, exist_ok=True)
+    version, final_path = _version_path(export_dir, version)
+    tmp_path = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
+    images, image_source = sample_images_lib.sample_images(num_sample_images, sample_size)
+    try:
+        logging.info("Writing SavedModel to %s", tmp_path)
+        module = EncoderServingModule(encoder)
+        tf.saved_model.save(module, tmp_path, signatures=module.signatures())
+        write_warmup_requests(os.path.join(tmp_path, WARMUP_FILE), images[:warmup_batch_size])
+        verification = verify_export(tmp_path, encoder, images)
+        logging.info("Export verified on %d %s images: %s", len(images), image_source, verification)
+        os.makedirs(os.path.join(tmp_path, "assets.extra"), exist_ok=True)
+        write_json_atomic(
+            os.path.join(tmp_path, METADATA_FILE),
+            {
+                **(metadata or {}),
+                "embedding_dim": int(encoder.output.shape[-1]),
+                "output_stride": 4,
+                "input_multiple": INPUT_MULTIPLE,
+                "signatures": sorted(module.signatures()),
+                "verification": {**verification, "images": image_source},
+            },
+        )
+        # Re-checked right before the rename: another export may have taken the version.
+        _version_path(export_dir, version)
+        os.rename(tmp_path, final_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+    logging.info("Exported version %d to %s", version, final_path)
+    return final_path
