@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -332,3 +333,23 @@ def test_convert_script(resnet50_reference, tmp_path, capsys, convert_script):
     assert convert_script(*args) == 1
     assert "layer3.22.conv1.weight" in capsys.readouterr().err
     assert not wrong.exists()
+
+
+class _Metadata:
+    """A non-tensor object in a checkpoint, as mmcv stores (needs full unpickling)."""
+
+
+def test_checkpoint_with_python_objects_needs_allow_pickle(tmp_path):
+    checkpoint = tmp_path / "mmcv.pth"
+    torch.save({"meta": _Metadata(), "state_dict": {"conv1.weight": torch.ones(2)}}, checkpoint)
+
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        torch_weights.load_torch_checkpoint(str(checkpoint))
+    arrays = torch_weights.load_torch_checkpoint(str(checkpoint), allow_pickle=True)
+    assert list(arrays) == ["conv1.weight"]
+
+
+def test_missing_torch_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"vader-tf\[torch\]"):
+        torch_weights.load_torch_checkpoint("unused.pth")
