@@ -101,6 +101,13 @@ def _center_crop(array, height, width):
     return array[top : top + height, left : left + width]
 
 
+def resize_and_crop_image(image, short_side, multiple=INPUT_MULTIPLE):
+    """Bilinear resize to short side `short_side`, then centre crop to multiples of
+    `multiple`; float32 `[h, w, 3]` in [0, 255]."""
+    scaled_h, scaled_w, crop_h, crop_w = evaluation_size(*image.shape[:2], short_side, multiple)
+    return _center_crop(resize_image(image, (scaled_h, scaled_w)), crop_h, crop_w)
+
+
 def resize_pair(image, label, short_side, multiple=INPUT_MULTIPLE):
     """Resizes an image (bilinear) and its label (nearest) so the short side is
     `short_side`, then centre-crops both to multiples of `multiple`.
@@ -109,9 +116,8 @@ def resize_pair(image, label, short_side, multiple=INPUT_MULTIPLE):
         float32 `[h, w, 3]` image in [0, 255] and a label `[h, w]` of the input dtype.
     """
     scaled_h, scaled_w, crop_h, crop_w = evaluation_size(*label.shape[:2], short_side, multiple)
-    image = _center_crop(resize_image(image, (scaled_h, scaled_w)), crop_h, crop_w)
     label = _center_crop(resize_label(label, (scaled_h, scaled_w)), crop_h, crop_w)
-    return image, label
+    return resize_and_crop_image(image, short_side, multiple), label
 
 
 def load_segmentation_split(root, split, short_side, limit=None, multiple=INPUT_MULTIPLE):

@@ -3,8 +3,9 @@
 An encoder spec names where the features come from:
 
 - a pretraining run directory or a `.keras` file (loaded with `vader_tf.load_encoder`);
-- a SavedModel export directory whose `serving_default` signature takes `images`
-  (uint8 `[N, H, W, 3]`) and returns `features` (float32 `[N, H/4, W/4, D]`);
+- a SavedModel directory whose `serving_default` signature takes `images` (uint8
+  `[N, H, W, 3]`) and returns `features` (float32 `[N, H/4, W/4, D]`), or an export
+  directory holding numbered versions of one (`EXPORT_DIR/<version>/`, newest used);
 - `random:<backbone>` (e.g. `random:resnet18`): a randomly initialised encoder, the
   lower-bound baseline; its weights are fixed by the `seed` argument.
 
@@ -39,9 +40,22 @@ def load_keras_encoder(spec, seed=0):
     return load_encoder(spec)
 
 
-def is_saved_model_dir(path):
-    """Whether `path` is a SavedModel directory (as opposed to a pretraining run dir)."""
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb"))
+def saved_model_path(path):
+    """The SavedModel directory `path` names, or None if it names none.
+
+    `path` may be a SavedModel directory or a TF-Serving style export directory of
+    numbered versions, in which case the highest version is returned.
+    """
+    if not os.path.isdir(path):
+        return None
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [
+        int(name)
+        for name in os.listdir(path)
+        if name.isdigit() and os.path.exists(os.path.join(path, name, "saved_model.pb"))
+    ]
+    return os.path.join(path, str(max(versions))) if versions else None
 
 
 def pad_to_multiple(images, multiple=INPUT_MULTIPLE):
@@ -110,8 +124,7 @@ def _saved_model_forward(path):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
         return tf.cast(signature(**{SERVING_INPUT: pixels})[SERVING_OUTPUT], tf.float32)
 
-    # Keep the loaded object alive as long as the signature is used.
-    forward.saved_model = loaded
+    forward.saved_model = loaded  # Keeps the loaded object alive with the signature.
     return forward
 
 
@@ -125,6 +138,7 @@ def load_feature_extractor(spec, seed=0):
     Returns:
         A `FeatureExtractor` in inference mode.
     """
-    if is_saved_model_dir(spec):
-        return FeatureExtractor(_saved_model_forward(spec), spec)
+    saved_model = saved_model_path(spec)
+    if saved_model is not None:
+        return FeatureExtractor(_saved_model_forward(saved_model), spec)
     return FeatureExtractor(_keras_forward(load_keras_encoder(spec, seed=seed)), spec)

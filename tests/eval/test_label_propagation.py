@@ -1,0 +1,56 @@
+"""Label propagation recovers masks when features are an oracle; DAVIS protocol wiring."""
+
+import numpy as np
+import pytest
+
+from vader_tf.eval import davis
+from vader_tf.eval.label_propagation import propagate_labels
+
+
+def _oracle_video(num_frames=6, size=16):
+    """Masks of a square moving one cell per frame, and oracle features: one-hot of the
+    true label (weight 1) concatenated with a weak code of the cell position."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    position = 0.05 * np.stack(
+        [np.cos(rows / size * np.pi), np.sin(rows / size * np.pi),
+         np.cos(cols / size * np.pi), np.sin(cols / size * np.pi)], axis=-1
+    )
+    masks, features = [], []
+    for t in range(num_frames):
+        mask = np.zeros((size, size), np.int64)
+        mask[4:10, 2 + t : 8 + t] = 1
+        frame = np.concatenate([np.eye(2)[mask], position], axis=-1)
+        masks.append(mask)
+        features.append(frame / np.linalg.norm(frame, axis=-1, keepdims=True))
+    return masks, features
+
+
+# With a radius of 3 cells the square (moving 1 cell per frame) leaves the first frame's
+# search window after 3 frames, so that case needs the previous frames as context.
+@pytest.mark.parametrize("radius, context_frames", [(None, 0), (None, 2), (6, 0), (3, 2)])
+def test_oracle_features_recover_masks(radius, context_frames):
+    masks, features = _oracle_video()
+    first_labels = np.eye(2)[masks[0]]
+    predictions = list(
+        propagate_labels(features, first_labels, context_frames, topk=5, radius=radius)
+    )
+    assert len(predictions) == len(masks) - 1
+    for prediction, mask in zip(predictions, masks[1:]):
+        np.testing.assert_allclose(prediction.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(prediction.argmax(-1), mask)
+
+
+def test_davis_sequence_with_color_oracle(davis_root, color_extractor):
+    assert davis.list_sequences(davis_root) == ["square"]
+    frames, annotations = davis.sequence_files(davis_root, "square")
+    result = davis.evaluate_sequence(
+        color_extractor, frames, annotations, short_side=72, topk=5, radius=4
+    )
+    assert result["num_frames"] == 5 and result["num_objects"] == 1
+    assert len(result["J_per_frame"]) == 4
+    assert result["J"] > 0.9 and result["F"] > 0.9
+
+
+def test_davis_missing_sequence_is_named(davis_root):
+    with pytest.raises(FileNotFoundError, match="nope"):
+        davis.sequence_files(davis_root, "nope")
