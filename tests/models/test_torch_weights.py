@@ -197,7 +197,7 @@ def test_torchvision_and_densecl_layouts(resnet50_reference, wrapper):
         arrays = {f"backbone.{key}": value for key, value in arrays.items()}
         arrays["neck.mlp.0.weight"] = np.zeros((4, 4), "float32")
     if wrapper in ("state_dict", "model"):
-        arrays = torch_weights._find_state_dict({wrapper: arrays, "epoch": 3})
+        arrays = torch_weights.find_state_dict({wrapper: arrays, "epoch": 3})
 
     keras_backbone, report = torch_weights.convert_state_dict(arrays)
 

@@ -181,7 +181,7 @@ def load_torch_checkpoint(path, allow_pickle=False):
             "file holds other Python objects and you trust it, retry with "
             "allow_pickle=True (--allow_pickle in the script)."
         ) from error
-    state_dict = _find_state_dict(checkpoint)
+    state_dict = find_state_dict(checkpoint)
     arrays = {}
     for key, value in _flatten(state_dict).items():
         if isinstance(value, torch.Tensor):
@@ -194,7 +194,12 @@ def load_torch_checkpoint(path, allow_pickle=False):
     return arrays
 
 
-def _find_state_dict(checkpoint):
+def find_state_dict(checkpoint):
+    """The network's state dict inside a loaded checkpoint object.
+
+    Looks under "state_dict", "model", "model_state_dict" and "network", in this order,
+    and otherwise takes the dict itself (a bare `state_dict`).
+    """
     if not isinstance(checkpoint, dict):
         # A whole pickled `nn.Module`.
         if hasattr(checkpoint, "state_dict"):
