@@ -1,0 +1,181 @@
+"""Image sources: the embedded samples, folders, TFDS, and surviving bad files."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vader_tf.data import sources
+
+
+def encode(array, image_format, **save_options):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=image_format, **save_options)
+    return buffer.getvalue()
+
+
+def write(path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(content)
+
+
+def decoded_by_id(source):
+    return {
+        element["source_id"].decode(): element["image"]
+        for element in source.dataset().as_numpy_iterator()
+    }
+
+
+RGB = np.random.default_rng(0).integers(0, 256, size=(12, 9, 3), dtype=np.uint8)
+
+
+def test_samples_source_yields_every_bundled_photo_as_rgb():
+    source = sources.samples_source()
+    images = decoded_by_id(source)
+    assert len(source) == len(sources.SAMPLE_IMAGE_FILES) == len(images)
+    assert [os.path.basename(path) for path in images] == list(sources.SAMPLE_IMAGE_FILES)
+    for image in images.values():
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert source.skipped.count == 0
+
+
+def test_folder_source_is_recursive_sorted_and_mixed_format(tmp_path):
+    write(tmp_path / "b" / "deep" / "one.PNG", encode(RGB, "PNG"))
+    write(tmp_path / "a.bmp", encode(RGB, "BMP"))
+    write(tmp_path / "b" / "two.webp", encode(RGB, "WEBP", lossless=True))
+    write(tmp_path / "c.gif", encode(RGB, "GIF"))
+    write(tmp_path / "b" / "three.JpEg", encode(RGB, "JPEG", quality=95))
+    write(tmp_path / "notes.txt", b"not an image")
+    source = sources.folder_source(str(tmp_path))
+    relative = [os.path.relpath(path, tmp_path) for path in source.source_ids]
+    assert relative == ["a.bmp", "b/deep/one.PNG", "b/three.JpEg", "b/two.webp", "c.gif"]
+    images = decoded_by_id(source)
+    assert len(images) == 5
+    for path, image in images.items():
+        if path.endswith((".bmp", ".PNG", ".webp")):  # Lossless.
+            np.testing.assert_array_equal(image, RGB)
+        assert image.shape == RGB.shape
+    assert source.skipped.count == 0
+
+
+def test_non_rgb_pngs_come_out_as_uint8_rgb(tmp_path):
+    gray = RGB[..., 0]
+    rgba = np.concatenate([RGB, np.full(RGB.shape[:2] + (1,), 7, np.uint8)], axis=-1)
+    wide = np.array([[0, 128, 255, 257, 40000, 65535]], np.uint16)
+    palette = Image.fromarray(RGB).convert("P", palette=Image.ADAPTIVE, colors=16)
+    write(tmp_path / "gray.png", encode(gray, "PNG"))
+    write(tmp_path / "rgba.png", encode(rgba, "PNG"))
+    write(tmp_path / "wide.png", encode(wide, "PNG"))
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    write(tmp_path / "palette.png", buffer.getvalue())
+    images = decoded_by_id(sources.folder_source(str(tmp_path)))
+    by_name = {os.path.basename(path): image for path, image in images.items()}
+    np.testing.assert_array_equal(by_name["gray.png"], np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(by_name["rgba.png"], RGB)
+    np.testing.assert_array_equal(by_name["palette.png"], np.asarray(palette.convert("RGB")))
+    expected_wide = np.round(wide / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(by_name["wide.png"], np.repeat(expected_wide[..., None], 3, -1))
+
+
+def test_bad_files_are_skipped_counted_and_named(tmp_path):
+    jpeg = encode(RGB, "JPEG")
+    png = encode(RGB, "PNG")
+    bad = {
+        "corrupt.png": b"\x89PNG\r\n\x1a\n" + os.urandom(64),
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "truncated.png": png[: len(png) - 20],
+        "empty.jpg": b"",
+        "text.jpg": b"this is a text file renamed to .jpg\n",
+    }
+    for name, content in bad.items():
+        write(tmp_path / name, content)
+    write(tmp_path / "good.jpg", jpeg)
+    write(tmp_path / "good.png", png)
+    source = sources.folder_source(str(tmp_path))
+    images = decoded_by_id(source)
+    assert sorted(os.path.basename(path) for path in images) == ["good.jpg", "good.png"]
+    assert source.skipped.count == len(bad)
+    skipped = {os.path.basename(path): reason for path, reason in source.skipped.files.items()}
+    assert sorted(skipped) == sorted(bad)
+    assert skipped["empty.jpg"] == "empty file"
+    assert "truncated JPEG" in skipped["truncated.jpg"]
+    assert "truncated PNG" in skipped["truncated.png"]
+    assert "not a JPEG" in skipped["text.jpg"]
+
+
+def test_corrupt_data_that_passes_the_check_is_still_dropped(tmp_path):
+    # Right magic bytes and end marker, garbage inside: only decoding can tell.
+    write(tmp_path / "a_garbage.jpg", b"\xff\xd8\xff" + b"\x00" * 50 + b"\xff\xd9")
+    write(tmp_path / "b_good.jpg", encode(RGB, "JPEG"))
+    images = decoded_by_id(sources.folder_source(str(tmp_path)))
+    assert [os.path.basename(path) for path in images] == ["b_good.jpg"]
+
+
+def test_structural_check_accepts_every_complete_format():
+    for image_format, options in [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}),
+                                  ("WEBP", {"lossless": True})]:
+        problem = sources.encoded_image_problem(tf.constant(encode(RGB, image_format, **options)))
+        assert problem.numpy() == b"", image_format
+
+
+def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
+    write(tmp_path / "readme.txt", b"no images here")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        sources.folder_source(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        sources.folder_source(str(tmp_path / "nowhere"))
+
+
+def test_parse_data_spec(tmp_path):
+    write(tmp_path / "x.png", encode(RGB, "PNG"))
+    assert len(sources.parse_data_spec("samples")) == len(sources.SAMPLE_IMAGE_FILES)
+    assert sources.parse_data_spec(f"folder:{tmp_path}").source_ids == [str(tmp_path / "x.png")]
+    for spec in ("", "folder:", "web:http://x", "samples:extra"):
+        with pytest.raises(ValueError, match="data spec"):
+            sources.parse_data_spec(spec)
+
+
+class TinyPictures(tfds.core.GeneratorBasedBuilder):
+    """A local TFDS dataset whose image feature is not called "image"."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {
+            "label": tfds.features.ClassLabel(num_classes=2),
+            "picture": tfds.features.Image(shape=(None, None, 3)),
+        }
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Nothing to download.
+        return {"train": self._generate_examples(4)}
+
+    def _generate_examples(self, count):
+        for index in range(count):
+            picture = np.full((6 + index, 5, 3), 40 * index, np.uint8)
+            yield index, {"label": index % 2, "picture": picture}
+
+
+def test_tfds_source_reads_a_prepared_dataset(tmp_path):
+    data_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        sources.tfds_source("tiny_pictures", data_dir=data_dir)
+    TinyPictures(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    source = sources.tfds_source("tiny_pictures", "train", data_dir=data_dir)
+    assert source.source_ids == [f"tfds:tiny_pictures:train:{index}" for index in range(4)]
+    images = list(source.dataset().as_numpy_iterator())
+    assert len(images) == 4
+    # TFDS shuffles examples when preparing: identify each by its constant fill value.
+    fills = sorted(int(element["image"][0, 0, 0]) for element in images)
+    assert fills == [0, 40, 80, 120]
+    for element in images:
+        assert element["image"].shape == (6 + element["image"][0, 0, 0] // 40, 5, 3)
+    with pytest.raises(ValueError, match="no split"):
+        sources.tfds_source("tiny_pictures", "test", data_dir=data_dir)
