@@ -126,6 +126,8 @@ def sample_matched_points(seed, geometry, image_size, num_points, stride=FEATURE
     centre = image_to_grid(tf.fill([num_points, 2], image_size / 2.0), stride)
     points = []
     for box, flip in (("box1", "flip1"), ("box2", "flip2")):
-        grid = original_to_view_grid(scene_points, geometry[box], geometry[flip], image_size, stride)
+        grid = original_to_view_grid(
+            scene_points, geometry[box], geometry[flip], image_size, stride
+        )
         points.append(tf.where(geometry["valid"], grid, centre))
     return tuple(points)

@@ -265,7 +265,7 @@ def tfds_source(name, split="train", data_dir=None):
     The image feature is picked automatically (`"image"` if present, else the first
     `tfds.features.Image`). Images are read by index through TFDS random access
     (`builder.as_data_source`), so the dataset must have been prepared in a file format
-    that supports it (`array_record`, the default in recent TFDS).
+    that supports it: `download_and_prepare(file_format="array_record")` (or parquet).
     """
     import tensorflow_datasets as tfds
 
