@@ -73,3 +73,31 @@ def davis_root(tmp_path):
 def _make_parent(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return str(path)
+
+
+def depth_scene(height, width, rng):
+    """An image whose red channel encodes depth: depth = 1 + 4 * red / 255 metres, with
+    a smooth random red pattern; returns (image uint8, depth in millimetres uint16)."""
+    rows, cols = np.meshgrid(np.linspace(0, 1, height), np.linspace(0, 1, width), indexing="ij")
+    phase = rng.uniform(0, 2 * np.pi, 2)
+    red = 127.5 * (1 + np.sin(3 * rows + phase[0]) * np.cos(2 * cols + phase[1]))
+    image = np.stack([red, np.full_like(red, 60), 255 - red], axis=-1).astype(np.uint8)
+    depth_mm = (1000 * (1 + 4 * image[..., 0].astype(np.float64) / 255)).astype(np.uint16)
+    depth_mm[:2, :2] = 0  # A few invalid pixels.
+    return image, depth_mm
+
+
+@pytest.fixture
+def depth_root(tmp_path):
+    """`train.txt`/`val.txt` of 4 + 2 images 64x64 with 16-bit millimetre depth PNGs."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "depth"
+    for split, count in (("train", 4), ("val", 2)):
+        lines = []
+        for i in range(count):
+            image, depth_mm = depth_scene(64, 64, rng)
+            save_png(str(root / split / f"{i}.png"), image)
+            save_png(str(root / f"{split}_depth" / f"{i}.png"), depth_mm)
+            lines.append(f"{split}/{i}.png {split}_depth/{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return str(root)

@@ -49,36 +49,44 @@ def majority_downsample(label, num_classes, ignore_label, stride=FEATURE_STRIDE)
     return np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_label).astype(np.int32)
 
 
-def sample_training_cells(
-    extractor, images, labels, num_classes, ignore_label, pixels_per_image, batch_size=8, seed=0
-):
-    """Frozen features and majority labels of random labelled cells of each image.
+def sample_training_cells(extractor, images, targets, cell_targets, pixels_per_image, batch_size=8, seed=0):
+    """Frozen features and targets of random valid cells of each image.
+
+    Args:
+        extractor: a `FeatureExtractor`.
+        images: `[N, H, W, 3]` array or list of images in [0, 255].
+        targets: per-image dense targets (e.g. label or depth maps).
+        cell_targets: function of one dense target returning `(values, valid)`, both
+            `[ceil(H / 4), ceil(W / 4)]`: the target of each feature cell and whether the
+            cell may be used.
+        pixels_per_image: valid cells sampled per image (0 = all).
+        batch_size: images per feature extraction call.
+        seed: seed of the sampling.
 
     Returns:
-        (features float32 `[M, D]`, labels int32 `[M]`).
+        (features float32 `[M, D]`, cell targets `[M]`).
     """
     rng = np.random.default_rng(seed)
-    sampled_features, sampled_labels = [], []
+    sampled_features, sampled_targets = [], []
     for start in range(0, len(images), batch_size):
         batch_features = extractor(np.asarray(images[start : start + batch_size], np.float32))
-        for features, label in zip(batch_features.numpy(), labels[start : start + batch_size]):
-            cell_labels = majority_downsample(label, num_classes, ignore_label)
-            cell_labels = cell_labels[: features.shape[0], : features.shape[1]]
-            candidates = np.flatnonzero(cell_labels.ravel() != ignore_label)
+        for features, target in zip(batch_features.numpy(), targets[start : start + batch_size]):
+            values, valid = cell_targets(target)
+            candidates = np.flatnonzero(valid.ravel())
             if pixels_per_image and len(candidates) > pixels_per_image:
                 candidates = rng.choice(candidates, pixels_per_image, replace=False)
             sampled_features.append(features.reshape(-1, features.shape[-1])[candidates])
-            sampled_labels.append(cell_labels.ravel()[candidates])
-    return np.concatenate(sampled_features), np.concatenate(sampled_labels)
+            sampled_targets.append(values.ravel()[candidates])
+    return np.concatenate(sampled_features), np.concatenate(sampled_targets)
 
 
-def train_linear_classifier(
-    features, labels, num_classes, steps, batch_size=4096, learning_rate=1e-2, seed=0
+def fit_linear_head(
+    features, targets, units, loss, steps, batch_size=4096, learning_rate=1e-2, seed=0
 ):
-    """Fits standardisation + a linear layer on `[M, D]` features and `[M]` labels.
+    """Fits standardisation + a linear layer on `[M, D]` features and `[M]` targets.
 
     Returns:
-        A `keras.Model` mapping `[M, D]` features to `[M, num_classes]` logits; use
+        A `keras.Model` mapping `[M, D]` features to `[M, units]` outputs; use
         `apply_per_cell` on `[B, h, w, D]` maps.
     """
     keras.utils.set_random_seed(seed)
@@ -87,26 +95,19 @@ def train_linear_classifier(
     standardize = keras.layers.Normalization(mean=mean, variance=variance, name="standardize")
     # Built eagerly: its constants must not be created inside a traced training step.
     standardize.build((None, features.shape[-1]))
-    classifier = keras.Sequential(
-        [
-            standardize,
-            keras.layers.Dense(num_classes, name="classifier"),
-        ],
-        name="linear_probe",
+    head = keras.Sequential(
+        [standardize, keras.layers.Dense(units, name="linear")], name="linear_probe"
     )
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    head.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
     dataset = (
-        tf.data.Dataset.from_tensor_slices((features, labels))
-        .shuffle(min(len(labels), 200_000), seed=seed)
+        tf.data.Dataset.from_tensor_slices((features, targets))
+        .shuffle(min(len(targets), 200_000), seed=seed)
         .repeat()
         .batch(batch_size)
     )
-    history = classifier.fit(dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
+    history = head.fit(dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
     logging.info("Linear probe: final training loss %.4f", history.history["loss"][-1])
-    return classifier
+    return head
 
 
 def apply_per_cell(classifier, feature_maps):
@@ -147,12 +148,23 @@ def run_linear_probe(
     Returns:
         dict of `score_segmentation` metrics plus `num_train_cells`.
     """
+    def cell_labels(label):
+        labels = majority_downsample(label, num_classes, ignore_label)
+        return labels, labels != ignore_label
+
     features, labels = sample_training_cells(
-        extractor, train_images, train_labels, num_classes, ignore_label, pixels_per_image, seed=seed
+        extractor, train_images, train_labels, cell_labels, pixels_per_image, seed=seed
     )
     logging.info("Linear probe: %d training cells of dimension %d", *features.shape)
-    classifier = train_linear_classifier(
-        features, labels, num_classes, steps, batch_size, learning_rate, seed
+    classifier = fit_linear_head(
+        features,
+        labels,
+        num_classes,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps,
+        batch_size,
+        learning_rate,
+        seed,
     )
     scores = score_segmentation(
         lambda images: apply_per_cell(classifier, extractor(images)),
