@@ -1,0 +1,190 @@
+"""Tests of the TF Serving SavedModel export."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vader_tf.export import sample_images, saved_model
+
+from tests.export.helpers import EMBEDDING_DIM, IMAGE_SIZE, small_encoder
+
+
+def _images(count=2, height=IMAGE_SIZE, width=IMAGE_SIZE):
+    return tf.constant(sample_images.sample_images(count, height, width)[0])
+
+
+def _run_python(code, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_export_layout(export_base, export_dir):
+    assert sorted(os.listdir(export_base)) == ["1"]
+    assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
+    with open(os.path.join(export_dir, saved_model.METADATA_FILE)) as f:
+        metadata = json.load(f)
+    assert metadata["embedding_dim"] == EMBEDDING_DIM
+    assert metadata["signatures"] == ["encoded_images", "pyramid", "serving_default"]
+    assert metadata["verification"]["serving_default_max_abs_error"] < 1e-4
+
+
+def test_versions_are_never_overwritten(export_base, loaded_encoder, tmp_path):
+    assert saved_model.next_version(export_base) == 2
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        saved_model.export_saved_model(loaded_encoder, export_base, version=1)
+    for name in ("1", "3", "not_a_version", ".tmp-9-123"):
+        os.makedirs(tmp_path / name)
+    assert saved_model.existing_versions(str(tmp_path)) == [1, 3]
+    assert saved_model.next_version(str(tmp_path)) == 4
+
+
+# Run in a fresh interpreter in which vader_tf, keras and keras_hub cannot be imported at
+# all (`import tensorflow` itself imports `keras.src.optimizers` when Keras is installed,
+# and tolerates its absence).
+_LOAD_WITHOUT_KERAS = """
+import json, sys
+for name in ("keras", "tf_keras", "keras_hub", "vader_tf"):
+    sys.modules[name] = None
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+features = model.signatures["serving_default"](images=tf.constant(images))["features"].numpy()
+loaded = [name for name, module in sys.modules.items()
+          if module is not None and name.split(".")[0] in ("keras", "tf_keras", "vader_tf")]
+print(json.dumps({"shape": features.shape, "norm": np.linalg.norm(features, axis=-1).tolist(),
+                  "loaded": loaded}))
+"""
+
+# The same without blocking imports: which Keras modules does loading the model add?
+_LOAD_AND_LIST_KERAS_MODULES = """
+import json, sys
+import tensorflow as tf
+def keras_modules():
+    return {name for name in sys.modules if name.split(".")[0] in ("keras", "vader_tf")}
+after_import = keras_modules()
+model = tf.saved_model.load(sys.argv[1])
+model.signatures["serving_default"](images=tf.zeros([1, 32, 32, 3], tf.uint8))
+print(json.dumps({"after_import_tensorflow": len(after_import),
+                  "added_by_load": sorted(keras_modules() - after_import)}))
+"""
+
+
+def test_loads_in_fresh_process_without_keras(export_dir):
+    result = json.loads(_run_python(_LOAD_WITHOUT_KERAS, export_dir).splitlines()[-1])
+    assert result["shape"] == [2, 16, 24, EMBEDDING_DIM]
+    np.testing.assert_allclose(result["norm"], 1.0, atol=1e-4)
+    assert result["loaded"] == []
+
+
+def test_loading_imports_no_keras_modules(export_dir):
+    result = json.loads(_run_python(_LOAD_AND_LIST_KERAS_MODULES, export_dir).splitlines()[-1])
+    assert result["added_by_load"] == []
+
+
+def test_saved_model_cli_lists_serving_signature(export_dir):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    output = subprocess.run(
+        [cli, "show", "--dir", export_dir, "--tag_set", "serve", "--signature_def",
+         "serving_default"],
+        capture_output=True, text=True, check=True, env=env, timeout=120,
+    ).stdout
+    assert "inputs['images']" in output
+    assert "dtype: DT_UINT8" in output
+    assert "shape: (-1, -1, -1, 3)" in output
+    assert "outputs['features']" in output
+    assert "dtype: DT_FLOAT" in output
+    assert f"shape: (-1, -1, -1, {EMBEDDING_DIM})" in output
+
+
+def test_signatures(exported):
+    assert set(exported.signatures) == {"serving_default", "pyramid", "encoded_images"}
+    serving = exported.signatures["serving_default"]
+    (spec,) = serving.structured_input_signature[1].values()
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
+    assert serving.structured_outputs["features"].dtype == tf.float32
+    bytes_spec = exported.signatures["encoded_images"].structured_input_signature[1]
+    assert bytes_spec["image_bytes"].dtype == tf.string
+
+
+def test_serving_default_outputs_unit_norm_features(exported):
+    images = _images(2, IMAGE_SIZE, 2 * IMAGE_SIZE)
+    features = exported.signatures["serving_default"](images=images)["features"].numpy()
+    assert features.shape == (2, IMAGE_SIZE // 4, IMAGE_SIZE // 2, EMBEDDING_DIM)
+    assert features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-5)
+
+
+def test_pyramid_signature(exported):
+    images = _images(1)
+    outputs = exported.signatures["pyramid"](images=images)
+    for level, stride in (("P2", 4), ("P3", 8), ("P4", 16), ("P5", 32)):
+        assert outputs[level].shape[1:3] == (IMAGE_SIZE // stride, IMAGE_SIZE // stride)
+    assert outputs["decoder"].shape[1:3] == (IMAGE_SIZE // 4, IMAGE_SIZE // 4)
+    expected = exported.signatures["serving_default"](images=images)["features"]
+    np.testing.assert_allclose(outputs["features"], expected, atol=1e-6)
+
+
+def test_encoded_images_signature(exported):
+    images = _images(2)
+    encode = exported.signatures["encoded_images"]
+    png = tf.stack([tf.io.encode_png(image) for image in images])
+    expected = exported.signatures["serving_default"](images=images)["features"]
+    np.testing.assert_allclose(encode(image_bytes=png)["features"], expected, atol=1e-6)
+    jpeg = tf.stack([tf.io.encode_jpeg(image) for image in images])
+    assert encode(image_bytes=jpeg)["features"].shape == expected.shape
+    mixed = tf.stack([tf.io.encode_png(images[0]), tf.io.encode_png(images[1][:32])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same size"):
+        encode(image_bytes=mixed)
+
+
+def test_rejects_float_input(exported):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="uint8"):
+        exported.signatures["serving_default"](images=tf.zeros([1, 64, 64, 3], tf.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 60, 64, 3), (1, 64, 48, 3), (1, 0, 64, 3)])
+def test_rejects_sizes_not_multiple_of_32(exported, shape):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 32"):
+        exported.signatures["serving_default"](images=tf.zeros(shape, tf.uint8))
+
+
+def test_warmup_requests_parse(export_dir, exported):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(export_dir, saved_model.WARMUP_FILE)
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    assert len(records) == 1
+    log = prediction_log_pb2.PredictionLog.FromString(records[0])
+    request = log.predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    images = tf.make_ndarray(request.inputs["images"])
+    assert images.dtype == np.uint8 and images.ndim == 4
+    exported.signatures["serving_default"](images=tf.constant(images))
+
+
+def test_verification_detects_a_different_model(export_dir):
+    other = small_encoder()
+    with pytest.raises(saved_model.ExportVerificationError, match="differs"):
+        saved_model.verify_export(export_dir, other, _images(1).numpy())
+
+
+def test_failed_export_leaves_no_version_directory(loaded_encoder, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interruption during verification")
+
+    monkeypatch.setattr(saved_model, "verify_export", interrupted)
+    base = tmp_path / "serving"
+    with pytest.raises(KeyboardInterrupt):
+        saved_model.export_saved_model(loaded_encoder, str(base), sample_size=IMAGE_SIZE)
+    assert os.listdir(base) == []
