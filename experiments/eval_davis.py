@@ -44,7 +44,9 @@ def main(argv):
         temperature=FLAGS.temperature,
         radius=FLAGS.radius if FLAGS.radius > 0 else None,
     )
-    write_results(FLAGS.output, "davis_label_propagation", FLAGS.encoder, metrics, config=script_flags())
+    write_results(
+        FLAGS.output, "davis_label_propagation", FLAGS.encoder, metrics, config=script_flags()
+    )
     logging.info("%s DAVIS J&F %.4f", FLAGS.encoder, metrics["JF_mean"])
 
 

@@ -27,7 +27,9 @@ flags.DEFINE_integer("image_size", 224, "Short side after resizing (then cropped
 flags.DEFINE_integer("steps", 2000, "Optimisation steps of the probe.")
 flags.DEFINE_integer("batch_size", 4096, "Feature cells per step.")
 flags.DEFINE_float("learning_rate", 1e-2, "Adam learning rate.")
-flags.DEFINE_integer("pixels_per_image", 1000, "Labelled cells sampled per training image (0 = all).")
+flags.DEFINE_integer(
+    "pixels_per_image", 1000, "Labelled cells sampled per training image (0 = all)."
+)
 flags.DEFINE_integer("limit", None, "Use only the first N images of each split (smoke tests).")
 flags.DEFINE_integer("seed", 0, "Seed of sampling, probe initialisation and random encoders.")
 flags.mark_flags_as_required(["encoder", "data_root", "output"])

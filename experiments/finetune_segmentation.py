@@ -60,8 +60,12 @@ def main(argv):
         FLAGS.ignore_label,
     )
     metrics["final_training_loss"] = history.history["loss"][-1]
-    write_results(FLAGS.output, "finetune_segmentation", FLAGS.encoder, metrics, config=script_flags())
-    logging.info("%s fine-tuned mIoU on %s: %.4f", FLAGS.encoder, FLAGS.eval_split, metrics["mean_iou"])
+    write_results(
+        FLAGS.output, "finetune_segmentation", FLAGS.encoder, metrics, config=script_flags()
+    )
+    logging.info(
+        "%s fine-tuned mIoU on %s: %.4f", FLAGS.encoder, FLAGS.eval_split, metrics["mean_iou"]
+    )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def davis_root(tmp_path):
     root = tmp_path / "davis"
     for t in range(5):
         image, mask = square_scene(72, 100, 20, 20 + 4 * t, 24, rng)
-        Image.fromarray(image).save(_make_parent(root / "JPEGImages/480p/square" / f"{t:05d}.jpg"), quality=95)
+        frame_path = _make_parent(root / "JPEGImages/480p/square" / f"{t:05d}.jpg")
+        Image.fromarray(image).save(frame_path, quality=95)
         save_png(str(root / "Annotations/480p/square" / f"{t:05d}.png"), mask * 255)
     return str(root)
 

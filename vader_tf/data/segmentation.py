@@ -47,7 +47,9 @@ def read_split(root, split):
             pair = tuple(os.path.join(root, field) for field in fields)
             for path in pair:
                 if not os.path.isfile(path):
-                    raise FileNotFoundError(f"{path} (listed in {list_path}:{line_number}) not found.")
+                    raise FileNotFoundError(
+                        f"{path} (listed in {list_path}:{line_number}) not found."
+                    )
             pairs.append(pair)
     if not pairs:
         raise ValueError(f"{list_path} lists no image/label pairs.")
@@ -139,7 +141,9 @@ def load_segmentation_split(root, split, short_side, limit=None, multiple=INPUT_
     pairs = read_split(root, split)[:limit]
     images, labels = [], []
     for image_path, label_path in pairs:
-        image, label = resize_pair(load_image(image_path), load_label(label_path), short_side, multiple)
+        image, label = resize_pair(
+            load_image(image_path), load_label(label_path), short_side, multiple
+        )
         images.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
         labels.append(label)
     if len({label.shape for label in labels}) == 1:

@@ -202,7 +202,8 @@ def evaluate_correspondence(
         kinds = WARP_KINDS if kind == "all" else (kind,)
         predicted = np.concatenate([p for k in kinds for p in matched[k]])
         true = np.concatenate([t for k in kinds for t in truth[k]])
-        scores = {f"pck@{k:g}": value for k, value in metrics.pck(predicted, true, thresholds).items()}
+        pck = metrics.pck(predicted, true, thresholds)
+        scores = {f"pck@{k:g}": value for k, value in pck.items()}
         errors = np.linalg.norm(predicted - true, axis=-1)
         scores["mean_error"] = float(errors.mean()) if errors.size else float("nan")
         scores["num_points"] = int(errors.size)

@@ -146,7 +146,13 @@ def evaluate_sequence(
 
 
 def evaluate_davis(
-    extractor, root, sequences=None, resolution="480p", short_side=480, max_frames=None, **propagation
+    extractor,
+    root,
+    sequences=None,
+    resolution="480p",
+    short_side=480,
+    max_frames=None,
+    **propagation,
 ):
     """Label propagation on DAVIS sequences.
 

@@ -57,7 +57,8 @@ def load_nyu_depth_v2(split, short_side, limit=None, data_dir=None):
         )
     images, depths = [], []
     for example in tfds.as_numpy(builder.as_dataset(split=split).take(limit or -1)):
-        image, depth = resize_pair(example["image"], example["depth"].astype(np.float32), short_side)
+        depth = example["depth"].astype(np.float32)
+        image, depth = resize_pair(example["image"], depth, short_side)
         images.append(image)
         depths.append(depth)
     return np.stack(images), np.stack(depths)

@@ -54,7 +54,9 @@ def finetune_segmentation(
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=ignore_label
+        ),
     )
     training_data = (
         dataset.shuffle(1000, seed=seed)

@@ -49,7 +49,9 @@ def majority_downsample(label, num_classes, ignore_label, stride=FEATURE_STRIDE)
     return np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_label).astype(np.int32)
 
 
-def sample_training_cells(extractor, images, targets, cell_targets, pixels_per_image, batch_size=8, seed=0):
+def sample_training_cells(
+    extractor, images, targets, cell_targets, pixels_per_image, batch_size=8, seed=0
+):
     """Frozen features and targets of random valid cells of each image.
 
     Args:

@@ -41,7 +41,9 @@ def confusion_matrix(predictions, labels, num_classes, ignore_label=None):
         keep = labels != ignore_label
         predictions, labels = predictions[keep], labels[keep]
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"Ground-truth labels outside [0, {num_classes}) besides the ignore label.")
+        raise ValueError(
+            f"Ground-truth labels outside [0, {num_classes}) besides the ignore label."
+        )
     counts = np.bincount(labels * num_classes + predictions, minlength=num_classes**2)
     return counts.reshape(num_classes, num_classes)
 
