@@ -14,6 +14,9 @@ from vader_tf.export import sample_images, saved_model
 from tests.export.helpers import EMBEDDING_DIM, IMAGE_SIZE, small_encoder
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _images(count=2, height=IMAGE_SIZE, width=IMAGE_SIZE):
     return tf.constant(sample_images.sample_images(count, height, width)[0])
 
@@ -188,3 +191,30 @@ def test_failed_export_leaves_no_version_directory(loaded_encoder, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         saved_model.export_saved_model(loaded_encoder, str(base), sample_size=IMAGE_SIZE)
     assert os.listdir(base) == []
+
+
+# Killed (SIGKILL, no clean-up possible) after the SavedModel was written, during the
+# verification step.
+_KILLED_DURING_EXPORT = """
+import os, signal, sys
+from tests.export.helpers import small_encoder
+from vader_tf.export import saved_model
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+saved_model.verify_export = killed
+saved_model.export_saved_model(small_encoder(), sys.argv[1], sample_size=64, num_sample_images=1)
+"""
+
+
+def test_killed_export_leaves_no_version_directory(tmp_path):
+    base = str(tmp_path / "serving")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_DURING_EXPORT, base],
+        capture_output=True, env=env, timeout=120, cwd=_REPO_ROOT,
+    )
+    assert result.returncode == -9, result.stderr[-3000:]
+    (leftover,) = os.listdir(base)
+    assert leftover.startswith(saved_model.TMP_PREFIX)
+    assert saved_model.existing_versions(base) == []
+    assert saved_model.next_version(base) == 1

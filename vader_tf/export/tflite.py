@@ -11,7 +11,8 @@ Quantization modes:
 - "float16": float16 weights, dequantized to float32 at load time.
 - "dynamic": int8 weights, activations quantized on the fly (dynamic range).
 - "int8": int8 weights and activations, calibrated on representative images; input
-  stays uint8 pixels and output float32 features.
+  stays uint8 pixels and output float32 features. Ops without an int8 kernel would stay
+  float (for the encoder only the initial uint8 -> float32 cast does).
 
 `parity_report` measures how close a converted model is to the SavedModel.
 """
@@ -63,8 +64,8 @@ def _resave_serving_signature(saved_model_dir, input_shape, output_dir):
 
 
 def _tf_ops_in_error(message):
-    """Names of TensorFlow ops (`tf.OpName`) mentioned in a converter error."""
-    return sorted(set(re.findall(r"\btf\.([A-Z]\w*)", message)))
+    """Names of the TensorFlow ops a converter error reports as lacking a TFLite kernel."""
+    return sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message)))
 
 
 def convert(
@@ -122,7 +123,8 @@ def convert(
         converter.target_spec.supported_ops = supported_ops
         try:
             return converter.convert()
-        except Exception as error:  # The converter raises several error types.
+        # The converter raises `ConverterError` classes from private modules.
+        except Exception as error:  # pylint: disable=broad-except
             ops = _tf_ops_in_error(str(error))
             if not allow_flex and ops:
                 raise FlexOpsRequiredError(
