@@ -94,6 +94,8 @@ def two_view_dataset(
     min_overlap=correspondence.DEFAULT_MIN_OVERLAP,
     num_candidate_pairs=correspondence.DEFAULT_NUM_CANDIDATE_PAIRS,
     num_parallel_calls=tf.data.AUTOTUNE,
+    num_shards=1,
+    shard_index=0,
 ):
     """Batched pairs of augmented views with pixel correspondences, for VADeR training.
 
@@ -111,6 +113,9 @@ def two_view_dataset(
         min_overlap: minimum-overlap rule of `vader_tf.data.correspondence`.
         num_candidate_pairs: crop pairs drawn per image to find an acceptable one.
         num_parallel_calls: parallelism of the read/decode and augmentation maps.
+        num_shards, shard_index: keep only every `num_shards`-th element of the index
+            stream, starting at `shard_index` (one input pipeline per worker); sharding
+            happens before any file is read.
 
     Returns:
         A prefetched `tf.data.Dataset` of dicts:
@@ -123,6 +128,8 @@ def two_view_dataset(
         source = sources.parse_data_spec(source)
     view_config = view_config or ViewConfig()
     indices = index_stream(len(source), seed, start_index, shuffle, repeat)
+    if num_shards > 1:
+        indices = indices.shard(num_shards, shard_index)
 
     def load(global_index, file_index):
         return {"global_index": global_index, **source.load(file_index)}

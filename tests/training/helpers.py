@@ -1,0 +1,65 @@
+"""Small models and synthetic batches for the training tests."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vader_tf.models import build_encoder
+from vader_tf.training.moco import MoCo
+from vader_tf.training.vader import VADeR
+
+
+def synthetic_batch(batch_size=4, image_size=64, num_points=8, seed=0, invalid=()):
+    rng = np.random.default_rng(seed)
+    grid = image_size // 4
+    valid = np.ones(batch_size, bool)
+    valid[list(invalid)] = False
+    return {
+        "view1": rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"),
+        "view2": rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32"),
+        "points1": rng.uniform(0, grid - 1, (batch_size, num_points, 2)).astype("float32"),
+        "points2": rng.uniform(0, grid - 1, (batch_size, num_points, 2)).astype("float32"),
+        "valid": valid,
+    }
+
+
+def build_small_model(method="vader", queue_size=64, bn_groups=1, shuffle_bn=False, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
+    cls = {"vader": VADeR, "moco": MoCo}[method]
+    extra = {"embedding_dim": 8} if method == "moco" else {"queue_points_per_image": 4}
+    model = cls(
+        encoder,
+        queue_size=queue_size,
+        temperature=0.2,
+        momentum=0.9,
+        bn_groups=bn_groups,
+        shuffle_bn=shuffle_bn,
+        seed=seed,
+        **extra,
+        **kwargs,
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    model.optimizer.build(model.query_model.trainable_variables)
+    return model
+
+
+def run_steps(model, strategy, batches):
+    """Runs `model.train_step` on each global batch under `strategy`; returns metrics."""
+
+    @tf.function
+    def step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+
+    def per_replica(context, batch):
+        return batch
+
+    results = []
+    for batch in batches:
+        dataset = tf.data.Dataset.from_tensors(batch)
+        distributed = strategy.experimental_distribute_dataset(dataset)
+        outputs = step(next(iter(distributed)))
+        results.append(
+            {k: float(np.mean(strategy.experimental_local_results(v))) for k, v in outputs.items()}
+        )
+    return results

@@ -1,0 +1,143 @@
+"""The training loop: one `strategy.run(model.train_step)` loop for every strategy.
+
+Keras `fit` cannot drive `MultiWorkerMirroredStrategy`, so pretraining always uses this
+loop; it calls the model's own `train_step`, the same one `fit` would call. It restores
+the newest checkpoint of `model_dir` (model, momentum copy, queue, optimizer, step), resumes
+the data stream at the next unseen element, writes TensorBoard scalars, and saves
+checkpoints every `checkpoint_every` steps. A non-finite loss stops the run before the
+next checkpoint, so the last good checkpoint stays the newest.
+"""
+
+import math
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from vader_tf import run_dir
+from vader_tf.training.distribution import is_chief
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def _writable_dir(model_dir, strategy, subdir):
+    """Where this worker writes: `model_dir` on the chief, a scratch dir elsewhere."""
+    if is_chief(strategy):
+        return os.path.join(model_dir, subdir)
+    task_id = strategy.cluster_resolver.task_id
+    return os.path.join(model_dir, f"worker{task_id}_scratch", subdir)
+
+
+def _save_keras_atomic(model, path):
+    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    build_model,
+    make_dataset,
+    strategy,
+    model_dir,
+    train_steps,
+    global_batch_size,
+    checkpoint_every=500,
+    log_every=10,
+    keep_checkpoints=3,
+    verbose=1,
+):
+    """Trains a `MomentumContrast` model, resuming from `model_dir` if it holds a run.
+
+    Args:
+        build_model: no-argument callable returning a compiled `MomentumContrast` (called
+            under `strategy.scope()`).
+        make_dataset: `(input_context, start_index) -> tf.data.Dataset` of per-replica
+            batches, starting after `start_index` images of the global stream.
+        strategy: the `tf.distribute.Strategy`.
+        model_dir: run directory (see `vader_tf.run_dir`).
+        train_steps: total optimiser steps of the run (a resumed run does the rest).
+        global_batch_size: images per step over all replicas.
+        checkpoint_every: steps between checkpoints (a final one is always written).
+        log_every: steps per compiled loop call, between metric reads and summaries.
+        keep_checkpoints: how many checkpoints to keep.
+        verbose: 1 shows a progress bar.
+
+    Returns:
+        `(model, history)` where history is a list of dicts of metrics per logging step.
+    """
+    with strategy.scope():
+        model = build_model()
+        model.optimizer.build(model.query_model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(
+            encoder=model.encoder, model=model, optimizer=model.optimizer
+        )
+    chief = is_chief(strategy)
+    checkpoint_path = _writable_dir(model_dir, strategy, run_dir.CHECKPOINT_DIR)
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        checkpoint_path,
+        max_to_keep=keep_checkpoints,
+        checkpoint_name=run_dir.CHECKPOINT_PREFIX,
+    )
+    latest = run_dir.latest_checkpoint(model_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s.", latest)
+    if chief:
+        run_dir.save_encoder_config(model.encoder, model_dir)
+
+    step = int(model.optimizer.iterations.numpy())
+    if step >= train_steps:
+        logging.info("Nothing to do: %s is already at step %d.", model_dir, step)
+        return model, []
+    start_index = step * global_batch_size
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: make_dataset(context, start_index)
+    )
+    iterator = iter(dataset)
+
+    @tf.function
+    def run_steps(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            strategy.run(model.train_step, args=(next(iterator),))
+
+    summary_dir = _writable_dir(model_dir, strategy, run_dir.TENSORBOARD_DIR)
+    writer = tf.summary.create_file_writer(summary_dir) if chief else tf.summary.create_noop_writer()
+    progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
+    progbar.update(step)
+    history = []
+    while step < train_steps:
+        next_checkpoint = (step // checkpoint_every + 1) * checkpoint_every
+        num_steps = min(log_every, next_checkpoint - step, train_steps - step)
+        started = time.perf_counter()
+        run_steps(iterator, tf.constant(num_steps))
+        metrics = {m.name: float(m.result()) for m in model.metrics}
+        elapsed = time.perf_counter() - started
+        for metric in model.metrics:
+            metric.reset_state()
+        step += num_steps
+        if not math.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(
+                f"Loss became {metrics['loss']} by step {step}; stopped without saving. "
+                f"The newest checkpoint, {run_dir.latest_checkpoint(model_dir)}, is the last good one."
+            )
+        metrics["images/s"] = num_steps * global_batch_size / elapsed
+        history.append({"step": step, **metrics})
+        with writer.as_default(step=step):
+            for name, value in metrics.items():
+                tf.summary.scalar(name.replace("/", "_per_"), value)
+            tf.summary.scalar("learning_rate", float(model.optimizer.learning_rate))
+        progbar.update(step, [(k, v) for k, v in metrics.items()])
+        if step % checkpoint_every == 0 or step == train_steps:
+            manager.save(checkpoint_number=step)
+    writer.flush()
+    if chief:
+        _save_keras_atomic(model.encoder, os.path.join(model_dir, "encoder.keras"))
+    else:
+        shutil.rmtree(os.path.join(model_dir, f"worker{strategy.cluster_resolver.task_id}_scratch"), ignore_errors=True)
+    return model, history

@@ -1,0 +1,47 @@
+"""The image-level MoCo v2 baseline, on the same backbone, data and trainer as VADeR.
+
+A contrastive row is an image: global average pooling of C5, a two-layer MLP head and L2
+normalisation give one embedding per view; the positive is the other view's key embedding,
+the negatives a queue of key embeddings of earlier images. Both directions are used, as
+for VADeR, so the two methods cost the same number of loss rows per image pair (up to P).
+
+The query network wraps a full `DenseEncoder` (whose decoder and head MoCo never trains)
+so that a MoCo run is saved, exported and evaluated exactly like a VADeR run.
+"""
+
+import keras
+import tensorflow as tf
+
+from vader_tf.models.encoder import DenseEncoder
+from vader_tf.models.layers import L2Normalize
+from vader_tf.training.momentum_contrast import MomentumContrast
+
+
+def image_embedding_model(encoder, hidden_dim=None, embedding_dim=128, name="image_embedder"):
+    """Images -> unit-norm global embeddings, sharing `encoder`'s backbone layers."""
+    c5 = encoder.pyramid_outputs["P5"]
+    hidden_dim = hidden_dim or c5.shape[-1]
+    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(c5)
+    x = keras.layers.Dense(hidden_dim, activation="relu", name="mlp_hidden")(x)
+    x = keras.layers.Dense(embedding_dim, name="mlp_output")(x)
+    return keras.Model(encoder.input, L2Normalize(name="embedding")(x), name=name)
+
+
+class MoCo(MomentumContrast):
+    """Image-level momentum contrast (MoCo v2) over a `DenseEncoder`'s backbone."""
+
+    def __init__(self, encoder, embedding_dim=128, hidden_dim=None, **kwargs):
+        key_encoder = DenseEncoder.from_config({**encoder.get_config(), "name": "key_encoder"})
+        query_model = image_embedding_model(encoder, hidden_dim, embedding_dim)
+        key_model = image_embedding_model(key_encoder, hidden_dim, embedding_dim, "key_embedder")
+        kwargs.setdefault("name", "moco")
+        super().__init__(query_model, key_model, embedding_dim, **kwargs)
+        self.encoder = encoder
+
+    def contrastive_rows(self, data, query_outputs, key_outputs):
+        query_1, query_2 = query_outputs
+        key_1, key_2 = key_outputs
+        queries = tf.concat([query_1, query_2], axis=0)
+        positives = tf.concat([key_2, key_1], axis=0)
+        weights = tf.ones(tf.shape(queries)[:1], tf.float32)
+        return queries, positives, weights, key_2

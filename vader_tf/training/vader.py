@@ -1,0 +1,55 @@
+"""VADeR: pixel-level momentum contrast (Pinheiro et al., NeurIPS 2020).
+
+A contrastive row is a matched pixel: the query is the query network's feature at a scene
+point in one view, its positive the key network's feature at the same scene point in the
+other view, and the negatives the queue of key pixels from earlier batches (other images).
+Both directions (view1 -> view2 and view2 -> view1) are used.
+"""
+
+import tensorflow as tf
+
+from vader_tf.models.encoder import DenseEncoder
+from vader_tf.ops.sampling import sample_points
+from vader_tf.training.momentum_contrast import MomentumContrast
+
+
+def _sample_unit(feature_map, points):
+    """Bilinear samples at grid points, re-normalised to unit length, as `[B, P, D]`."""
+    sampled = sample_points(tf.cast(feature_map, tf.float32), points)
+    return tf.math.l2_normalize(sampled, axis=-1)
+
+
+class VADeR(MomentumContrast):
+    """Pixel-level momentum contrast over a `DenseEncoder`.
+
+    Args:
+        encoder: the query `DenseEncoder`; the key encoder is built from its config.
+        queue_points_per_image: how many key pixels of each image enter the queue per
+            step (the first ones of its matched points, which are drawn at random).
+        **kwargs: `MomentumContrast` arguments (queue size, temperature, momentum, ...).
+
+    The batch is the dict made by `vader_tf.data.pipeline.two_view_dataset`: `view1`,
+    `view2` `[B, S, S, 3]`, `points1`, `points2` `[B, P, 2]` grid coordinates of the same
+    scene points in each view, and `valid` `[B]` (pairs without enough overlap count zero).
+    """
+
+    def __init__(self, encoder, queue_points_per_image=16, **kwargs):
+        key_encoder = DenseEncoder.from_config({**encoder.get_config(), "name": "key_encoder"})
+        kwargs.setdefault("name", "vader")
+        super().__init__(encoder, key_encoder, encoder.embedding_dim, **kwargs)
+        self.encoder = encoder
+        self.queue_points_per_image = queue_points_per_image
+
+    def contrastive_rows(self, data, query_outputs, key_outputs):
+        points = (data["points1"], data["points2"])
+        query_1, query_2 = (_sample_unit(q, p) for q, p in zip(query_outputs, points))
+        key_1, key_2 = (_sample_unit(k, p) for k, p in zip(key_outputs, points))
+        dim = tf.shape(query_1)[-1]
+        queries = tf.reshape(tf.concat([query_1, query_2], axis=0), [-1, dim])
+        positives = tf.reshape(tf.concat([key_2, key_1], axis=0), [-1, dim])
+        point_valid = tf.broadcast_to(
+            tf.cast(data["valid"], tf.float32)[:, None], tf.shape(query_1)[:2]
+        )
+        weights = tf.reshape(tf.concat([point_valid, point_valid], axis=0), [-1])
+        keys_to_enqueue = tf.reshape(key_2[:, : self.queue_points_per_image], [-1, dim])
+        return queries, positives, weights, keys_to_enqueue
