@@ -149,6 +149,8 @@ def test_encoded_images_signature(exported):
     mixed = tf.stack([tf.io.encode_png(images[0]), tf.io.encode_png(images[1][:32])])
     with pytest.raises(tf.errors.InvalidArgumentError, match="same size"):
         encode(image_bytes=mixed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
+        encode(image_bytes=tf.constant([], tf.string))
 
 
 def test_rejects_float_input(exported):

@@ -76,7 +76,11 @@ def _decode_same_size_images(image_bytes):
         image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
         return tf.ensure_shape(image, [None, None, 3])
 
-    reference_shape = tf.shape(decode(image_bytes[0]))
+    not_empty = tf.debugging.Assert(
+        tf.size(image_bytes) > 0, ["image_bytes: the batch is empty"], name="check_not_empty"
+    )
+    with tf.control_dependencies([not_empty]):
+        reference_shape = tf.shape(decode(image_bytes[0]))
 
     def decode_checked(contents):
         image = decode(contents)
