@@ -10,10 +10,11 @@ import tensorflow as tf
 from tests.export.helpers import IMAGE_SIZE
 from vader_tf.export import sample_images, tflite
 
-# Worst and mean per-pixel cosine similarity to the SavedModel, measured on held-out
-# sample photos at 64x64 with the tests' randomly initialised resnet18. Measured here:
-# none 0.9999999 / 1.0, float16 0.9999995 / 0.9999999, dynamic 0.9993 / 0.99982,
-# int8 (16 calibration crops) 0.988-0.994 / 0.9984-0.9987.
+# Worst and mean per-pixel cosine similarity to the SavedModel and max abs error, on 4
+# held-out sample-photo crops at 64x64 with the tests' small random resnet18 (D=16).
+# Measured here (worst / mean / max abs): none 0.9999999 / 1.0 / 1e-6, float16
+# 0.9999993 / 1.0 / 6.3e-4, dynamic 0.99944 / 0.99994 / 0.020, int8 (16 calibration
+# crops) 0.99239 / 0.99953 / 0.061. The quantized bounds leave room for other seeds.
 TOLERANCES = {
     "none": dict(worst=0.9999, mean=0.99999, max_abs_error=1e-4),
     "float16": dict(worst=0.999, mean=0.9999, max_abs_error=5e-3),
