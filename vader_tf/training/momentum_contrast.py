@@ -20,7 +20,7 @@ cross-replica traffic and works the same on one device, several GPUs or several 
 import keras
 import tensorflow as tf
 
-from vader_tf.losses import info_nce
+from vader_tf import losses
 from vader_tf.training import momentum as momentum_lib
 from vader_tf.training import queue as queue_lib
 
@@ -179,7 +179,7 @@ class MomentumContrast(keras.Model):
             queries, positives, weights, keys_to_enqueue = self.contrastive_rows(
                 data, query_outputs, key_outputs
             )
-            rows = info_nce(queries, positives, self.queue, self.temperature)
+            rows = losses.info_nce(queries, positives, self.queue, self.temperature)
             weights = tf.cast(weights, tf.float32)
             local_count = tf.reduce_sum(weights)
             # Keras sums gradients over replicas, so each replica's loss is its share of

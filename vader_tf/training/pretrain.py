@@ -116,7 +116,11 @@ def build_optimizer(config):
 
 
 def build_model(config):
-    """The compiled VADeR or MoCo model of `config` (call under the strategy's scope)."""
+    """The compiled VADeR or MoCo model of `config` (call under the strategy's scope).
+
+    Initialisation is seeded by `config.seed`, so two runs of one config start equal.
+    """
+    keras.utils.set_random_seed(config.seed)
     encoder = build_encoder(
         config.backbone,
         backbone_preset=config.backbone_preset,
