@@ -136,9 +136,16 @@ def test_parse_data_spec(tmp_path):
     write(tmp_path / "x.png", encode(RGB, "PNG"))
     assert len(sources.parse_data_spec("samples")) == len(sources.SAMPLE_IMAGE_FILES)
     assert sources.parse_data_spec(f"folder:{tmp_path}").source_ids == [str(tmp_path / "x.png")]
-    for spec in ("", "folder:", "web:http://x", "samples:extra"):
+    for spec in ("", "folder:", "web:http://x", "samples:extra", f"folder:{tmp_path},samples"):
         with pytest.raises(ValueError, match="data spec"):
             sources.parse_data_spec(spec)
+
+
+def test_parse_data_spec_pools_folders(tmp_path):
+    write(tmp_path / "a" / "1.png", encode(RGB, "PNG"))
+    write(tmp_path / "b" / "2.png", encode(RGB, "PNG"))
+    pooled = sources.parse_data_spec(f"folder:{tmp_path / 'b'},folder:{tmp_path / 'a'}")
+    assert pooled.source_ids == [str(tmp_path / "a" / "1.png"), str(tmp_path / "b" / "2.png")]
 
 
 class TinyPictures(tfds.core.GeneratorBasedBuilder):

@@ -234,19 +234,22 @@ def samples_source():
 def folder_source(path):
     """Every image file below `path` (recursive), sorted by path for determinism.
 
-    Files are selected by extension (jpg, jpeg, png, bmp, gif, webp; any case). Their
-    content is checked when read: unreadable files are skipped and counted.
+    `path` may also be a list of folders, whose images are pooled. Files are selected by
+    extension (jpg, jpeg, png, bmp, gif, webp; any case). Their content is checked when
+    read: unreadable files are skipped and counted.
     """
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Image folder not found: {path}")
+    folders = [path] if isinstance(path, str) else list(path)
     paths = []
-    for root, _, names in os.walk(path):
-        paths.extend(
-            os.path.join(root, name)
-            for name in names
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return _file_source(sorted(paths), f"image folder {path}")
+    for folder in folders:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"Image folder not found: {folder}")
+        for root, _, names in os.walk(folder):
+            paths.extend(
+                os.path.join(root, name)
+                for name in names
+                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+            )
+    return _file_source(sorted(paths), f"image folder(s) {', '.join(folders)}")
 
 
 def _image_feature_name(builder):
@@ -305,10 +308,19 @@ def parse_data_spec(spec):
     """Builds a source from a command-line string.
 
     Accepted forms: `"samples"`, `"folder:PATH"`, `"tfds:NAME"` or `"tfds:NAME:SPLIT"`.
+    Several folders are pooled with commas: `"folder:PATH1,folder:PATH2"`.
     The split defaults to `train`; `NAME` may name a config or version the TFDS way
     (`"tfds:name/config:1.0.0:validation"` is not valid, `"tfds:name/config:validation"`
     is).
     """
+    parts = spec.split(",")
+    if len(parts) > 1:
+        if not all(part.startswith("folder:") and len(part) > len("folder:") for part in parts):
+            raise ValueError(
+                f"Unrecognised data spec {spec!r}: only folders can be pooled "
+                "('folder:PATH1,folder:PATH2')."
+            )
+        return folder_source([part[len("folder:") :] for part in parts])
     kind, _, rest = spec.partition(":")
     if kind == "samples" and not rest:
         return samples_source()
