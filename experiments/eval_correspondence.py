@@ -12,11 +12,14 @@ from absl import app, flags, logging
 
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images
-from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
+flags.DEFINE_enum(
+    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+)
 flags.DEFINE_string("image_dir", None, "Folder of photos (searched recursively).")
 flags.DEFINE_string("output", None, "Path of the result JSON.")
 flags.DEFINE_integer("num_images", 100, "Use the first N photos (sorted by path).")
@@ -32,7 +35,7 @@ flags.mark_flags_as_required(["encoder", "image_dir", "output"])
 
 def main(argv):
     del argv
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed)
+    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     paths = list_images(FLAGS.image_dir, limit=FLAGS.num_images)
     images = (resize_and_crop_image(load_image(path), FLAGS.image_size) for path in paths)
     metrics = evaluate_correspondence(

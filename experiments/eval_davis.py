@@ -10,11 +10,14 @@ of features (see `vader_tf.eval.davis` for the protocol) and reports J and F.
 from absl import app, flags, logging
 
 from vader_tf.eval.davis import evaluate_davis
-from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
+flags.DEFINE_enum(
+    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+)
 flags.DEFINE_string("davis_root", None, "Folder in the DAVIS layout (JPEGImages/, Annotations/).")
 flags.DEFINE_string("output", None, "Path of the result JSON.")
 flags.DEFINE_list("sequences", None, "Sequences to evaluate (default: all in the folder).")
@@ -31,7 +34,7 @@ flags.mark_flags_as_required(["encoder", "davis_root", "output"])
 
 def main(argv):
     del argv
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed)
+    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     metrics = evaluate_davis(
         extractor,
         FLAGS.davis_root,

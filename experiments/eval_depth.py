@@ -13,11 +13,14 @@ from absl import app, flags, logging
 
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
-from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
+flags.DEFINE_enum(
+    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+)
 flags.DEFINE_enum("dataset", "folder", ["folder", "nyu_depth_v2"], "Where the data come from.")
 flags.DEFINE_string("data_root", None, "With --dataset=folder: folder with <split>.txt files.")
 flags.DEFINE_string("tfds_data_dir", None, "With --dataset=nyu_depth_v2: TFDS data dir.")
@@ -50,7 +53,7 @@ def main(argv):
     eval_split = FLAGS.eval_split or ("validation" if FLAGS.dataset == "nyu_depth_v2" else "val")
     train_images, train_depths = load_split(FLAGS.split)
     val_images, val_depths = load_split(eval_split)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed)
+    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     metrics = depth.run_depth_probe(
         extractor,
         train_images,

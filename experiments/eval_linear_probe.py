@@ -11,12 +11,15 @@ mIoU on `--eval_split`; see `vader_tf.eval.linear_probe` for the protocol.
 from absl import app, flags, logging
 
 from vader_tf.data.segmentation import load_segmentation_split
-from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
+flags.DEFINE_enum(
+    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+)
 flags.DEFINE_string("data_root", None, "Folder with <split>.txt files of 'image label' pairs.")
 flags.DEFINE_string("output", None, "Path of the result JSON.")
 flags.DEFINE_integer("num_classes", 11, "Number of classes (ids 0..num_classes-1).")
@@ -37,7 +40,7 @@ flags.mark_flags_as_required(["encoder", "data_root", "output"])
 
 def main(argv):
     del argv
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed)
+    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     train_images, train_labels = load_segmentation_split(
         FLAGS.data_root, FLAGS.split, FLAGS.image_size, limit=FLAGS.limit
     )

@@ -12,6 +12,7 @@ Rerunning with the same --model_dir resumes from its newest checkpoint.
 """
 
 import dataclasses
+import json
 import typing
 
 from absl import app, flags, logging
@@ -76,6 +77,7 @@ def _define_flags():
 
 
 _define_flags()
+flags.DEFINE_bool("dry_run", False, "Print the resolved configuration as JSON and exit.")
 FLAGS = flags.FLAGS
 
 
@@ -83,6 +85,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = PretrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(PretrainConfig)})
+    if FLAGS.dry_run:
+        config.validate()
+        print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
+        return
     model, history = pretrain(config)
     if history:
         first, last = history[0], history[-1]

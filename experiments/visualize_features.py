@@ -15,11 +15,14 @@ from absl import app, flags, logging
 
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval import visualize
-from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
+flags.DEFINE_enum(
+    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+)
 flags.DEFINE_string("image", None, "Image file.")
 flags.DEFINE_string("output_dir", None, "Folder for the PNGs.")
 flags.DEFINE_integer("image_size", 320, "Short side after resizing (then cropped to x32).")
@@ -31,7 +34,7 @@ flags.mark_flags_as_required(["encoder", "image", "output_dir"])
 def main(argv):
     del argv
     image = resize_and_crop_image(load_image(FLAGS.image), FLAGS.image_size)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed)
+    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     features = extractor(image[None]).numpy()[0]
     point = [float(v) for v in FLAGS.point] if FLAGS.point else [s / 2 for s in image.shape[:2]]
     name = os.path.splitext(os.path.basename(FLAGS.image))[0]

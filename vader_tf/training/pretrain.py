@@ -53,7 +53,7 @@ class PretrainConfig:
     shuffle_bn: bool = True
     # Optimisation.
     train_steps: int = 150
-    base_learning_rate: float = 0.03
+    base_learning_rate: float = 0.5
     reference_batch_size: int = 256
     warmup_steps: int = 0
     weight_decay: float = 1e-4

@@ -1,0 +1,56 @@
+"""The pretraining script's flags and shipped flagfiles."""
+
+import dataclasses
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vader_tf.training.pretrain import PretrainConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "experiments", "pretrain.py")
+
+
+def _dry_run(*args):
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--dry_run", *args],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def test_no_flags_is_the_cpu_main_job_on_embedded_samples():
+    config = _dry_run()
+    assert config == dataclasses.asdict(PretrainConfig())
+    assert config["data"] == "samples" and config["method"] == "vader"
+
+
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*.cfg"))))
+def test_flagfiles_parse_and_validate(flagfile):
+    config = _dry_run(f"--flagfile={flagfile}")
+    with open(flagfile) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--"):
+                name, _, value = line[2:].partition("=")
+                assert str(config[name]) == value or float(config[name]) == float(value), name
+
+
+def test_paper_scale_config_matches_the_paper_setup():
+    config = _dry_run(f"--flagfile={os.path.join(REPO, 'experiments', 'configs', 'imagenet_resnet50_8gpu.cfg')}")
+    assert (config["backbone"], config["image_size"], config["embedding_dim"]) == ("resnet50", 224, 128)
+    assert (config["queue_size"], config["temperature"], config["ema_momentum"]) == (65536, 0.2, 0.999)
+
+
+def test_bad_flag_values_are_clear_errors():
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--dry_run", "--image_size=100"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode != 0
+    assert "image_size must be a multiple of 32" in result.stderr
