@@ -78,3 +78,15 @@ def test_shuffle_bn_keys_are_computed_per_permuted_group():
         np.testing.assert_allclose(keys[group], expected, atol=1e-5)
     whole_batch = model.key_model(images, training=True).numpy()
     assert not np.allclose(keys, whole_batch, atol=1e-3)
+
+
+def test_keras_fit_drives_the_same_train_step():
+    model = build_small_model("vader", queue_size=32)
+    batches = [synthetic_batch(4, seed=s) for s in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    )
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert set(history.history) == {"loss", "positive_similarity", "negative_similarity", "accuracy"}
+    assert np.isfinite(history.history["loss"][0])
+    assert int(model.queue_pointer.numpy()) == (3 * 4 * 4) % 32
