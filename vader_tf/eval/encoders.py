@@ -9,6 +9,15 @@ An encoder spec names where the features come from:
 - `random:<backbone>` (e.g. `random:resnet18`): a randomly initialised encoder, the
   lower-bound baseline; its weights are fixed by the `seed` argument.
 
+The `layer` argument chooses which output of the encoder is tapped (`LAYERS`):
+`"features"` (the projection head's embedding, the default), `"decoder"` (the FPN output
+the head reads) or a backbone level `"P2"`..`"P5"` (strides 4..32). Backbone levels are
+resized bilinearly to the stride-4 grid, and taps other than `"features"` are
+L2-normalised per pixel, so every tap is a stride-4 map of unit vectors. Tapping the
+backbone makes frozen evaluation fair to encoders whose decoder and head were never
+trained (a MoCo run, a random encoder). SavedModels are tapped through their `pyramid`
+signature (see `vader_tf.export.saved_model`).
+
 Every spec becomes a `FeatureExtractor`: a frozen callable mapping float32 images in
 [0, 255] of any size to stride-4 features. Images are padded at the bottom and right to
 multiples of 32 and the features are cropped back to `ceil(H / 4) x ceil(W / 4)` cells, so
@@ -30,6 +39,32 @@ RANDOM_PREFIX = "random:"
 SERVING_SIGNATURE = "serving_default"
 SERVING_INPUT = "images"
 SERVING_OUTPUT = "features"
+PYRAMID_SIGNATURE = "pyramid"
+FEATURES_LAYER = "features"
+LAYERS = (FEATURES_LAYER, "decoder", "P2", "P3", "P4", "P5")
+
+
+def check_layer(layer):
+    if layer not in LAYERS:
+        raise ValueError(f"Unknown layer {layer!r}; expected one of {LAYERS}.")
+
+
+def tap_to_grid(tapped, images, layer):
+    """An encoder output as unit vectors on the stride-4 grid of `images`.
+
+    Args:
+        tapped: the `layer` output for `images`, `[B, h, w, C]`.
+        images: the `[B, H, W, 3]` input (H, W multiples of 32).
+        layer: one of `LAYERS`; `"features"` is returned as is (already unit-norm).
+    """
+    if layer == FEATURES_LAYER:
+        return tapped
+    tapped = tf.cast(tapped, tf.float32)
+    grid = (tf.shape(images)[1] // FEATURE_STRIDE, tf.shape(images)[2] // FEATURE_STRIDE)
+    if layer != "decoder":
+        # Half-pixel aligned, so cell centres at stride s map onto stride-4 cell centres.
+        tapped = tf.image.resize(tapped, grid, method="bilinear")
+    return tf.math.l2_normalize(tapped, axis=-1)
 
 
 def load_keras_encoder(spec, seed=0):
@@ -74,15 +109,17 @@ class FeatureExtractor:
         forward: function of float32 `[B, H, W, 3]` images in [0, 255], H and W multiples
             of 32, returning `[B, H/4, W/4, D]` features.
         spec: the encoder spec it was built from (recorded in result files).
+        layer: the encoder output it taps (one of `LAYERS`).
 
     Call it on float32 `[B, H, W, 3]` images in [0, 255] of any size; it returns
     `[B, ceil(H/4), ceil(W/4), D]` float32 features as a tensor. `extract` does the same
     for a large numpy array in batches.
     """
 
-    def __init__(self, forward, spec):
+    def __init__(self, forward, spec, layer=FEATURES_LAYER):
         self._forward = forward
         self.spec = spec
+        self.layer = layer
 
     def __call__(self, images):
         images = tf.convert_to_tensor(images, tf.float32)
@@ -101,44 +138,53 @@ class FeatureExtractor:
         return np.concatenate(batches, axis=0)
 
 
-def _keras_forward(encoder):
+def _keras_forward(encoder, layer=FEATURES_LAYER):
     encoder.trainable = False
+    if layer != FEATURES_LAYER:
+        encoder = keras.Model(encoder.input, encoder.pyramid_outputs[layer])
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        return encoder(images, training=False)
+        return tap_to_grid(encoder(images, training=False), images, layer)
 
     return forward
 
 
-def _saved_model_forward(path):
+def _saved_model_forward(path, layer=FEATURES_LAYER):
     loaded = tf.saved_model.load(path)
-    if SERVING_SIGNATURE not in loaded.signatures:
+    name = SERVING_SIGNATURE if layer == FEATURES_LAYER else PYRAMID_SIGNATURE
+    if name not in loaded.signatures:
         raise ValueError(
-            f"SavedModel at {path!r} has no {SERVING_SIGNATURE!r} signature "
+            f"SavedModel at {path!r} has no {name!r} signature "
             f"(it has {sorted(loaded.signatures)})."
         )
-    signature = loaded.signatures[SERVING_SIGNATURE]
+    signature = loaded.signatures[name]
+    output = SERVING_OUTPUT if layer == FEATURES_LAYER else layer
 
     def forward(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
-        return tf.cast(signature(**{SERVING_INPUT: pixels})[SERVING_OUTPUT], tf.float32)
+        tapped = signature(**{SERVING_INPUT: pixels})[output]
+        return tf.cast(tap_to_grid(tapped, images, layer), tf.float32)
 
     forward.saved_model = loaded  # Keeps the loaded object alive with the signature.
     return forward
 
 
-def load_feature_extractor(spec, seed=0):
+def load_feature_extractor(spec, seed=0, layer=FEATURES_LAYER):
     """Builds a frozen `FeatureExtractor` from an encoder spec (see the module docstring).
 
     Args:
         spec: run directory, `.keras` file, SavedModel directory or `random:<backbone>`.
         seed: seed of the random initialisation for `random:` specs.
+        layer: the tapped output, one of `LAYERS` (see the module docstring).
 
     Returns:
-        A `FeatureExtractor` in inference mode.
+        A `FeatureExtractor` in inference mode, returning unit-norm stride-4 features.
     """
+    check_layer(layer)
     saved_model = saved_model_path(spec)
     if saved_model is not None:
-        return FeatureExtractor(_saved_model_forward(saved_model), spec)
-    return FeatureExtractor(_keras_forward(load_keras_encoder(spec, seed=seed)), spec)
+        forward = _saved_model_forward(saved_model, layer)
+    else:
+        forward = _keras_forward(load_keras_encoder(spec, seed=seed), layer)
+    return FeatureExtractor(forward, spec, layer)

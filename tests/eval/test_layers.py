@@ -1,0 +1,53 @@
+"""Feature taps of `load_feature_extractor`: backbone levels and the decoder on the
+stride-4 grid, from Keras encoders and from SavedModel exports (`pyramid` signature)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vader_tf.eval.encoders import LAYERS, load_feature_extractor, load_keras_encoder
+from vader_tf.export.saved_model import export_saved_model
+from vader_tf.models.encoder import build_encoder
+
+IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 40, 70, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "layer, channels",
+    [("features", 128), ("decoder", 128), ("P2", 64), ("P3", 128), ("P4", 256), ("P5", 512)],
+)
+def test_every_tap_is_unit_norm_on_the_stride_4_grid(layer, channels):
+    extractor = load_feature_extractor("random:resnet18", seed=3, layer=layer)
+    features = extractor(IMAGES).numpy()
+    assert extractor.layer == layer
+    assert features.shape == (2, 10, 18, channels)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-4)
+
+
+def test_backbone_tap_is_the_resized_normalised_level():
+    encoder = load_keras_encoder("random:resnet18", seed=3)
+    padded = np.pad(IMAGES[:1], [[0, 0], [0, 24], [0, 26], [0, 0]], mode="symmetric")
+    level = keras.Model(encoder.input, encoder.pyramid_outputs["P4"])(padded)
+    expected = tf.math.l2_normalize(tf.image.resize(level, (16, 24)), axis=-1)[:, :10, :18]
+    tapped = load_feature_extractor("random:resnet18", seed=3, layer="P4")(IMAGES[:1])
+    np.testing.assert_allclose(tapped.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_unknown_layer_is_rejected():
+    with pytest.raises(ValueError, match="Unknown layer 'C4'"):
+        load_feature_extractor("random:resnet18", layer="C4")
+
+
+def test_saved_model_taps_match_keras(tmp_path):
+    keras.utils.set_random_seed(5)
+    encoder = build_encoder("resnet18", decoder_channels=32, head_hidden_dim=32, embedding_dim=16)
+    keras_path = str(tmp_path / "encoder.keras")
+    encoder.save(keras_path)
+    export_base = str(tmp_path / "export")
+    export_saved_model(encoder, export_base, sample_size=64, num_sample_images=1)
+    images = np.round(IMAGES)
+    for layer in LAYERS:
+        from_export = load_feature_extractor(export_base, layer=layer)(images).numpy()
+        from_keras = load_feature_extractor(keras_path, layer=layer)(images).numpy()
+        np.testing.assert_allclose(from_export, from_keras, atol=1e-4, err_msg=layer)

@@ -1,0 +1,90 @@
+"""PNG figures of a comparison: pretraining curves, metric bars, feature pictures.
+
+Needs matplotlib, an optional dependency: `pip install vader-tf[results]`. Every function
+writes one small PNG (non-interactive Agg backend) and returns its path.
+"""
+
+import os
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+except ImportError as error:  # pragma: no cover - depends on the environment.
+    raise ImportError(
+        "Plotting results needs matplotlib: pip install 'vader-tf[results]'."
+    ) from error
+
+DPI = 100
+
+
+def _save(figure, path):
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}.png"
+    figure.savefig(temporary, dpi=DPI, bbox_inches="tight")
+    pyplot.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def plot_pretraining(histories, path, metrics=("loss", "accuracy")):
+    """Curves of `metrics` against the step, one line per run.
+
+    Args:
+        histories: `{run label: [{"step": ..., metric: ...}, ...]}`.
+        path: output PNG.
+        metrics: the metrics plotted, one panel each.
+    """
+    figure, axes = pyplot.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False
+    )
+    axes = axes[0]
+    for axis, metric in zip(axes, metrics):
+        for label, history in histories.items():
+            points = [(entry["step"], entry[metric]) for entry in history if metric in entry]
+            if points:
+                axis.plot(*zip(*points), label=label)
+        axis.set_xlabel("step")
+        axis.set_title(metric)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle("Pretraining (training-batch metrics; not comparable across methods)")
+    return _save(figure, path)
+
+
+def plot_metric_bars(values, title, path):
+    """One bar per `{label: value}` entry, annotated with its value."""
+    figure, axis = pyplot.subplots(figsize=(1.3 * len(values) + 1, 3.5))
+    labels = list(values)
+    heights = [values[label] or 0.0 for label in labels]
+    bars = axis.bar(range(len(labels)), heights, color="tab:blue")
+    for bar, height in zip(bars, heights):
+        axis.annotate(
+            f"{height:.3f}", (bar.get_x() + bar.get_width() / 2, height), ha="center",
+            va="bottom", fontsize=8,
+        )
+    axis.set_xticks(range(len(labels)), labels, fontsize=8)
+    axis.set_title(title)
+    axis.set_ylim(0, max(heights + [1e-3]) * 1.2)
+    return _save(figure, path)
+
+
+def plot_feature_pictures(image, pictures, path, columns=4):
+    """The image and `{label: uint8 RGB picture}` (e.g. PCA of features) in a grid."""
+    panels = {"image": image, **pictures}
+    rows = -(-len(panels) // columns)
+    height, width = image.shape[:2]
+    scale = 2.5 / height
+    figure, axes = pyplot.subplots(
+        rows, columns, figsize=(columns * width * scale, rows * (height * scale + 0.3)),
+        squeeze=False,
+    )
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (label, picture) in zip(axes.ravel(), panels.items()):
+        axis.imshow(picture, interpolation="nearest")
+        axis.set_title(label, fontsize=9)
+    return _save(figure, path)
