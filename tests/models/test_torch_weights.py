@@ -353,3 +353,20 @@ def test_missing_torch_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r"vader-tf\[torch\]"):
         torch_weights.load_torch_checkpoint("unused.pth")
+
+
+def test_pretraining_starts_from_converted_moco_checkpoint(resnet50_reference, tmp_path):
+    from vader_tf.training.pretrain import PretrainConfig, build_model
+
+    checkpoint = str(tmp_path / "moco_v2_800ep_pretrain.pth.tar")
+    torch.save(_moco_checkpoint(resnet50_reference), checkpoint)
+    converted = str(tmp_path / "moco_v2.weights.h5")
+    torch_weights.convert_checkpoint(checkpoint, converted)
+
+    model = build_model(
+        PretrainConfig(model_dir=str(tmp_path / "run"), backbone="resnet50", init_weights=converted)
+    )
+    expected = resnet50_reference.state_dict()["layer4.2.conv3.weight"].numpy().transpose(2, 3, 1, 0)
+    for encoder in (model.encoder, model.key_model):
+        kernel = encoder.backbone.get_layer("stack3_block2_3_conv").kernel
+        np.testing.assert_array_equal(np.asarray(kernel), expected)
