@@ -1,0 +1,94 @@
+"""Runs every benchmark, each in its own process, and prints the headline figures.
+
+    python benchmarks/run_all.py            # full suite, ~15-20 min on 2 cores
+    python benchmarks/run_all.py --quick    # smoke run, ~2-3 min
+    python benchmarks/run_all.py --only dense_cost,serving
+
+Results: `benchmarks/results/<name>.json` (quick runs: `benchmarks/results/tmp-quick/`).
+Exits non-zero if any benchmark failed.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = (
+    "dense_cost",
+    "efficiency",
+    "input_pipeline",
+    "loss_scaling",
+    "distribution",
+    "serving",
+    "memory",
+    "xla",
+)
+
+
+def headline(name, results):
+    """A few `label: value` strings summarising one benchmark's results."""
+
+    def per_case(key):
+        return {case: r[key] for case, r in results.items() if isinstance(r, dict) and key in r}
+
+    if name == "dense_cost":
+        fractions = per_case("fraction_of_vader_step")
+        return [
+            f"vader/moco {per_case('vader_over_moco')}",
+            f"loss fraction { {case: f['loss'] for case, f in fractions.items()} }",
+        ]
+    if name == "efficiency":
+        return [f"fraction of peak {per_case('fraction_of_peak')}"]
+    if name == "input_pipeline":
+        return [f"pipeline/train step {results['pipeline_over_train_step']}"]
+    if name == "loss_scaling":
+        return [f"time vs P*K R^2 {results['time_vs_rows_x_queue']['r_squared']}"]
+    if name == "distribution":
+        return [f"2 replicas / 1 replica {results.get('two_over_one', results)}"]
+    if name == "serving":
+        return [
+            f"saved_model/keras eager {results['saved_model_over_keras_eager']}, "
+            f"/compiled {results['saved_model_over_keras_compiled']}"
+        ]
+    if name == "memory":
+        return [f"peak RSS MB {per_case('peak_rss_mb')}"]
+    if name == "xla":
+        return [f"jit/default {results['jit_over_default']}"]
+    return []
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run.")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="Comma-separated names.")
+    parser.add_argument("--results_dir", default=None, help="Where the JSON results go.")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"Unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}.")
+    results_dir = args.results_dir or os.path.join(REPO, "benchmarks", "results")
+    if args.quick and not args.results_dir:
+        results_dir = os.path.join(results_dir, "tmp-quick")
+    flags = (["--quick"] if args.quick else []) + ["--results_dir", results_dir]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    failed = []
+    started = time.perf_counter()
+    for name in names:
+        print(f"== {name}", flush=True)
+        command = [sys.executable, "-m", f"benchmarks.{name}", *flags]
+        if subprocess.run(command, cwd=REPO, env=env).returncode != 0:
+            failed.append(name)
+            continue
+        with open(os.path.join(results_dir, f"{name}.json")) as f:
+            for line in headline(name, json.load(f)["results"]):
+                print(f"   {line}", flush=True)
+    print(f"Done in {time.perf_counter() - started:.0f} s; failed: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
