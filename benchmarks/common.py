@@ -252,6 +252,23 @@ def pipeline_batch(config, seed=0):
     return next(iter(dataset))
 
 
+def step_cases(quick):
+    """The train-step configurations the step benchmarks share.
+
+    Full: the main job (ResNet-18 at 96, batch 16) and ResNet-50 at 224 with a batch two
+    cores can do (4). Quick: a tiny ResNet-18 run.
+
+    Returns:
+        A list of `(name, config_fields, repeats)`.
+    """
+    if quick:
+        return [("resnet18@64_batch4", dict(image_size=64, batch_size=4), 2)]
+    return [
+        ("resnet18@96_batch16", dict(backbone="resnet18", image_size=96, batch_size=16), 7),
+        ("resnet50@224_batch4", dict(backbone="resnet50", image_size=224, batch_size=4), 5),
+    ]
+
+
 def config_summary(config, *names):
     """The named `PretrainConfig` fields (default: those that set a step's cost)."""
     names = names or (

@@ -115,9 +115,8 @@ def vader_components(model, batch):
     }
 
 
-def compare(backbone, image_size, batch_size, warmup, repeats):
+def compare(fields, repeats, warmup=1):
     """Times the VADeR and MoCo steps and the VADeR parts for one configuration."""
-    fields = dict(backbone=backbone, image_size=image_size, batch_size=batch_size)
     config, vader = common.training_model(method="vader", **fields)
     _, moco = common.training_model(method="moco", **fields)
     batch = common.pipeline_batch(config)
@@ -149,14 +148,10 @@ def compare(backbone, image_size, batch_size, warmup, repeats):
 
 
 def run(quick):
-    if quick:
-        cases = [("resnet18", 64, 4, 1, 2)]
-    else:
-        # The main job's configuration, then ResNet-50 at 224 with a batch 2 cores can do.
-        cases = [("resnet18", 96, 16, 1, 7), ("resnet50", 224, 4, 1, 5)]
-    results = {f"{b}@{s}_batch{n}": compare(b, s, n, w, r) for b, s, n, w, r in cases}
+    cases = common.step_cases(quick)
+    results = {name: compare(fields, repeats) for name, fields, repeats in cases}
     targets = {"loss_fraction_max": 0.05, "vader_over_moco_max_resnet50_224": 1.25}
-    return {"cases": [c[:3] for c in cases], "targets": targets}, results
+    return {"cases": [name for name, _, _ in cases], "targets": targets}, results
 
 
 if __name__ == "__main__":

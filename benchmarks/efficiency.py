@@ -18,10 +18,8 @@ NAME = "efficiency"
 TARGET = 0.6
 
 
-def measure(backbone, image_size, batch_size, warmup, repeats, quick):
-    config, model = common.training_model(
-        backbone=backbone, image_size=image_size, batch_size=batch_size
-    )
+def measure(fields, repeats, quick, warmup=1):
+    config, model = common.training_model(**fields)
     batch = common.pipeline_batch(config)
     step = tf.function(model.train_step)
     flops = common.graph_flops(step.get_concrete_function(batch).graph)
@@ -48,15 +46,9 @@ def measure(backbone, image_size, batch_size, warmup, repeats, quick):
 
 
 def run(quick):
-    if quick:
-        cases = [("resnet18", 64, 4, 1, 2)]
-    else:
-        cases = [("resnet18", 96, 16, 1, 7), ("resnet50", 224, 4, 1, 5)]
-    results = {
-        f"{backbone}@{size}_batch{batch}": measure(backbone, size, batch, warmup, repeats, quick)
-        for backbone, size, batch, warmup, repeats in cases
-    }
-    return {"cases": [c[:3] for c in cases], "target_fraction_of_peak": TARGET}, results
+    cases = common.step_cases(quick)
+    results = {name: measure(fields, repeats, quick) for name, fields, repeats in cases}
+    return {"cases": [name for name, _, _ in cases], "target_fraction_of_peak": TARGET}, results
 
 
 if __name__ == "__main__":

@@ -27,9 +27,12 @@ def info_nce(queries, positives, negatives, temperature):
     negatives = tf.cast(negatives, tf.float32)
     positive_similarity = tf.reduce_sum(queries * positives, axis=-1)
     negative_similarity = tf.matmul(queries, negatives, transpose_b=True)
-    logits = tf.concat([positive_similarity[:, None], negative_similarity], axis=1)
-    logits = logits / temperature
-    loss = tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]
+    # The positive joins the negatives through their log-sum-exp rather than a
+    # concatenated [N, 1 + K] copy of the logits, which saves an N x K tensor forward
+    # and backward: -log softmax_0([p, n_1..n_K]) = softplus(logsumexp(n) - p).
+    negative_logits = negative_similarity / temperature
+    positive_logit = positive_similarity / temperature
+    loss = tf.nn.softplus(tf.reduce_logsumexp(negative_logits, axis=1) - positive_logit)
     correct = tf.cast(
         positive_similarity > tf.reduce_max(negative_similarity, axis=1), tf.float32
     )
