@@ -24,14 +24,19 @@ def _train(strategy, method, bn_groups, batches):
     return model, metrics
 
 
+# Two replicas sum gradients in another order than one: allow float-rounding drift after
+# two SGD steps (updates are ~1e-2; a wrong replica scaling would be off by that much).
+RTOL, ATOL = 1e-3, 1e-4
+
+
 def _assert_same_state(one, two):
     # Parameters and the EMA copy must agree. BN moving statistics are not compared:
     # they are replica-local running averages that the training maths never reads.
     for a, b in zip(one.query_model.trainable_weights, two.query_model.trainable_weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL, err_msg=a.path)
     for i in one._ema_indices:
         a, b = one.key_model.weights[i], two.key_model.weights[i]
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL, err_msg=a.path)
     np.testing.assert_allclose(one.queue.numpy(), two.queue.numpy(), atol=1e-5)
     assert int(one.queue_pointer.numpy()) == int(two.queue_pointer.numpy())
 
