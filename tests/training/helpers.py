@@ -5,8 +5,41 @@ import numpy as np
 import tensorflow as tf
 
 from vader_tf.models import build_encoder
+from vader_tf.training.pretrain import PretrainConfig
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
+
+
+def write_smooth_photos(folder, count, seed=0):
+    """Writes `count` 80x60 PNGs of smooth random colour fields into `folder`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        # Low-frequency noise upsampled, so views have structure worth matching.
+        small = rng.uniform(0, 255, (6, 8, 3)).astype("uint8")
+        Image.fromarray(small).resize((80, 60), Image.BILINEAR).save(f"{folder}/img{i}.png")
+
+
+def small_config(model_dir, data_folder, **overrides):
+    """A `PretrainConfig` small enough for CPU tests (ResNet-18, 64 px, batch 4)."""
+    settings = dict(
+        model_dir=str(model_dir),
+        data=f"folder:{data_folder}",
+        image_size=64,
+        batch_size=4,
+        num_points=8,
+        queue_size=64,
+        queue_points_per_image=4,
+        decoder_channels=16,
+        embedding_dim=8,
+        train_steps=4,
+        checkpoint_every=2,
+        log_every=1,
+        verbose=0,
+    )
+    settings.update(overrides)
+    return PretrainConfig(**settings)
 
 
 def synthetic_batch(batch_size=4, image_size=64, num_points=8, seed=0, invalid=()):

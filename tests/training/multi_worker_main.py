@@ -9,26 +9,13 @@ import sys
 
 import numpy as np
 
-from vader_tf.training.pretrain import PretrainConfig, pretrain
+from tests.training.helpers import small_config
+from vader_tf.training.pretrain import pretrain
 
 
 def main(model_dir, data_folder, weights_out):
-    config = PretrainConfig(
-        model_dir=model_dir,
-        data=f"folder:{data_folder}",
-        strategy="multi_worker",
-        image_size=64,
-        batch_size=4,
-        num_points=8,
-        queue_size=64,
-        queue_points_per_image=4,
-        decoder_channels=16,
-        embedding_dim=8,
-        bn_groups=2,
-        train_steps=3,
-        checkpoint_every=2,
-        log_every=1,
-        verbose=0,
+    config = small_config(
+        model_dir, data_folder, strategy="multi_worker", bn_groups=2, train_steps=3
     )
     model, history = pretrain(config)
     # Parameters and their EMA; BN moving statistics are worker-local running averages.

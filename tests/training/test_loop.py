@@ -10,11 +10,12 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from vader_tf import losses, run_dir
 from vader_tf.training import loop
-from vader_tf.training.pretrain import PretrainConfig, pretrain
+from tests.training import helpers
+from tests.training.helpers import write_smooth_photos
+from vader_tf.training.pretrain import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,33 +23,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        # Smooth random images: low-frequency noise upsampled, so views have structure.
-        small = rng.uniform(0, 255, (6, 8, 3)).astype("uint8")
-        Image.fromarray(small).resize((80, 60), Image.BILINEAR).save(folder / f"img{i}.png")
+    write_smooth_photos(folder, 6)
     return str(folder)
 
 
 def small_config(model_dir, data, **overrides):
-    settings = dict(
-        model_dir=str(model_dir),
-        data=f"folder:{data}",
-        image_size=64,
-        batch_size=4,
-        num_points=8,
-        queue_size=64,
-        queue_points_per_image=4,
-        decoder_channels=16,
-        embedding_dim=8,
-        train_steps=4,
-        checkpoint_every=2,
-        log_every=1,
-        verbose=0,
-        deterministic=True,
-    )
-    settings.update(overrides)
-    return PretrainConfig(**settings)
+    return helpers.small_config(model_dir, data, **{"deterministic": True, **overrides})
 
 
 def _encoder_weights(model_dir):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.training.helpers import write_smooth_photos
 from vader_tf import run_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,14 +28,9 @@ def _free_ports(count):
 
 def test_two_workers_finish_with_identical_weights(tmp_path):
 
-    from PIL import Image
-
     data = tmp_path / "photos"
     data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        small = rng.uniform(0, 255, (6, 8, 3)).astype("uint8")
-        Image.fromarray(small).resize((80, 60), Image.BILINEAR).save(data / f"img{i}.png")
+    write_smooth_photos(data, 8)
 
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     model_dir = tmp_path / "run"

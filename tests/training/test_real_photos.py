@@ -5,26 +5,27 @@ import os
 import numpy as np
 import pytest
 
-from vader_tf.training.pretrain import PretrainConfig, pretrain
+from tests.training.helpers import small_config
+from vader_tf.training.pretrain import pretrain
 
 
 def test_loss_goes_down_on_bsds500(tmp_path):
     shared = os.environ.get("VADER_SHARED_DATA")
     if not shared:
         pytest.skip("VADER_SHARED_DATA is not set")
-    config = PretrainConfig(
-        model_dir=str(tmp_path),
-        data=f"folder:{os.path.join(shared, 'bsds500', 'images')}",
-        image_size=64,
+    config = small_config(
+        tmp_path,
+        os.path.join(shared, "bsds500", "images"),
         batch_size=8,
         num_points=32,
         queue_size=256,
         queue_points_per_image=8,
+        decoder_channels=128,
+        embedding_dim=128,
         base_learning_rate=1.0,
         train_steps=60,
         log_every=5,
         checkpoint_every=60,
-        verbose=0,
     )
     _, history = pretrain(config)
     losses = {h["step"]: h["loss"] for h in history}
