@@ -265,7 +265,7 @@ def step_cases(quick):
         return [("resnet18@64_batch4", dict(image_size=64, batch_size=4), 2)]
     return [
         ("resnet18@96_batch16", dict(backbone="resnet18", image_size=96, batch_size=16), 7),
-        ("resnet50@224_batch4", dict(backbone="resnet50", image_size=224, batch_size=4), 5),
+        ("resnet50@224_batch4", dict(backbone="resnet50", image_size=224, batch_size=4), 8),
     ]
 
 

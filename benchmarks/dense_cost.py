@@ -12,7 +12,8 @@ round. The VADeR step is split into separately compiled parts run on the same ba
 * optimizer_ema: the SGD update and the momentum (EMA) update of the key network.
 
 `unattributed` is what the full step costs beyond their sum (shuffle-BN gathers, metrics,
-concatenations, and scheduling differences).
+concatenations, and scheduling differences). `vader_over_moco_flops` is the ratio the
+architectures alone predict: convolution and matmul FLOPs of the two traced steps.
 
     python -m benchmarks.dense_cost [--quick]
 """
@@ -132,6 +133,11 @@ def compare(fields, repeats, warmup=1):
     parts = {name: times[name]["median_s"] for name in COMPONENTS}
     fractions = {name: value / step for name, value in parts.items()}
     fractions["unattributed"] = 1.0 - sum(fractions.values())
+    # What the architectures alone predict for the time ratio: convolution and matmul FLOPs.
+    flops = {
+        name: common.graph_flops(fn.get_concrete_function(batch).graph)["from_shapes"]
+        for name, fn in (("vader", vader_step), ("moco", moco_step))
+    }
     return {
         "config": common.config_summary(config),
         "vader_step_s": step,
@@ -139,6 +145,8 @@ def compare(fields, repeats, warmup=1):
         "vader_over_moco": step / times["moco_step"]["median_s"],
         # The same ratio from the fastest rounds: on a shared machine load only adds time.
         "vader_over_moco_min": times["vader_step"]["min_s"] / times["moco_step"]["min_s"],
+        "step_flops": flops,
+        "vader_over_moco_flops": flops["vader"] / flops["moco"],
         "component_s": parts,
         "fraction_of_vader_step": fractions,
         "timing": {name: times[name] for name in callables},

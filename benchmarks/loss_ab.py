@@ -38,7 +38,8 @@ def info_nce_at(revision):
         spec.loader.exec_module(module)
     finally:
         os.remove(f.name)
-    return module.info_nce
+    # Its source file is gone by the time it is traced; it has no Python control flow.
+    return tf.autograph.experimental.do_not_convert(module.info_nce)
 
 
 def _loss_and_gradient(info_nce, queries, positives, negatives):
