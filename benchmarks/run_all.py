@@ -1,7 +1,7 @@
 """Runs every benchmark, each in its own process, and prints the headline figures.
 
-    python benchmarks/run_all.py            # full suite, ~15-20 min on 2 cores
-    python benchmarks/run_all.py --quick    # smoke run, ~2-3 min
+    python benchmarks/run_all.py            # full suite, ~11-12 min on 2 shared cores
+    python benchmarks/run_all.py --quick    # smoke run, ~4 min (mostly tracing)
     python benchmarks/run_all.py --only dense_cost,serving
 
 Results: `benchmarks/results/<name>.json` (quick runs: `benchmarks/results/tmp-quick/`).
