@@ -44,12 +44,12 @@ def _forward_backward(query_part, key_part, views, num_groups):
 
     `views` holds one input per view, each a tensor or a list of tensors.
     """
-    chunks = [
-        [tf.nest.pack_sequence_as(view, parts) for parts in zip(
-            *[tf.split(x, num_groups) for x in tf.nest.flatten(view)]
-        )]
-        for view in views
-    ]
+
+    def bn_groups(view):
+        parts = zip(*[tf.split(x, num_groups) for x in tf.nest.flatten(view)])
+        return [tf.nest.pack_sequence_as(view, list(group)) for group in parts]
+
+    chunks = [bn_groups(view) for view in views]
     for view_chunks in chunks:
         for chunk in view_chunks:
             key_part(chunk, training=True)
@@ -90,8 +90,9 @@ def vader_components(model, batch):
                 batch, query_maps, key_maps
             )
             rows = losses.info_nce(queries, positives, model.queue, model.temperature)
-            value = tf.reduce_sum(weights * rows["loss"]) / tf.maximum(tf.reduce_sum(weights), 1.0)
-        map_gradients = tape.gradient(value, query_maps)
+            total = tf.reduce_sum(weights * rows["loss"])
+            mean = total / tf.maximum(tf.reduce_sum(weights), 1.0)
+        map_gradients = tape.gradient(mean, query_maps)
         queue_lib.enqueue(model.queue, model.queue_pointer, keys)
         return map_gradients
 
