@@ -27,10 +27,12 @@ flags.DEFINE_string(
     os.environ.get("VADER_SHARED_DATA", "../shared/data"),
     "Folder holding bsds500/, camvid/ and davis2016/ (default: $VADER_SHARED_DATA).",
 )
-flags.DEFINE_string("run_dir", DEFAULTS.run_dir, "Pretraining run directories (<run_dir>/<method>).")
+flags.DEFINE_string("run_dir", DEFAULTS.run_dir, "Pretraining runs go to <run_dir>/<method>.")
 flags.DEFINE_string("results_dir", DEFAULTS.results_dir, "Result JSONs and figures.")
 flags.DEFINE_string("report", DEFAULTS.report, "Markdown report written at the end.")
-flags.DEFINE_string("notes", None, "Optional Markdown file included as the report's findings.")
+flags.DEFINE_string(
+    "notes", None, "Markdown included as the report's findings (default: <results_dir>/findings.md)."
+)
 flags.DEFINE_string("backbone", DEFAULTS.backbone, "Backbone of both methods.")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Pretraining view size (multiple of 32).")
 flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Pretraining batch size.")
@@ -38,7 +40,10 @@ flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Pretraining steps of 
 flags.DEFINE_float("base_learning_rate", DEFAULTS.base_learning_rate, "Base LR (per 256 images).")
 flags.DEFINE_integer("checkpoint_every", DEFAULTS.checkpoint_every, "Steps between checkpoints.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed of the shared initialisation, data and evals.")
-flags.DEFINE_list("layers", list(DEFAULTS.layers), f"Taps evaluated for every encoder: {LAYERS}.")
+flags.DEFINE_list("layers", list(DEFAULTS.layers), f"Taps of VADeR evaluated, from {LAYERS}.")
+flags.DEFINE_list(
+    "baseline_layers", list(DEFAULTS.baseline_layers), "Taps of MoCo and the random encoder."
+)
 flags.DEFINE_integer("probe_image_size", DEFAULTS.probe_image_size, "CamVid short side.")
 flags.DEFINE_integer("probe_steps", DEFAULTS.probe_steps, "Linear-probe optimisation steps.")
 flags.DEFINE_integer("probe_limit", None, "Use only the first N CamVid frames of each split.")
@@ -57,12 +62,13 @@ flags.DEFINE_integer("verbose", DEFAULTS.verbose, "1 shows pretraining progress 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    unknown = set(FLAGS.layers) - set(LAYERS)
-    if unknown:
-        raise app.UsageError(f"Unknown --layers {sorted(unknown)}; expected some of {LAYERS}.")
+    for name in ("layers", "baseline_layers"):
+        unknown = set(FLAGS[name].value) - set(LAYERS)
+        if unknown:
+            raise app.UsageError(f"Unknown --{name} {sorted(unknown)}; expected some of {LAYERS}.")
     names = [name for name in vars(DEFAULTS) if name in FLAGS]
     config = ComparisonConfig(**{name: FLAGS[name].value for name in names})
-    config.layers = tuple(FLAGS.layers)
+    config.layers, config.baseline_layers = tuple(config.layers), tuple(config.baseline_layers)
     run_comparison(config, command=["python", *sys.argv])
     print(f"Wrote {config.report}; figures and JSONs in {config.results_dir}/")
 

@@ -11,9 +11,10 @@ untrained encoder with the frozen-feature protocols of `vader_tf.eval`:
 Pretraining uses BSDS500 train + test photos and the CamVid train frames (no labels); the
 BSDS500 val photos are kept out of pretraining because the correspondence test uses them.
 
-Every encoder is evaluated at each tap of `layers` (see `vader_tf.eval.encoders`): a
-MoCo run trains only the backbone, so its `features` come from an untrained decoder and
-head, and only a backbone tap compares it fairly with VADeR.
+VADeR is evaluated at each tap of `layers`, MoCo and the random encoder at each tap of
+`baseline_layers` (see `vader_tf.eval.encoders`): a MoCo run trains only the backbone, so
+its `features` come from an untrained decoder and head, and only a backbone tap (in both
+lists) compares it fairly with VADeR.
 
 Every step is resumable: pretraining resumes from its run directory, and an evaluation
 whose result JSON exists is skipped unless `force` is set. Each result JSON records, as
@@ -52,6 +53,8 @@ PRETRAIN_FLAGS = (
 CAMVID_CLASSES = 11
 CAMVID_IGNORE = 11
 PCK_THRESHOLDS = (4, 8, 16, 32)
+# Hand-written findings in the results folder, included in the report when present.
+FINDINGS_FILE = "findings.md"
 
 
 @dataclasses.dataclass
@@ -73,10 +76,11 @@ class ComparisonConfig:
     seed: int = 0
     # Evaluation.
     layers: tuple = ("features", "P4")
+    baseline_layers: tuple = ("P4",)
     probe_image_size: int = 224
     probe_steps: int = 1000
     probe_limit: int | None = None
-    davis_image_size: int = 320
+    davis_image_size: int = 192
     davis_max_frames: int | None = None
     correspondence_image_size: int = 256
     correspondence_images: int = 100
@@ -93,11 +97,15 @@ class ComparisonConfig:
             **shared,
         )
 
-    def encoders(self):
-        """`{name: encoder spec}` of the compared encoders."""
+    def encoder_taps(self):
+        """`[(name, encoder spec, layer)]` of every evaluated encoder tap."""
         specs = {method: os.path.join(self.run_dir, method) for method in METHODS}
         specs["random"] = f"random:{self.backbone}"
-        return specs
+        return [
+            (name, spec, layer)
+            for name, spec in specs.items()
+            for layer in (self.layers if name == "vader" else self.baseline_layers)
+        ]
 
 
 PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
@@ -120,11 +128,18 @@ def read_history(model_dir):
     by_step = {}
     pattern = os.path.join(model_dir, run_dir.TENSORBOARD_DIR, "events.out.tfevents.*")
     for path in sorted(glob.glob(pattern), key=os.path.getmtime):
-        for event in tf.compat.v1.train.summary_iterator(path):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 scalar = float(tf.make_ndarray(value.tensor))
                 by_step.setdefault(int(event.step), {})[value.tag] = scalar
     return [{"step": step, **metrics} for step, metrics in sorted(by_step.items())]
+
+
+def completed_steps(model_dir):
+    """The step of the newest checkpoint in a run directory (0 if none)."""
+    latest = run_dir.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def run_pretraining(config, method):
@@ -135,11 +150,12 @@ def run_pretraining(config, method):
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             sessions = json.load(f)["metrics"]["session_seconds"]
-    started = time.perf_counter()
-    _, new_history = pretrain(pretrain_config)
-    if new_history:
-        sessions.append(time.perf_counter() - started)
-    keras.backend.clear_session()
+    if completed_steps(pretrain_config.model_dir) < pretrain_config.train_steps:
+        started = time.perf_counter()
+        _, new_history = pretrain(pretrain_config)
+        if new_history:
+            sessions.append(time.perf_counter() - started)
+        keras.backend.clear_session()
     history = read_history(pretrain_config.model_dir)
     # Time spent in training steps, from the logged throughput of each log interval.
     steps = [0] + [entry["step"] for entry in history]
@@ -248,28 +264,27 @@ def run_evaluations(config):
     """Evaluates every encoder tap; returns `{(name, layer): {evaluation: metrics}}`."""
     evaluations = Evaluations(config)
     results = {}
-    for name, spec in config.encoders().items():
-        for layer in config.layers:
-            extractor = None
-            results[name, layer] = {}
-            for evaluation, (argv, flags) in evaluations.commands(spec, layer).items():
-                path = result_path(config, evaluation, name, layer)
-                if os.path.exists(path) and not config.force:
-                    logging.info("Exists, skipped: %s", path)
-                else:
-                    if extractor is None:
-                        extractor = load_feature_extractor(spec, seed=config.seed, layer=layer)
-                    started = time.perf_counter()
-                    metrics = evaluations.run(evaluation, extractor)
-                    metrics["seconds"] = time.perf_counter() - started
-                    write_results(
-                        path, evaluation, spec, metrics,
-                        config={"layer": layer, "seed": config.seed, **flags}, argv=argv,
-                    )
-                    logging.info("Wrote %s", path)
-                with open(path) as f:
-                    results[name, layer][evaluation] = json.load(f)["metrics"]
-            keras.backend.clear_session()
+    for name, spec, layer in config.encoder_taps():
+        extractor = None
+        results[name, layer] = {}
+        for evaluation, (argv, flags) in evaluations.commands(spec, layer).items():
+            path = result_path(config, evaluation, name, layer)
+            if os.path.exists(path) and not config.force:
+                logging.info("Exists, skipped: %s", path)
+            else:
+                if extractor is None:
+                    extractor = load_feature_extractor(spec, seed=config.seed, layer=layer)
+                started = time.perf_counter()
+                metrics = evaluations.run(evaluation, extractor)
+                metrics["seconds"] = time.perf_counter() - started
+                write_results(
+                    path, evaluation, spec, metrics,
+                    config={"layer": layer, "seed": config.seed, **flags}, argv=argv,
+                )
+                logging.info("Wrote %s", path)
+            with open(path) as f:
+                results[name, layer][evaluation] = json.load(f)["metrics"]
+        keras.backend.clear_session()
     return results
 
 
@@ -278,11 +293,10 @@ def feature_pictures(config, image_path):
     image itself (resized like the linear probe's inputs)."""
     image = resize_and_crop_image(load_image(image_path), config.probe_image_size)
     pictures = {}
-    for name, spec in config.encoders().items():
-        for layer in config.layers:
-            extractor = load_feature_extractor(spec, seed=config.seed, layer=layer)
-            features = extractor(image[None]).numpy()[0]
-            pictures[name, layer] = visualize.upsample_nearest(visualize.pca_rgb(features))
+    for name, spec, layer in config.encoder_taps():
+        extractor = load_feature_extractor(spec, seed=config.seed, layer=layer)
+        features = extractor(image[None]).numpy()[0]
+        pictures[name, layer] = visualize.upsample_nearest(visualize.pca_rgb(features))
         keras.backend.clear_session()
     return np.clip(np.round(image), 0, 255).astype(np.uint8), pictures
 
@@ -327,6 +341,16 @@ def hardware_description():
         f"{platform.processor() or platform.machine()}, {cpus} CPU cores, "
         f"{len(gpus)} GPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
+
+
+def evaluation_seconds(results):
+    return sum(
+        metrics.get("seconds", 0.0) for taps in results.values() for metrics in taps.values()
+    )
+
+
+def notes_path(config):
+    return config.notes or os.path.join(config.results_dir, FINDINGS_FILE)
 
 
 def write_report(config, command, pretraining, results, figures, elapsed):
@@ -394,8 +418,10 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         f"`{pretraining_data_spec(c.data_root)}` (BSDS500 train+test and CamVid train "
         "frames, no labels).",
         "",
-        f"Hardware: {hardware_description()}. Whole command: {elapsed / 60:.1f} min "
-        "in its last session (earlier sessions' pretraining is counted in the table).",
+        f"Hardware: {hardware_description()}. Time: pretraining "
+        f"{sum(sum(s['session_seconds']) for s in pretraining.values()) / 60:.1f} min wall, "
+        f"evaluations {evaluation_seconds(results) / 60:.1f} min (summed from their "
+        f"JSONs); the last session of the command took {elapsed / 60:.1f} min.",
         "",
         "Standalone commands computing the same numbers (each result JSON holds its own):",
         "",
@@ -422,8 +448,9 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "## Caveats",
         "",
         f"- Scale: {c.train_steps} steps of batch {c.batch_size} at {c.image_size} px on "
-        f"{pretraining_pool_size(c.data_root)} images, against 200 epochs of ImageNet (1.28M images, batch 256, 224 px) in the "
-        "paper. Differences of a few points are within what another seed could change.",
+        f"{pretraining_pool_size(c.data_root)} images, against 200 epochs of ImageNet "
+        "(1.28M images, batch 256, 224 px) in the paper. One seed per method: there is no "
+        "estimate of run-to-run variance, so small differences may not be significant.",
         "- Initialisation: random for both methods, whereas the paper initialises VADeR "
         "from a MoCo-pretrained ResNet-50. Its claim is about that setting; this run "
         "tests whether pixel-level contrast helps from scratch at tiny scale.",
@@ -433,8 +460,8 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "probe's training set; BSDS500 val photos are kept out of pretraining.",
         "",
     ]
-    if c.notes and os.path.exists(c.notes):
-        with open(c.notes) as f:
+    if os.path.exists(notes_path(c)):
+        with open(notes_path(c)) as f:
             lines += ["## Findings", "", f.read().strip(), ""]
     directory = os.path.dirname(c.report)
     if directory:

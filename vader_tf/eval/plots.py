@@ -51,7 +51,7 @@ def plot_pretraining(histories, path, metrics=("loss", "accuracy")):
         axis.set_title(metric)
         axis.grid(alpha=0.3)
     axes[0].legend()
-    figure.suptitle("Pretraining (training-batch metrics; not comparable across methods)")
+    figure.suptitle("Pretraining (training-batch metrics; not comparable across methods)", y=1.02)
     return _save(figure, path)
 
 
