@@ -5,7 +5,7 @@ CamVid train frames, evaluates both and the random encoder with frozen features 
 linear probe, DAVIS label propagation, BSDS500 correspondence), and writes RESULTS.md
 and figures and result JSONs under --results_dir. See `vader_tf.eval.comparison`.
 
-    python experiments/reproduce_small.py                      # ~1 hour on 2 CPU cores
+    python experiments/reproduce_small.py   # ~75 min on 2 shared CPU cores (35 pretraining)
     python experiments/reproduce_small.py --train_steps=20 --image_size=64 ...  # smoke
 
 Rerunning resumes: pretraining continues from --run_dir and evaluations whose JSON exists
@@ -31,7 +31,7 @@ flags.DEFINE_string("run_dir", DEFAULTS.run_dir, "Pretraining runs go to <run_di
 flags.DEFINE_string("results_dir", DEFAULTS.results_dir, "Result JSONs and figures.")
 flags.DEFINE_string("report", DEFAULTS.report, "Markdown report written at the end.")
 flags.DEFINE_string(
-    "notes", None, "Markdown included as the report's findings (default: <results_dir>/findings.md)."
+    "notes", None, "Markdown findings for the report (default: <results_dir>/findings.md)."
 )
 flags.DEFINE_string("backbone", DEFAULTS.backbone, "Backbone of both methods.")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Pretraining view size (multiple of 32).")
