@@ -481,7 +481,7 @@ def run_comparison(config, command):
     pretraining = {method: run_pretraining(config, method) for method in METHODS}
     results = run_evaluations(config)
     picture_image = list_images(os.path.join(config.data_root, "camvid", "val"))[0]
-    image, pictures = feature_pictures(config, picture_image)
+    _, pictures = feature_pictures(config, picture_image)
     figures = {
         "Pretraining curves": plots.plot_pretraining(
             {ENCODER_NAMES[m]: s["history"] for m, s in pretraining.items()},
@@ -495,8 +495,9 @@ def run_comparison(config, command):
             "CamVid val mIoU (linear probe)",
             os.path.join(config.results_dir, "camvid_miou.png"),
         ),
+        # The input is a CamVid frame (CC BY-NC): the committed figure shows only features.
         "PCA of features": plots.plot_feature_pictures(
-            image,
+            None,
             {f"{ENCODER_NAMES[name]} {layer}": p for (name, layer), p in pictures.items()},
             os.path.join(config.results_dir, "feature_pca.png"),
         ),

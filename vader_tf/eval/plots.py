@@ -73,10 +73,11 @@ def plot_metric_bars(values, title, path):
 
 
 def plot_feature_pictures(image, pictures, path, columns=4):
-    """The image and `{label: uint8 RGB picture}` (e.g. PCA of features) in a grid."""
-    panels = {"image": image, **pictures}
+    """`{label: uint8 RGB picture}` (e.g. PCA of features) in a grid, after `image`
+    unless it is None (leave out photos whose licence forbids redistribution)."""
+    panels = dict(pictures) if image is None else {"image": image, **pictures}
     rows = -(-len(panels) // columns)
-    height, width = image.shape[:2]
+    height, width = next(iter(panels.values())).shape[:2]
     scale = 2.5 / height
     figure, axes = pyplot.subplots(
         rows, columns, figsize=(columns * width * scale, rows * (height * scale + 0.3)),
