@@ -127,12 +127,6 @@ def two_view_dataset(
     if isinstance(source, str):
         source = sources.parse_data_spec(source)
     view_config = view_config or ViewConfig()
-    indices = index_stream(len(source), seed, start_index, shuffle, repeat)
-    if num_shards > 1:
-        indices = indices.shard(num_shards, shard_index)
-
-    def load(global_index, file_index):
-        return {"global_index": global_index, **source.load(file_index)}
 
     def augment(element):
         element_seed = tf.stack([tf.constant(seed, tf.int64), element["global_index"]])
@@ -145,6 +139,18 @@ def two_view_dataset(
             num_candidate_pairs,
         )
 
-    images = sources.decode_and_filter(indices, load, num_parallel_calls)
+    if isinstance(source, sources.TfdsRecordSource):
+        # No random access: a seeded stream, sharded before decoding.
+        images = source.stream(seed, start_index, shuffle, repeat, num_shards, shard_index)
+        images = images.filter(lambda element: element["ok"]).ignore_errors()
+    else:
+        indices = index_stream(len(source), seed, start_index, shuffle, repeat)
+        if num_shards > 1:
+            indices = indices.shard(num_shards, shard_index)
+
+        def load(global_index, file_index):
+            return {"global_index": global_index, **source.load(file_index)}
+
+        images = sources.decode_and_filter(indices, load, num_parallel_calls)
     pairs = images.map(augment, num_parallel_calls=num_parallel_calls, deterministic=True)
     return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -2,7 +2,8 @@
 
 Every source is an `ImageSource`: a fixed-length, index-addressable collection of encoded
 images. Addressing by index lets the two-view pipeline shuffle and resume on *indices*
-before anything is read or decoded. `ImageSource.dataset()` gives the plain
+before anything is read or decoded. The exception is a TFDS dataset prepared as TFRecord
+files, which has no random access: `TfdsRecordSource` is read as a seeded stream. `ImageSource.dataset()` gives the plain
 `tf.data.Dataset` of `{"image": uint8 [H, W, 3], "source_id": tf.string}` in index order.
 
 Bad input (empty, truncated, corrupt or non-image files) is skipped, never fatal. A cheap
@@ -96,7 +97,10 @@ class ImageSource:
         """
         index = tf.cast(index, tf.int64)
         source_id = tf.gather(self._source_id_table, index)
-        encoded = self._read_encoded(index)
+        return self.check_and_decode(self._read_encoded(index), source_id)
+
+    def check_and_decode(self, encoded, source_id):
+        """Decodes `encoded` bytes, or counts `source_id` as skipped (see `load`)."""
         problem = encoded_image_problem(encoded)
         ok = tf.equal(problem, "")
 
@@ -266,9 +270,9 @@ def tfds_source(name, split="train", data_dir=None):
     """A TFDS image dataset that is already prepared on disk (never downloads).
 
     The image feature is picked automatically (`"image"` if present, else the first
-    `tfds.features.Image`). Images are read by index through TFDS random access
-    (`builder.as_data_source`), so the dataset must have been prepared in a file format
-    that supports it: `download_and_prepare(file_format="array_record")` (or parquet).
+    `tfds.features.Image`). Datasets prepared in a format with random access
+    (array_record, parquet) are read by index through `builder.as_data_source`; TFRecord
+    preparations (TFDS' default) become a `TfdsRecordSource`, read as a seeded stream.
     """
     import tensorflow_datasets as tfds
 
@@ -287,11 +291,12 @@ def tfds_source(name, split="train", data_dir=None):
         records = builder.as_data_source(
             split=split, decoders={feature: tfds.decode.SkipDecoding()}
         )
-    except NotImplementedError as error:
-        raise ValueError(
-            f"TFDS dataset {name!r} is stored in a format without random access; prepare it "
-            "with file_format='array_record'."
-        ) from error
+    except NotImplementedError:
+        # TFRecord preparations (TFDS' default) cannot be read by index: stream them.
+        split_info = builder.info.splits[split]
+        return TfdsRecordSource(
+            name, split, split_info.filepaths, split_info.num_examples, feature
+        )
 
     def read_record(index):
         return records[int(index)][feature]
@@ -302,6 +307,79 @@ def tfds_source(name, split="train", data_dir=None):
 
     source_ids = [f"tfds:{name}:{split}:{index}" for index in range(len(records))]
     return ImageSource(source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}")
+
+
+class TfdsRecordSource(ImageSource):
+    """A TFDS image dataset prepared as TFRecord files (TFDS' default format).
+
+    TFRecord files have no random access, so this source is read as a stream
+    (`stream`) instead of by index: each epoch visits the split's files in a seeded
+    order, through a seeded shuffle buffer. Resuming at `start_index` re-reads (but does
+    not decode) the records of the current epoch up to that point.
+    """
+
+    def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
+        super().__init__(
+            [f"tfds:{name}:{split}:{index}" for index in range(num_examples)],
+            read_encoded=None,
+            description=f"TFDS dataset {name!r} split {split!r} (TFRecord)",
+        )
+        self.filepaths = sorted(str(path) for path in filepaths)
+        self.feature = feature
+        self.shuffle_buffer = shuffle_buffer
+        self._id_prefix = f"tfds:{name}:{split}:element-"
+
+    def load(self, index):
+        raise NotImplementedError(
+            f"{self.description} has no random access; read it with `stream`."
+        )
+
+    def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
+        """All decodable images in file order: `{"image", "source_id"}` elements."""
+        elements = self.stream(shuffle=False, repeat=False)
+        return elements.filter(lambda element: element["ok"]).ignore_errors().map(
+            lambda element: {"image": element["image"], "source_id": element["source_id"]}
+        )
+
+    def stream(self, seed=0, start_index=0, shuffle=True, repeat=True, num_shards=1, shard_index=0):
+        """`{"global_index", "image", "source_id", "ok"}` elements from `start_index` on.
+
+        With `num_shards > 1` only every `num_shards`-th record (from `shard_index`) is
+        decoded; every worker still reads all records.
+        """
+        num_examples = len(self)
+        first_epoch = start_index // num_examples
+        last_epoch = tf.int64.max if repeat else first_epoch + 1
+        if not repeat and first_epoch > 0:
+            raise ValueError(
+                f"start_index={start_index} is past the single epoch of {num_examples} images."
+            )
+        files = tf.constant(self.filepaths)
+        spec = {self.feature: tf.io.FixedLenFeature([], tf.string)}
+
+        def epoch_elements(epoch):
+            epoch_files = files
+            if shuffle:
+                keys = tf.random.stateless_uniform(
+                    [len(self.filepaths)], seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+                )
+                epoch_files = tf.gather(files, tf.argsort(keys, stable=True))
+            records = tf.data.TFRecordDataset(epoch_files)
+            if shuffle:
+                records = records.shuffle(self.shuffle_buffer, seed=seed)
+            global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
+            skip = tf.maximum(start_index - epoch * num_examples, 0)
+            return tf.data.Dataset.zip(global_indices, records).skip(skip)
+
+        def decode(global_index, record):
+            encoded = tf.io.parse_single_example(record, spec)[self.feature]
+            source_id = tf.strings.join([self._id_prefix, tf.strings.as_string(global_index)])
+            return {"global_index": global_index, **self.check_and_decode(encoded, source_id)}
+
+        records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_elements)
+        if num_shards > 1:
+            records = records.shard(num_shards, shard_index)
+        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def parse_data_spec(spec):
