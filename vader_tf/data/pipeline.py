@@ -16,7 +16,7 @@ with clean data the two are equal.
 
 import tensorflow as tf
 
-from vader_tf.data import correspondence, sources
+from vader_tf.data import correspondence, ordering, sources
 from vader_tf.data.views import ViewConfig, render_view
 
 # Distinct streams of randomness drawn from one element seed.
@@ -33,28 +33,15 @@ def index_stream(num_images, seed=0, start_index=0, shuffle=True, repeat=True):
         shuffle: permute each epoch (statelessly, by `(seed, epoch)`); else index order.
         repeat: endless epochs; else only epoch 0.
     """
-    first_epoch = start_index // num_images
-    if not repeat and first_epoch > 0:
-        raise ValueError(
-            f"start_index={start_index} is past the single epoch of {num_images} images."
-        )
-    epochs = tf.data.Dataset.range(first_epoch, first_epoch + 1)
-    if repeat:
-        epochs = tf.data.Dataset.range(first_epoch, tf.int64.max)
 
     def epoch_elements(epoch):
         positions = tf.range(num_images, dtype=tf.int64)
-        file_indices = positions
-        if shuffle:
-            keys = tf.random.stateless_uniform(
-                [num_images], seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-            )
-            file_indices = tf.cast(tf.argsort(keys, stable=True), tf.int64)
+        file_indices = ordering.epoch_permutation(num_images, seed, epoch) if shuffle else positions
         begin = tf.maximum(start_index - epoch * num_images, 0)
         global_indices = epoch * num_images + positions
         return tf.data.Dataset.from_tensor_slices((global_indices[begin:], file_indices[begin:]))
 
-    return epochs.flat_map(epoch_elements)
+    return ordering.epoch_range(num_images, start_index, repeat).flat_map(epoch_elements)
 
 
 def make_view_pair(image, element_seed, view_config, num_points, min_overlap, num_candidates):
@@ -141,8 +128,9 @@ def two_view_dataset(
 
     if isinstance(source, sources.TfdsRecordSource):
         # No random access: a seeded stream, sharded before decoding.
-        images = source.stream(seed, start_index, shuffle, repeat, num_shards, shard_index)
-        images = images.filter(lambda element: element["ok"]).ignore_errors()
+        images = sources.drop_unreadable(
+            source.stream(seed, start_index, shuffle, repeat, num_shards, shard_index)
+        )
     else:
         indices = index_stream(len(source), seed, start_index, shuffle, repeat)
         if num_shards > 1:

@@ -19,6 +19,8 @@ import threading
 import tensorflow as tf
 from absl import logging
 
+from vader_tf.data import ordering
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 # The real photographs shipped inside the scikit-image wheel (no download needed).
@@ -65,42 +67,21 @@ class SkipCounter:
             logging.warning("Skipping unreadable image %s: %s", source_id, reason)
 
 
-class ImageSource:
-    """A fixed-length collection of encoded images addressed by index.
+class _CheckedDecoding:
+    """What every source shares: a description, a `SkipCounter`, the checked decode."""
 
-    Args:
-        source_ids: one string per image: a file path or `"tfds:NAME:SPLIT:INDEX"`.
-        read_encoded: maps a scalar int64 index tensor to the encoded image bytes (a scalar
-            `tf.string`). Reading must not raise for unreadable content: return the bytes.
-        description: what the source is, for error messages.
-    """
-
-    def __init__(self, source_ids, read_encoded, description):
-        if not source_ids:
-            raise ValueError(f"No images found in {description}.")
-        self.source_ids = list(source_ids)
+    def __init__(self, description):
         self.description = description
         self.skipped = SkipCounter()
-        self._read_encoded = read_encoded
-        self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
 
-    def __len__(self):
-        return len(self.source_ids)
-
-    def load(self, index):
-        """Reads, checks and decodes image `index` (graph-compatible).
+    def check_and_decode(self, encoded, source_id):
+        """Decodes `encoded` bytes, or counts `source_id` as skipped.
 
         Returns:
             `{"image": uint8 [H, W, 3], "source_id": string, "ok": bool}`. When `ok` is
             False the input failed the structural check (and was counted as skipped) and
             `image` is a 1x1 placeholder: filter it out.
         """
-        index = tf.cast(index, tf.int64)
-        source_id = tf.gather(self._source_id_table, index)
-        return self.check_and_decode(self._read_encoded(index), source_id)
-
-    def check_and_decode(self, encoded, source_id):
-        """Decodes `encoded` bytes, or counts `source_id` as skipped (see `load`)."""
         problem = encoded_image_problem(encoded)
         ok = tf.equal(problem, "")
 
@@ -114,18 +95,57 @@ class ImageSource:
     def _record_skip(self, source_id, problem):
         self.skipped.record(source_id.numpy().decode(), problem.numpy().decode())
 
+
+class ImageSource(_CheckedDecoding):
+    """A fixed-length collection of encoded images addressed by index.
+
+    Args:
+        source_ids: one string per image: a file path or `"tfds:NAME:SPLIT:INDEX"`.
+        read_encoded: maps a scalar int64 index tensor to the encoded image bytes (a scalar
+            `tf.string`). Reading must not raise for unreadable content: return the bytes.
+        description: what the source is, for error messages.
+    """
+
+    def __init__(self, source_ids, read_encoded, description):
+        if not source_ids:
+            raise ValueError(f"No images found in {description}.")
+        super().__init__(description)
+        self.source_ids = list(source_ids)
+        self._read_encoded = read_encoded
+        self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
+
+    def __len__(self):
+        return len(self.source_ids)
+
+    def load(self, index):
+        """Reads, checks and decodes image `index` (graph-compatible); the element is
+        described in `check_and_decode`."""
+        index = tf.cast(index, tf.int64)
+        source_id = tf.gather(self._source_id_table, index)
+        return self.check_and_decode(self._read_encoded(index), source_id)
+
     def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
         """All decodable images in index order: `{"image", "source_id"}` elements."""
         indices = tf.data.Dataset.range(len(self))
-        return decode_and_filter(indices, self.load, num_parallel_calls).map(
-            lambda element: {"image": element["image"], "source_id": element["source_id"]}
-        )
+        return _images_only(decode_and_filter(indices, self.load, num_parallel_calls))
+
+
+def drop_unreadable(elements):
+    """Drops elements that failed the structural check or could not be decoded."""
+    return elements.filter(lambda element: element["ok"]).ignore_errors()
 
 
 def decode_and_filter(elements, load, num_parallel_calls=tf.data.AUTOTUNE):
     """Maps `load` over `elements` and drops what failed the check or could not decode."""
-    loaded = elements.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    return loaded.filter(lambda element: element["ok"]).ignore_errors()
+    return drop_unreadable(
+        elements.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+    )
+
+
+def _images_only(elements):
+    return elements.map(
+        lambda element: {"image": element["image"], "source_id": element["source_id"]}
+    )
 
 
 def _bytes_at(encoded, position, length):
@@ -309,7 +329,7 @@ def tfds_source(name, split="train", data_dir=None):
     return ImageSource(source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}")
 
 
-class TfdsRecordSource(ImageSource):
+class TfdsRecordSource(_CheckedDecoding):
     """A TFDS image dataset prepared as TFRecord files (TFDS' default format).
 
     TFRecord files have no random access, so this source is read as a stream
@@ -319,27 +339,22 @@ class TfdsRecordSource(ImageSource):
     """
 
     def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
-        super().__init__(
-            [f"tfds:{name}:{split}:{index}" for index in range(num_examples)],
-            read_encoded=None,
-            description=f"TFDS dataset {name!r} split {split!r} (TFRecord)",
-        )
+        description = f"TFDS dataset {name!r} split {split!r} (TFRecord)"
+        if not num_examples:
+            raise ValueError(f"No images found in {description}.")
+        super().__init__(description)
+        self.num_examples = num_examples
         self.filepaths = sorted(str(path) for path in filepaths)
         self.feature = feature
         self.shuffle_buffer = shuffle_buffer
         self._id_prefix = f"tfds:{name}:{split}:element-"
 
-    def load(self, index):
-        raise NotImplementedError(
-            f"{self.description} has no random access; read it with `stream`."
-        )
+    def __len__(self):
+        return self.num_examples
 
     def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
         """All decodable images in file order: `{"image", "source_id"}` elements."""
-        elements = self.stream(shuffle=False, repeat=False)
-        return elements.filter(lambda element: element["ok"]).ignore_errors().map(
-            lambda element: {"image": element["image"], "source_id": element["source_id"]}
-        )
+        return _images_only(drop_unreadable(self.stream(shuffle=False, repeat=False)))
 
     def stream(self, seed=0, start_index=0, shuffle=True, repeat=True, num_shards=1, shard_index=0):
         """`{"global_index", "image", "source_id", "ok"}` elements from `start_index` on.
@@ -347,23 +362,15 @@ class TfdsRecordSource(ImageSource):
         With `num_shards > 1` only every `num_shards`-th record (from `shard_index`) is
         decoded; every worker still reads all records.
         """
-        num_examples = len(self)
-        first_epoch = start_index // num_examples
-        last_epoch = tf.int64.max if repeat else first_epoch + 1
-        if not repeat and first_epoch > 0:
-            raise ValueError(
-                f"start_index={start_index} is past the single epoch of {num_examples} images."
-            )
+        num_examples = self.num_examples
         files = tf.constant(self.filepaths)
         spec = {self.feature: tf.io.FixedLenFeature([], tf.string)}
 
         def epoch_elements(epoch):
             epoch_files = files
             if shuffle:
-                keys = tf.random.stateless_uniform(
-                    [len(self.filepaths)], seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-                )
-                epoch_files = tf.gather(files, tf.argsort(keys, stable=True))
+                order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
+                epoch_files = tf.gather(files, order)
             records = tf.data.TFRecordDataset(epoch_files)
             if shuffle:
                 records = records.shuffle(self.shuffle_buffer, seed=seed)
@@ -376,7 +383,7 @@ class TfdsRecordSource(ImageSource):
             source_id = tf.strings.join([self._id_prefix, tf.strings.as_string(global_index)])
             return {"global_index": global_index, **self.check_and_decode(encoded, source_id)}
 
-        records = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_elements)
+        records = ordering.epoch_range(num_examples, start_index, repeat).flat_map(epoch_elements)
         if num_shards > 1:
             records = records.shard(num_shards, shard_index)
         return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
