@@ -25,12 +25,11 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-def _writable_dir(model_dir, strategy, subdir):
+def _worker_dir(model_dir, strategy):
     """Where this worker writes: `model_dir` on the chief, a scratch dir elsewhere."""
     if is_chief(strategy):
-        return os.path.join(model_dir, subdir)
-    task_id = strategy.cluster_resolver.task_id
-    return os.path.join(model_dir, f"worker{task_id}_scratch", subdir)
+        return model_dir
+    return os.path.join(model_dir, f"worker{strategy.cluster_resolver.task_id}_scratch")
 
 
 def _save_keras_atomic(model, path):
@@ -77,7 +76,8 @@ def train(
             encoder=model.encoder, model=model, optimizer=model.optimizer
         )
     chief = is_chief(strategy)
-    checkpoint_path = _writable_dir(model_dir, strategy, run_dir.CHECKPOINT_DIR)
+    worker_dir = _worker_dir(model_dir, strategy)
+    checkpoint_path = os.path.join(worker_dir, run_dir.CHECKPOINT_DIR)
     manager = tf.train.CheckpointManager(
         checkpoint,
         checkpoint_path,
@@ -106,7 +106,7 @@ def train(
         for _ in tf.range(num_steps):
             strategy.run(model.train_step, args=(next(iterator),))
 
-    summary_dir = _writable_dir(model_dir, strategy, run_dir.TENSORBOARD_DIR)
+    summary_dir = os.path.join(worker_dir, run_dir.TENSORBOARD_DIR)
     writer = tf.summary.create_file_writer(summary_dir) if chief else tf.summary.create_noop_writer()
     progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
     progbar.update(step)
@@ -139,5 +139,5 @@ def train(
     if chief:
         _save_keras_atomic(model.encoder, os.path.join(model_dir, "encoder.keras"))
     else:
-        shutil.rmtree(os.path.join(model_dir, f"worker{strategy.cluster_resolver.task_id}_scratch"), ignore_errors=True)
+        shutil.rmtree(worker_dir, ignore_errors=True)
     return model, history
