@@ -17,6 +17,7 @@ import typing
 
 from absl import app, flags, logging
 
+from vader_tf import cli
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 HELP = {
@@ -96,8 +97,11 @@ def main(argv):
             "Loss %.3f -> %.3f over steps %d..%d.", first["loss"], last["loss"], first["step"], last["step"]
         )
     print(f"Checkpoints, TensorBoard logs and encoder.keras are in {config.model_dir}/")
-    print(f"Next: python export/export_saved_model.py --model_dir={config.model_dir} --export_dir=exports/vader")
+    export = cli.command(
+        "export/export_saved_model.py", model_dir=config.model_dir, export_dir="exports/vader"
+    )
+    print(f"Next: {export}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -4,11 +4,13 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 
+from tests.training.helpers import write_smooth_photos
 from vader_tf.training.pretrain import PretrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,3 +56,38 @@ def test_bad_flag_values_are_clear_errors():
     )
     assert result.returncode != 0
     assert "image_size must be a multiple of 32" in result.stderr
+
+
+# The pretraining script run with `tensorboard` unimportable, as on an install without it.
+_WITHOUT_TENSORBOARD = """
+import runpy, sys
+sys.modules["tensorboard"] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_main_job_runs_without_tensorboard_and_prints_a_pasteable_next_step(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_smooth_photos(photos, 4)
+    result = subprocess.run(
+        [
+            sys.executable, "-c", _WITHOUT_TENSORBOARD, SCRIPT, "--model_dir=run",
+            f"--data=folder:{photos}", "--image_size=64", "--batch_size=4", "--num_points=8",
+            "--queue_size=64", "--queue_points_per_image=4", "--decoder_channels=16",
+            "--embedding_dim=8", "--train_steps=2", "--checkpoint_every=2", "--log_every=1",
+            "--verbose=0",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("TensorBoard is not installed") == 1
+    assert os.path.isfile(tmp_path / "run" / "encoder.keras")
+    assert not glob.glob(str(tmp_path / "run" / "tensorboard" / "events.*"))
+    (next_step,) = [line for line in result.stdout.splitlines() if line.startswith("Next: ")]
+    words = shlex.split(next_step[len("Next: "):])
+    assert words[0] == sys.executable
+    assert os.path.samefile(words[1], os.path.join(REPO, "export", "export_saved_model.py"))
+    assert words[2:] == ["--model_dir=run", "--export_dir=exports/vader"]

@@ -164,6 +164,33 @@ def test_rejects_sizes_not_multiple_of_32(exported, shape):
         exported.signatures["serving_default"](images=tf.zeros(shape, tf.uint8))
 
 
+def test_warmup_record_is_the_tensorflow_serving_message():
+    pytest.importorskip("tensorflow_serving.apis")
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    images = np.arange(2 * 32 * 64 * 3, dtype=np.uint8).reshape(2, 32, 64, 3)
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name="vader", signature_name="serving_default")
+    )
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+    expected = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    record = saved_model.predict_warmup_record(images)
+    assert prediction_log_pb2.PredictionLog.FromString(record) == expected
+    assert record == expected.SerializeToString()
+
+
+def test_warmup_file_is_written_without_tensorflow_serving(tmp_path, monkeypatch):
+    for name in ("tensorflow_serving", "tensorflow_serving.apis"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` now raises ImportError.
+    path = str(tmp_path / saved_model.WARMUP_FILE)
+    images = np.full((1, 32, 32, 3), 7, np.uint8)
+    saved_model.write_warmup_requests(path, images)
+    (record,) = tf.data.TFRecordDataset(path).as_numpy_iterator()
+    assert record == saved_model.predict_warmup_record(images)
+
+
 def test_warmup_requests_parse(export_dir, exported):
     from tensorflow_serving.apis import prediction_log_pb2
 

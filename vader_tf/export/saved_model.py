@@ -170,6 +170,41 @@ def next_version(export_dir):
     return versions[-1] + 1 if versions else 1
 
 
+def _length_delimited(field_number, payload):
+    """One protobuf wire-format field of type 2 (bytes, string or sub-message)."""
+
+    def varint(value):
+        out = bytearray()
+        while True:
+            low, value = value & 0x7F, value >> 7
+            out.append(low | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+
+
+def predict_warmup_record(images, model_name="vader"):
+    """A serialized `tensorflow.serving.PredictionLog` holding one `serving_default`
+    PredictRequest with `images` as its `images` input.
+
+    Encoded directly in the protobuf wire format, so that exporting needs neither
+    tensorflow-serving-api nor its generated classes; the `TensorProto` inside comes from
+    TensorFlow. Field numbers are those of tensorflow_serving/apis/{prediction_log,
+    predict,model}.proto: PredictionLog.predict_log = 6, PredictLog.request = 1,
+    PredictRequest.model_spec = 1 and .inputs = 2 (a map: entries with key = 1,
+    value = 2), ModelSpec.name = 1 and .signature_name = 3.
+    """
+    tensor = tf.make_tensor_proto(np.asarray(images, np.uint8)).SerializeToString()
+    model_spec = _length_delimited(1, model_name.encode()) + _length_delimited(
+        3, SERVING_SIGNATURE.encode()
+    )
+    inputs_entry = _length_delimited(1, IMAGES_INPUT.encode()) + _length_delimited(2, tensor)
+    request = _length_delimited(1, model_spec) + _length_delimited(2, inputs_entry)
+    predict_log = _length_delimited(1, request)
+    return _length_delimited(6, predict_log)
+
+
 def write_warmup_requests(path, images, model_name="vader"):
     """Writes TF Serving warmup records: one `serving_default` PredictRequest.
 
@@ -178,19 +213,9 @@ def write_warmup_requests(path, images, model_name="vader"):
         images: uint8 `[N, H, W, 3]` batch sent as the request's `images` input.
         model_name: `model_spec.name` of the request (TF Serving ignores it for warmup).
     """
-    # Imported here: tensorflow-serving-api is an optional dependency (extra "serving").
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    request = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name=model_name, signature_name=SERVING_SIGNATURE)
-    )
-    request.inputs[IMAGES_INPUT].CopyFrom(tf.make_tensor_proto(np.asarray(images, np.uint8)))
-    log = prediction_log_pb2.PredictionLog(
-        predict_log=prediction_log_pb2.PredictLog(request=request)
-    )
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(log.SerializeToString())
+        writer.write(predict_warmup_record(images, model_name))
 
 
 def _encode_png(images):

@@ -8,6 +8,7 @@ checkpoints every `checkpoint_every` steps. A non-finite loss stops the run befo
 next checkpoint, so the last good checkpoint stays the newest.
 """
 
+import importlib.util
 import math
 import os
 import shutil
@@ -30,6 +31,24 @@ def _worker_dir(model_dir, strategy):
     if is_chief(strategy):
         return model_dir
     return os.path.join(model_dir, f"worker{strategy.cluster_resolver.task_id}_scratch")
+
+
+def _summary_writer(summary_dir, chief):
+    """A TensorBoard writer on the chief; None elsewhere or without TensorBoard.
+
+    `tf.summary.scalar` needs the `tensorboard` package (a dependency of vader-tf, but not
+    of TensorFlow): without it the run goes on, with one warning and no training curves.
+    """
+    if not chief:
+        return None
+    if importlib.util.find_spec("tensorboard") is None:
+        logging.warning(
+            "TensorBoard is not installed: no training curves are written to %s "
+            "(pip install tensorboard to get them).",
+            summary_dir,
+        )
+        return None
+    return tf.summary.create_file_writer(summary_dir)
 
 
 def _save_keras_atomic(model, path):
@@ -107,7 +126,7 @@ def train(
             strategy.run(model.train_step, args=(next(iterator),))
 
     summary_dir = os.path.join(worker_dir, run_dir.TENSORBOARD_DIR)
-    writer = tf.summary.create_file_writer(summary_dir) if chief else tf.summary.create_noop_writer()
+    writer = _summary_writer(summary_dir, chief)
     progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
     progbar.update(step)
     history = []
@@ -128,14 +147,16 @@ def train(
             )
         metrics["images/s"] = num_steps * global_batch_size / elapsed
         history.append({"step": step, **metrics})
-        with writer.as_default(step=step):
-            for name, value in metrics.items():
-                tf.summary.scalar(name.replace("/", "_per_"), value)
-            tf.summary.scalar("learning_rate", float(model.optimizer.learning_rate))
+        if writer is not None:
+            with writer.as_default(step=step):
+                for name, value in metrics.items():
+                    tf.summary.scalar(name.replace("/", "_per_"), value)
+                tf.summary.scalar("learning_rate", float(model.optimizer.learning_rate))
         progbar.update(step, [(k, v) for k, v in metrics.items()])
         if step % checkpoint_every == 0 or step == train_steps:
             manager.save(checkpoint_number=step)
-    writer.flush()
+    if writer is not None:
+        writer.flush()
     if chief:
         _save_keras_atomic(model.encoder, os.path.join(model_dir, "encoder.keras"))
     else:
