@@ -14,7 +14,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
 
 rm -rf "$VENV"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet -e "$REPO"
+"$VENV/bin/pip" install --quiet --no-compile -e "$REPO"
 for extra in tensorflow_serving ai_edge_litert torch pytest; do
   if "$PY" -c "import $extra" 2>/dev/null; then
     echo "bare install check: $extra is installed, so this is not a bare install" >&2

@@ -8,8 +8,9 @@ features by nearest neighbour and reports PCK at `--thresholds` pixels; see
         --image_dir=$VADER_SHARED_DATA/bsds500/images/val --output=results/corr_vader.json
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -53,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

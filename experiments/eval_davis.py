@@ -7,8 +7,9 @@ of features (see `vader_tf.eval.davis` for the protocol) and reports J and F.
         --davis_root=$VADER_SHARED_DATA/davis2016 --output=results/davis_vader.json
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.eval.davis import evaluate_davis
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

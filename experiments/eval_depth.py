@@ -11,6 +11,7 @@ a locally prepared TFDS `nyu_depth_v2` in `--tfds_data_dir` (never downloaded). 
 
 from absl import app, flags, logging
 
+from vader_tf import cli
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,8 +8,9 @@ mIoU on `--eval_split`; see `vader_tf.eval.linear_probe` for the protocol.
         --output=results/probe_vader.json
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
@@ -66,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,8 +8,9 @@ FPN decoder output, trains on `--split` with `model.fit` and reports mIoU on
         --data_root=$VADER_SHARED_DATA/camvid --steps=2000 --output=results/ft_vader.json
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.data.segmentation import load_segmentation_split, segmentation_dataset
 from vader_tf.eval.encoders import load_keras_encoder
 from vader_tf.eval.finetune import build_segmentation_model, finetune_segmentation
@@ -69,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from vader_tf import cli
 from vader_tf.eval.comparison import ComparisonConfig, run_comparison
 from vader_tf.eval.encoders import LAYERS
 
@@ -74,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,8 +11,9 @@ Writes `<output_dir>/<image name>_pca.png` (PCA of the features to RGB) and
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -59,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,8 +11,9 @@ fit the backbone. Needs PyTorch (`pip install vader-tf[torch]`).
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from vader_tf import cli
 from vader_tf.models import backbone as backbone_lib
 from vader_tf.models import torch_weights
 
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

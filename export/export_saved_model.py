@@ -13,7 +13,7 @@ writes `serving/vader/<version>/` (see `docs/export.md` for the signatures).
 
 from absl import app, flags, logging
 
-from vader_tf import run_dir
+from vader_tf import cli, run_dir
 from vader_tf.export import saved_model
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Pretraining run directory.")
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -7,12 +7,15 @@ writes `vader.tflite` and `vader.parity.json` (cosine similarity to the SavedMod
 max abs error, file size, median latency). See `docs/export.md`.
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from vader_tf import cli
 from vader_tf.export import sample_images, tflite
 
 _SAVED_MODEL = flags.DEFINE_string(
-    "saved_model", None, "A version directory written by export_saved_model.py."
+    "saved_model",
+    None,
+    "A version directory written by export_saved_model.py, or its export dir (newest version).",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "The .tflite file to write.")
 _QUANTIZATION = flags.DEFINE_enum(
@@ -87,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -88,7 +88,11 @@ def load_encoder(path, checkpoint=None):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No run directory or .keras file at {path!r}.")
     encoder = encoder_from_config(path)
-    checkpoint = checkpoint or latest_checkpoint(path)
-    if checkpoint is None:
+    newest = latest_checkpoint(path)
+    if checkpoint is None and newest is None:
         raise FileNotFoundError(f"No checkpoint found in {checkpoint_dir(path)!r}.")
-    return restore_encoder_weights(encoder, checkpoint)
+    if checkpoint is not None and not tf.io.gfile.exists(f"{checkpoint}.index"):
+        raise FileNotFoundError(
+            f"No checkpoint {checkpoint!r} (a path prefix such as {newest or 'RUN/checkpoints/ckpt-N'!r})."
+        )
+    return restore_encoder_weights(encoder, checkpoint or newest)

@@ -164,6 +164,23 @@ def test_rejects_sizes_not_multiple_of_32(exported, shape):
         exported.signatures["serving_default"](images=tf.zeros(shape, tf.uint8))
 
 
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ((0, 64, 64, 3), "the batch is empty"),
+        ((64, 64, 3), r"expected a batch of RGB images \[N, H, W, 3\]; got shape\] \[64 64 3\]"),
+        ((1, 64, 64, 4), r"got shape\] \[1 64 64 4\]"),
+        ((1, 64, 64, 1), r"got shape\] \[1 64 64 1\]"),
+    ],
+)
+@pytest.mark.parametrize("signature", ["serving_default", "pyramid"])
+def test_rejects_empty_batches_and_wrong_shapes_with_a_clear_message(
+    exported, signature, shape, message
+):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        exported.signatures[signature](images=tf.zeros(shape, tf.uint8))
+
+
 def test_warmup_record_is_the_tensorflow_serving_message():
     pytest.importorskip("tensorflow_serving.apis")
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -203,6 +220,26 @@ def test_warmup_requests_parse(export_dir, exported):
     images = tf.make_ndarray(request.inputs["images"])
     assert images.dtype == np.uint8 and images.ndim == 4
     exported.signatures["serving_default"](images=tf.constant(images))
+
+
+def test_a_model_base_directory_means_its_newest_version(export_base, export_dir, tmp_path, caplog):
+    assert saved_model.resolve_version_dir(export_dir) == export_dir
+    assert saved_model.resolve_version_dir(export_base) == export_dir
+    base = tmp_path / "serving"
+    os.makedirs(base)
+    for version in ("2", "10"):  # Numerically newest, not lexically.
+        os.symlink(export_dir, base / version)
+    os.makedirs(base / "11")  # Not a SavedModel.
+    with caplog.at_level("INFO", logger="absl"):
+        assert saved_model.resolve_version_dir(str(base)) == str(base / "10")
+    assert "newest version" in caplog.text
+
+
+def test_a_run_directory_or_missing_path_is_not_a_saved_model(model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="pretraining run directory.*export it first: .*export_saved_model.py"):
+        saved_model.resolve_version_dir(model_dir)
+    with pytest.raises(FileNotFoundError, match="No SavedModel"):
+        saved_model.resolve_version_dir(str(tmp_path / "missing"))
 
 
 def test_verification_detects_a_different_model(export_dir):

@@ -31,11 +31,12 @@ def evaluation_images():
 
 
 @pytest.mark.parametrize("quantization", tflite.QUANTIZATION_MODES)
-def test_parity(quantization, export_dir, evaluation_images, tmp_path):
+def test_parity(quantization, export_base, export_dir, evaluation_images, tmp_path):
     calibration = sample_images.sample_images(NUM_CALIBRATION_IMAGES, IMAGE_SIZE)[0]
     output = str(tmp_path / f"vader_{quantization}.tflite")
     report = tflite.export_tflite(
-        export_dir,
+        # A model base directory stands for its newest version (here: export_dir).
+        export_base if quantization == "none" else export_dir,
         output,
         quantization=quantization,
         input_size=IMAGE_SIZE,

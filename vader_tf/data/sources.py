@@ -13,6 +13,7 @@ reason and records it in the source's `SkipCounter`. Decode errors that slip pas
 are dropped by `tf.data.Dataset.ignore_errors` as a last safety net (those are not counted).
 """
 
+import difflib
 import os
 import threading
 
@@ -329,7 +330,14 @@ def tfds_source(name, split="train", data_dir=None):
     """
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        # TFDS' own message lists every dataset it knows (hundreds of lines).
+        known = tfds.list_builders(with_community_datasets=False)
+        close = difflib.get_close_matches(name.partition("/")[0], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ValueError(f"{name!r} is not a TFDS dataset{hint}") from None
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. Prepare it first "

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import cli, run_dir
 from vader_tf.export import sample_images as sample_images_lib
 from vader_tf.models.encoder import INPUT_MULTIPLE
-from vader_tf.run_dir import write_json_atomic
 
 SERVING_SIGNATURE = "serving_default"
 PYRAMID_SIGNATURE = "pyramid"
@@ -46,27 +46,52 @@ class ExportVerificationError(RuntimeError):
     """The exported model's outputs do not match the Keras model's."""
 
 
-def _check_image_size(images):
-    """Fails inside the graph unless `images` has H, W positive multiples of 32."""
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    valid = tf.logical_and(
+def _check_images(images):
+    """Fails inside the graph unless `images` is a non-empty batch `[N, H, W, 3]` with
+    H, W positive multiples of 32.
+
+    A signature's declared input shape is not enforced when it is called (by TF Serving
+    or `loaded.signatures[...]`), so an unbatched image, RGBA pixels or an empty batch
+    get one of these messages instead of a shape error deep inside the network. The
+    checks run concurrently, so each one after the first passes when the shape itself
+    is wrong.
+    """
+    shape = tf.shape(images)
+    # Padded so that indexing works whatever the rank; the shape check rejects the rest.
+    batch, height, width, channels = tf.unstack(tf.concat([shape, [0, 0, 0, 0]], 0)[:4], num=4)
+    shape_ok = tf.logical_and(tf.equal(tf.size(shape), 4), tf.equal(channels, 3))
+    size_ok = tf.logical_and(
         tf.logical_and(height > 0, width > 0),
         tf.logical_and(
             tf.equal(height % INPUT_MULTIPLE, 0), tf.equal(width % INPUT_MULTIPLE, 0)
         ),
     )
-    check = tf.debugging.Assert(
-        valid,
-        [
-            f"images: height and width must be positive multiples of {INPUT_MULTIPLE}; "
-            "got height, width =",
-            height,
-            width,
-        ],
-        name="check_image_size",
-    )
-    with tf.control_dependencies([check]):
-        return tf.identity(images)
+    shape_wrong = tf.logical_not(shape_ok)
+    checks = [
+        tf.debugging.Assert(
+            shape_ok,
+            ["images: expected a batch of RGB images [N, H, W, 3]; got shape", shape],
+            summarize=8,
+            name="check_shape",
+        ),
+        tf.debugging.Assert(
+            tf.logical_or(shape_wrong, batch > 0),
+            ["images: the batch is empty"],
+            name="check_batch",
+        ),
+        tf.debugging.Assert(
+            tf.logical_or(shape_wrong, size_ok),
+            [
+                f"images: height and width must be positive multiples of {INPUT_MULTIPLE}; "
+                "got height, width =",
+                height,
+                width,
+            ],
+            name="check_image_size",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.ensure_shape(images, [None, None, None, 3])
 
 
 def _decode_same_size_images(image_bytes):
@@ -131,14 +156,14 @@ class EncoderServingModule(tf.Module):
         )
 
     def _features(self, images):
-        images = tf.cast(_check_image_size(images), tf.float32)
+        images = tf.cast(_check_images(images), tf.float32)
         return tf.cast(self._encoder(images, training=False), tf.float32)
 
     def _serve(self, images):
         return {FEATURES_OUTPUT: self._features(images)}
 
     def _serve_pyramid(self, images):
-        images = tf.cast(_check_image_size(images), tf.float32)
+        images = tf.cast(_check_images(images), tf.float32)
         outputs = self._pyramid_model(images, training=False)
         return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
 
@@ -161,6 +186,38 @@ def existing_versions(export_dir):
         int(name)
         for name in os.listdir(export_dir)
         if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+    )
+
+
+def resolve_version_dir(path):
+    """The SavedModel directory `path` means: `path` itself if it holds a SavedModel, else
+    the newest version directory of the model base directory `path` (logged).
+
+    Raises:
+        FileNotFoundError: `path` is neither, e.g. a pretraining run directory (the
+            message says how to export it) or a missing directory.
+    """
+    if tf.saved_model.contains_saved_model(path):
+        return path
+    versions = [
+        version
+        for version in existing_versions(path)
+        if tf.saved_model.contains_saved_model(os.path.join(path, str(version)))
+    ]
+    if versions:
+        newest = os.path.join(path, str(versions[-1]))
+        logging.info("%s is a model base directory; using its newest version, %s.", path, newest)
+        return newest
+    if run_dir.latest_checkpoint(path) or os.path.isfile(os.path.join(path, run_dir.ENCODER_CONFIG)):
+        export = cli.command(
+            "export/export_saved_model.py", model_dir=path, export_dir="exports/vader"
+        )
+        raise FileNotFoundError(
+            f"{path!r} is a pretraining run directory, not a SavedModel; export it first: {export}"
+        )
+    raise FileNotFoundError(
+        f"No SavedModel at {path!r}: expected a version directory written by "
+        "export/export_saved_model.py (EXPORT_DIR/<version>) or its EXPORT_DIR."
     )
 
 
@@ -330,7 +387,7 @@ def export_saved_model(
         verification = verify_export(tmp_path, encoder, images)
         logging.info("Export verified on %d %s images: %s", len(images), image_source, verification)
         os.makedirs(os.path.join(tmp_path, "assets.extra"), exist_ok=True)
-        write_json_atomic(
+        run_dir.write_json_atomic(
             os.path.join(tmp_path, METADATA_FILE),
             {
                 **(metadata or {}),

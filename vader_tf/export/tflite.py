@@ -264,7 +264,8 @@ def export_tflite(
     """Converts, measures parity, and atomically writes `output_path` and its report.
 
     Args:
-        saved_model_dir: a version directory written by `export_saved_model`.
+        saved_model_dir: a version directory written by `export_saved_model`, or its
+            model base directory (its newest version is used).
         output_path: the `.tflite` file to write.
         quantization, input_size, dynamic_size, allow_flex: see `convert`.
         calibration_images: uint8 `[N, size, size, 3]` images for "int8".
@@ -276,6 +277,7 @@ def export_tflite(
     Returns:
         The parity report (also written to `report_path(output_path)`).
     """
+    saved_model_dir = saved_model_lib.resolve_version_dir(saved_model_dir)
     model = convert(
         saved_model_dir,
         quantization=quantization,

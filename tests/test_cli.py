@@ -1,0 +1,91 @@
+"""The scripts' shared command-line behaviour: one-line usage errors, pasteable hints."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vader_tf import cli
+from vader_tf.data import sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_an_error_the_project_raises_on_bad_input_is_one_line(capsys):
+    def main(argv):
+        sources.parse_data_spec("photos:/x")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.report_user_errors(main, script_path="/somewhere/pretrain.py")([])
+    assert exit_info.value.code == cli.USAGE_EXIT_CODE
+    assert capsys.readouterr().err == (
+        "pretrain.py: error: Unrecognised data spec 'photos:/x': expected 'samples', "
+        "'folder:PATH' or 'tfds:NAME[:SPLIT]'.\n"
+    )
+
+
+def test_the_same_error_types_raised_elsewhere_keep_their_traceback():
+    def main(argv):
+        np.zeros(3).reshape(2)  # A ValueError raised inside NumPy: a bug, not bad input.
+
+    with pytest.raises(ValueError, match="reshape"):
+        cli.report_user_errors(main, script_path="/somewhere/pretrain.py")([])
+
+
+def test_other_exceptions_keep_their_traceback():
+    def main(argv):
+        raise KeyError("unexpected")
+
+    with pytest.raises(KeyError):
+        cli.report_user_errors(main, script_path=__file__)([])
+
+
+def test_hint_commands_use_this_interpreter_and_can_be_pasted():
+    command = cli.command("export/export_saved_model.py", model_dir="runs/my run", export_dir="e")
+    words = shlex.split(command)
+    assert words[0] == sys.executable
+    assert os.path.samefile(words[1], os.path.join(REPO, "export", "export_saved_model.py"))
+    assert words[2:] == ["--model_dir=runs/my run", "--export_dir=e"]
+
+
+def _run_script(script, *args, cwd=None):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, script), *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    return result.returncode, result.stderr.strip().splitlines()
+
+
+def test_unknown_tfds_dataset_is_one_short_line(tmp_path):
+    status, lines = _run_script(
+        "experiments/pretrain.py", "--data=tfds:mnistt", f"--model_dir={tmp_path / 'run'}"
+    )
+    assert status == cli.USAGE_EXIT_CODE
+    assert lines[-1] == "pretrain.py: error: 'mnistt' is not a TFDS dataset; did you mean 'mnist'?"
+    assert not any("Traceback" in line for line in lines) and len(lines) < 10
+
+
+def test_export_scripts_report_bad_paths_in_one_line(tmp_path):
+    status, lines = _run_script(
+        "export/export_saved_model.py", f"--model_dir={tmp_path / 'nowhere'}", "--export_dir=e"
+    )
+    assert status == cli.USAGE_EXIT_CODE
+    assert lines[-1].startswith("export_saved_model.py: error: No run directory or .keras file at")
+    assert not any("Traceback" in line for line in lines)
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "encoder_config.json").write_text("{}")
+    status, lines = _run_script(
+        "export/export_tflite.py", f"--saved_model={run}", "--output=x.tflite", cwd=tmp_path
+    )
+    assert status == cli.USAGE_EXIT_CODE
+    assert lines[-1].startswith(
+        f"export_tflite.py: error: {str(run)!r} is a pretraining run directory, not a "
+        f"SavedModel; export it first: {shlex.quote(sys.executable)} "
+    )
+    assert not any("Traceback" in line for line in lines)
