@@ -104,7 +104,7 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path):
     skipped = {os.path.basename(path): reason for path, reason in source.skipped.files.items()}
     assert sorted(skipped) == sorted(bad)
     assert skipped["empty.jpg"] == "empty file"
-    assert "truncated JPEG" in skipped["truncated.jpg"]
+    assert "JPEG data could not be decoded" in skipped["truncated.jpg"]
     assert "truncated PNG" in skipped["truncated.png"]
     assert "not a JPEG" in skipped["text.jpg"]
 
