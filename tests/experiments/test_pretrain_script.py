@@ -53,4 +53,4 @@ def test_bad_flag_values_are_clear_errors():
         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode != 0
-    assert "image_size must be a multiple of 32" in result.stderr
+    assert "image_size must be a positive multiple of 32" in result.stderr
