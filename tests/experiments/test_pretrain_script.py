@@ -54,3 +54,20 @@ def test_bad_flag_values_are_clear_errors():
     )
     assert result.returncode != 0
     assert "image_size must be a positive multiple of 32" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("image_size", "0"), ("image_size", "-64"), ("batch_size", "0"), ("flip_prob", "1.5"),
+     ("min_crop_scale", "0"), ("temperature", "-0.2"), ("num_points", "-1")],
+)
+def test_bad_numbers_fail_before_anything_is_written(tmp_path, flag, value):
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, SCRIPT, f"--model_dir={model_dir}", f"--{flag}={value}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"{flag} must be" in result.stderr and value in result.stderr
+    assert not model_dir.exists()

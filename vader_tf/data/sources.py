@@ -19,6 +19,7 @@ When every image of a source has been rejected, the counter raises `NoUsableImag
 instead of letting an endless stream filter out everything forever.
 """
 
+import contextlib
 import os
 import threading
 
@@ -158,6 +159,17 @@ class _CheckedDecoding:
 
     def _record_skip(self, source_id, problem):
         self.skipped.record(source_id.numpy().decode(), problem.numpy().decode())
+
+    @contextlib.contextmanager
+    def no_usable_images_reraised(self):
+        """Reading this source's pipelines inside: the `tf.errors.OpError` that carries a
+        `NoUsableImagesError` out of `tf.data` is re-raised as that error itself."""
+        try:
+            yield
+        except tf.errors.OpError:
+            if self.skipped.error is not None:
+                raise self.skipped.error from None
+            raise
 
 
 class ImageSource(_CheckedDecoding):

@@ -314,7 +314,7 @@ def pretrain(config, strategy=None):
         )
 
     logging.info("Pretraining %s on %s into %s.", config.method, config.data, config.model_dir)
-    try:
+    with source.no_usable_images_reraised():
         return loop.train(
             lambda: build_model(config),
             make_dataset,
@@ -328,7 +328,3 @@ def pretrain(config, strategy=None):
             verbose=config.verbose,
             run_config=dataclasses.asdict(config),
         )
-    except tf.errors.OpError:
-        if source.skipped.error is not None:  # Raised inside the input pipeline.
-            raise source.skipped.error from None
-        raise
