@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from vader_tf.data import pipeline, sources
@@ -67,7 +68,7 @@ RGBA = np.concatenate([RGB, np.full((24, 32, 1), 9, np.uint8)], axis=-1)
 USED = {
     "motion_photo.jpg": (JPEG + b"\x00\x00ftypmp42" + os.urandom(2000), pil_rgb(JPEG), 8),
     "one_pixel.png": (encode(RGB[:1, :1], "PNG"), RGB[:1, :1], 0),
-    "sixteen_bit.png": (encode(WIDE, "PNG"), np.repeat(np.round(WIDE / 257.0)[..., None], 3, -1), 0),
+    "sixteen_bit.png": (encode(WIDE, "PNG"), np.repeat(np.round(WIDE / 257)[..., None], 3, -1), 0),
     "cmyk.jpg": (CMYK_JPEG, pil_rgb(CMYK_JPEG), 8),
     "palette.png": (encode(PALETTE, "PNG"), np.asarray(PALETTE.convert("RGB")), 0),
     "rgba.png": (encode(RGBA, "PNG"), RGB, 0),
@@ -126,7 +127,8 @@ def test_every_file_is_used_or_skipped_named_and_counted(corpus, caplog):
 
 
 def test_a_huge_jpeg_is_used(tmp_path):
-    write_corpus(tmp_path, {"huge.jpg": encode(Image.new("RGB", (8000, 8000), (200, 100, 50)), "JPEG")})
+    huge = Image.new("RGB", (8000, 8000), (200, 100, 50))
+    write_corpus(tmp_path, {"huge.jpg": encode(huge, "JPEG")})
     source = sources.folder_source(str(tmp_path))
     (element,) = source.dataset().as_numpy_iterator()
     assert element["image"].shape == (8000, 8000, 3)
@@ -161,6 +163,27 @@ def test_a_folder_where_nothing_decodes_stops_with_a_clear_error(tmp_path):
     # Today's code would loop forever: the timeout fails the test instead of hanging.
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode != 0
-    assert f"No usable image in image folder(s) {bad}: all {len(SKIPPED)} files were rejected" in result.stderr
+    expected = f"No usable image in image folder(s) {bad}: all {len(SKIPPED)} images were rejected"
+    assert expected in result.stderr
     assert len(result.stderr.splitlines()) < 500  # One pass of warnings, no flood.
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_tfrecord_split_where_nothing_decodes_stops_with_a_clear_error(tmp_path):
+    path = str(tmp_path / "fake-train.tfrecord-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as writer:
+        for content, _ in SKIPPED.values():
+            feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[content]))
+            example = tf.train.Example(features=tf.train.Features(feature={"image": feature}))
+            writer.write(example.SerializeToString())
+    source = sources.TfdsRecordSource("fake", "train", [path], len(SKIPPED), "image")
+    dataset = pipeline.two_view_dataset(
+        source, ViewConfig(image_size=32), batch_size=1, num_points=4, repeat=False
+    )
+    with pytest.raises(sources.NoUsableImagesError, match=f"all {len(SKIPPED)} images"):
+        with source.no_usable_images_reraised():
+            list(dataset.as_numpy_iterator())
+    # Records are named by file and position, the same in every epoch.
+    assert sorted(source.skipped.files) == [
+        f"tfds:fake:train:{os.path.basename(path)}:{index}" for index in range(len(SKIPPED))
+    ]

@@ -89,7 +89,7 @@ class SkipCounter:
             self.files[source_id] = reason
             if self.total and len(self.files) >= self.total and self.error is None:
                 self.error = NoUsableImagesError(
-                    f"No usable image in {self.description}: all {len(self.files)} files "
+                    f"No usable image in {self.description}: all {len(self.files)} images "
                     "were rejected (each is named in a warning above)."
                 )
         if first_time:
@@ -145,7 +145,9 @@ class _CheckedDecoding:
         )
         problem = tf.where(
             tf.logical_and(passed_check, tf.logical_not(decoded)),
-            tf.strings.join([_format_name(encoded), " data could not be decoded (corrupt or truncated)"]),
+            tf.strings.join(
+                [_format_name(encoded), " data could not be decoded (corrupt or truncated)"]
+            ),
             problem,
         )
         ok = tf.logical_and(passed_check, decoded)
@@ -185,7 +187,7 @@ class ImageSource(_CheckedDecoding):
     def __init__(self, source_ids, read_encoded, description):
         if not source_ids:
             raise ValueError(f"No images found in {description}.")
-        super().__init__(description, len(source_ids))
+        super().__init__(description, len(set(source_ids)))
         self.source_ids = list(source_ids)
         self._read_encoded = read_encoded
         self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
