@@ -8,15 +8,21 @@ A run directory (`--model_dir` of `experiments/pretrain.py`) holds:
   the child `encoder` (the query encoder, the network users want) and `step`;
 - `tensorboard/`: TensorBoard event files.
 
+A run killed while writing may leave `checkpoints/ckpt-<step>_temp/` (TensorFlow's
+staging folder of a checkpoint being written) or `*.tmp-<pid>*` files of an atomic
+write; `remove_stale_leftovers` deletes them when the run is restarted.
+
 `load_encoder` rebuilds the encoder from `encoder_config.json` and restores only its
 weights from a checkpoint, so it needs neither the optimizer nor the queue.
 """
 
 import json
 import os
+import re
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 ENCODER_CONFIG = "encoder_config.json"
 RUN_CONFIG = "run_config.json"
@@ -32,6 +38,51 @@ def write_json_atomic(path, payload):
         json.dump(payload, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def read_run_config(model_dir):
+    """The stored `run_config.json` of `model_dir` as a dict, or None if there is none."""
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def process_is_running(pid):
+    """Whether a process `pid` runs on this machine (a leftover of a dead one is stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # It exists, under another user.
+    return True
+
+
+# `*.tmp-<pid>` (write_json_atomic) and `*.tmp-<pid>.keras` (the encoder's atomic save).
+_ATOMIC_WRITE_TMP = re.compile(r"\.tmp-(\d+)(\.keras)?$")
+
+
+def remove_stale_leftovers(model_dir):
+    """Deletes what a killed run left half-written in `model_dir`, with a log line each.
+
+    That is every `checkpoints/*_temp/` staging folder (only the chief writes
+    checkpoints into `model_dir`, and it calls this before its first save) and every
+    temporary file of an atomic write whose process is no longer running.
+    """
+    leftovers = tf.io.gfile.glob(os.path.join(checkpoint_dir(model_dir), "*_temp"))
+    if tf.io.gfile.isdir(model_dir):
+        for name in tf.io.gfile.listdir(model_dir):
+            match = _ATOMIC_WRITE_TMP.search(name.rstrip("/"))
+            if match and not process_is_running(int(match.group(1))):
+                leftovers.append(os.path.join(model_dir, name.rstrip("/")))
+    for path in leftovers:
+        logging.warning("Removing %s, left half-written by a killed run.", path)
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
 
 
 def save_encoder_config(encoder, model_dir):

@@ -55,7 +55,7 @@ def test_bad_flag_values_are_clear_errors():
         capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode != 0
-    assert "image_size must be a multiple of 32" in result.stderr
+    assert "image_size must be a positive multiple of 32" in result.stderr
 
 
 # The pretraining script run with `tensorboard` unimportable, as on an install without it.
@@ -91,3 +91,20 @@ def test_main_job_runs_without_tensorboard_and_prints_a_pasteable_next_step(tmp_
     assert words[0] == sys.executable
     assert os.path.samefile(words[1], os.path.join(REPO, "export", "export_saved_model.py"))
     assert words[2:] == ["--model_dir=run", "--export_dir=exports/vader"]
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("image_size", "0"), ("image_size", "-64"), ("batch_size", "0"), ("flip_prob", "1.5"),
+     ("min_crop_scale", "0"), ("temperature", "-0.2"), ("num_points", "-1")],
+)
+def test_bad_numbers_fail_before_anything_is_written(tmp_path, flag, value):
+    model_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, SCRIPT, f"--model_dir={model_dir}", f"--{flag}={value}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"{flag} must be" in result.stderr and value in result.stderr
+    assert not model_dir.exists()

@@ -284,3 +284,20 @@ def test_killed_export_leaves_no_version_directory(tmp_path):
     assert leftover.startswith(saved_model.TMP_PREFIX)
     assert saved_model.existing_versions(base) == []
     assert saved_model.next_version(base) == 1
+
+
+def test_next_export_removes_stale_temporaries_of_killed_exports(loaded_encoder, tmp_path, caplog):
+    base = tmp_path / "serving"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # Its pid now names no running process.
+    stale = base / f"{saved_model.TMP_PREFIX}1-{finished.pid}"
+    running = base / f"{saved_model.TMP_PREFIX}2-{os.getpid()}"  # A concurrent export.
+    for folder in (stale, running):
+        (folder / "variables").mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"half-written")
+    with caplog.at_level("WARNING"):
+        saved_model.export_saved_model(
+            loaded_encoder, str(base), sample_size=IMAGE_SIZE, num_sample_images=1
+        )
+    assert sorted(os.listdir(base)) == sorted(["1", running.name])
+    assert str(stale) in caplog.text and "killed export" in caplog.text

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
@@ -86,3 +87,21 @@ def test_flex_ops_are_refused_unless_allowed(tmp_path):
     with pytest.raises(tflite.FlexOpsRequiredError, match="MatrixDeterminant"):
         tflite.convert(path, input_size=32)
     assert tflite.convert(path, input_size=32, allow_flex=True)
+
+
+def test_calibration_folder_is_read_like_data_nested_and_bad_files_named(tmp_path, caplog):
+    # Two flat-colour photos in nested folders, and a corrupt file that must be skipped.
+    colours = {"a/red.png": (255, 0, 0), "a/b/blue.jpg": (0, 0, 255)}
+    for name, colour in colours.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48, 40), colour).save(path)
+    corrupt = tmp_path / "a" / "b" / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9")
+    with caplog.at_level("WARNING"):
+        images, source = sample_images.sample_images(4, 32, folder=str(tmp_path))
+    assert source == str(tmp_path) and images.shape == (4, 32, 32, 3)
+    # Path order: a/b/blue.jpg, a/red.png; then their second views.
+    expected = np.array([(0, 0, 255), (255, 0, 0)] * 2)
+    np.testing.assert_allclose(images.mean(axis=(1, 2)), expected, atol=3)
+    assert str(corrupt) in caplog.text

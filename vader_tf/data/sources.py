@@ -6,14 +6,21 @@ before anything is read or decoded. The exception is a TFDS dataset prepared as 
 files, which has no random access: `TfdsRecordSource` is read as a seeded stream. `ImageSource.dataset()` gives the plain
 `tf.data.Dataset` of `{"image": uint8 [H, W, 3], "source_id": tf.string}` in index order.
 
-Bad input (empty, truncated, corrupt or non-image files) is skipped, never fatal. A cheap
-in-graph structural check (magic bytes and end-of-stream marker per format) catches almost
-all of it; a failing element calls a rare `tf.py_function` that logs the source id with the
-reason and records it in the source's `SkipCounter`. Decode errors that slip past the check
-are dropped by `tf.data.Dataset.ignore_errors` as a last safety net (those are not counted).
+Bad input (unreadable, empty, truncated, corrupt or non-image files) is skipped, never
+fatal, and every skip is named and counted. A cheap in-graph structural check (magic
+bytes, and for PNG, GIF, BMP and WebP the end-of-stream marker or declared size) gives a
+precise reason for most bad files; reading and decoding run inside `_attempt`, so a file
+that passes the check but still cannot be read or decoded is caught in graph as well. A
+failing element calls a rare `tf.py_function` that logs the source id with the reason and
+records it in the source's `SkipCounter`. JPEG data after the end-of-image marker (phone
+"motion photos", camera trailers) is accepted, as TensorFlow and PIL decode it.
+
+When every image of a source has been rejected, the counter raises `NoUsableImagesError`
+instead of letting an endless stream filter out everything forever.
 """
 
 import difflib
+import contextlib
 import os
 import threading
 
@@ -45,56 +52,127 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # An empty IEND chunk with its CRC.
 
 
+class NoUsableImagesError(ValueError):
+    """Every image of a source was rejected as unreadable: there is nothing to train on."""
+
+
 class SkipCounter:
     """Thread-safe record of the inputs a pipeline skipped as unreadable.
+
+    Args:
+        total: number of distinct inputs of the source. When all of them have been
+            skipped, `record` raises `NoUsableImagesError` (kept in `error`).
+        description: what the source is, for that error.
 
     Attributes:
         count: number of skip events (a bad file read in several epochs counts each time).
         files: `{source_id: reason}` for every distinct skipped input.
+        error: the `NoUsableImagesError` raised once every input was rejected, else None.
     """
 
-    def __init__(self):
+    def __init__(self, total=None, description="the image source"):
         self._lock = threading.Lock()
+        self.total = total
+        self.description = description
         self.count = 0
         self.files = {}
+        self.error = None
 
     def record(self, source_id, reason):
-        """Counts one skip; logs a warning the first time `source_id` is skipped."""
+        """Counts one skip; logs a warning the first time `source_id` is skipped.
+
+        Raises:
+            NoUsableImagesError: every input of the source has now been rejected.
+        """
         with self._lock:
             self.count += 1
             first_time = source_id not in self.files
             self.files[source_id] = reason
+            if self.total and len(self.files) >= self.total and self.error is None:
+                self.error = NoUsableImagesError(
+                    f"No usable image in {self.description}: all {len(self.files)} images "
+                    "were rejected (each is named in a warning above)."
+                )
         if first_time:
             logging.warning("Skipping unreadable image %s: %s", source_id, reason)
+        if self.error is not None:
+            raise self.error
+
+
+def _attempt(compute, fallback):
+    """`(compute(), True)`, or `(fallback, False)` if `compute` fails (graph-compatible).
+
+    The computation runs as a one-element `tf.data` pipeline whose op errors are dropped,
+    so a failing read or decode becomes a value instead of an error of the whole stream.
+    """
+    result = tf.data.Dataset.from_tensors(0).map(lambda _: (compute(), True)).ignore_errors()
+    failed = tf.data.Dataset.from_tensors((fallback, False))
+    return result.concatenate(failed).take(1).get_single_element()
+
+
+def _attempt_read(read):
+    """`(bytes, True)` from `read()`, or `(b"", False)` if reading fails."""
+    return _attempt(read, tf.constant(b""))
 
 
 class _CheckedDecoding:
     """What every source shares: a description, a `SkipCounter`, the checked decode."""
 
-    def __init__(self, description):
+    def __init__(self, description, num_images):
         self.description = description
-        self.skipped = SkipCounter()
+        self.skipped = SkipCounter(num_images, description)
 
-    def check_and_decode(self, encoded, source_id):
+    def check_and_decode(self, encoded, source_id, readable=True):
         """Decodes `encoded` bytes, or counts `source_id` as skipped.
+
+        Args:
+            encoded: scalar `tf.string`, the encoded image.
+            source_id: scalar `tf.string` naming it in warnings.
+            readable: False when reading the bytes failed (`encoded` is then empty).
 
         Returns:
             `{"image": uint8 [H, W, 3], "source_id": string, "ok": bool}`. When `ok` is
-            False the input failed the structural check (and was counted as skipped) and
-            `image` is a 1x1 placeholder: filter it out.
+            False the input could not be read, failed the structural check or could not be
+            decoded (and was counted as skipped) and `image` is a 1x1 placeholder: filter
+            it out.
         """
-        problem = encoded_image_problem(encoded)
-        ok = tf.equal(problem, "")
+        placeholder = tf.zeros([1, 1, 3], tf.uint8)
+        problem = tf.where(readable, encoded_image_problem(encoded), "could not be read")
+        passed_check = tf.equal(problem, "")
+        image, decoded = tf.cond(
+            passed_check,
+            lambda: _attempt(lambda: decode_rgb(encoded), placeholder),
+            lambda: (placeholder, tf.constant(False)),
+        )
+        problem = tf.where(
+            tf.logical_and(passed_check, tf.logical_not(decoded)),
+            tf.strings.join(
+                [_format_name(encoded), " data could not be decoded (corrupt or truncated)"]
+            ),
+            problem,
+        )
+        ok = tf.logical_and(passed_check, decoded)
 
         def record_skip():
             tf.py_function(self._record_skip, [source_id, problem], Tout=[])
-            return tf.zeros([1, 1, 3], tf.uint8)
+            return tf.identity(image)
 
-        image = tf.cond(ok, lambda: decode_rgb(encoded), record_skip)
-        return {"image": image, "source_id": source_id, "ok": ok}
+        image = tf.cond(ok, lambda: tf.identity(image), record_skip)
+        return {"image": tf.ensure_shape(image, [None, None, 3]), "source_id": source_id, "ok": ok}
 
     def _record_skip(self, source_id, problem):
         self.skipped.record(source_id.numpy().decode(), problem.numpy().decode())
+
+    @contextlib.contextmanager
+    def no_usable_images_reraised(self):
+        """Reading this source's pipelines inside: the `tf.errors.OpError` that carries a
+        `NoUsableImagesError` out of `tf.data` is re-raised as that error itself."""
+        try:
+            yield
+        except tf.errors.OpError:
+            if self.skipped.error is not None:
+                raise self.skipped.error from None
+            raise
 
 
 class ImageSource(_CheckedDecoding):
@@ -103,14 +181,14 @@ class ImageSource(_CheckedDecoding):
     Args:
         source_ids: one string per image: a file path or `"tfds:NAME:SPLIT:INDEX"`.
         read_encoded: maps a scalar int64 index tensor to the encoded image bytes (a scalar
-            `tf.string`). Reading must not raise for unreadable content: return the bytes.
+            `tf.string`). A read that fails counts the image as skipped.
         description: what the source is, for error messages.
     """
 
     def __init__(self, source_ids, read_encoded, description):
         if not source_ids:
             raise ValueError(f"No images found in {description}.")
-        super().__init__(description)
+        super().__init__(description, len(set(source_ids)))
         self.source_ids = list(source_ids)
         self._read_encoded = read_encoded
         self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
@@ -123,7 +201,8 @@ class ImageSource(_CheckedDecoding):
         described in `check_and_decode`."""
         index = tf.cast(index, tf.int64)
         source_id = tf.gather(self._source_id_table, index)
-        return self.check_and_decode(self._read_encoded(index), source_id)
+        encoded, readable = _attempt_read(lambda: self._read_encoded(index))
+        return self.check_and_decode(encoded, source_id, readable)
 
     def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
         """All decodable images in index order: `{"image", "source_id"}` elements."""
@@ -132,12 +211,16 @@ class ImageSource(_CheckedDecoding):
 
 
 def drop_unreadable(elements):
-    """Drops elements that failed the structural check or could not be decoded."""
-    return elements.filter(lambda element: element["ok"]).ignore_errors()
+    """Drops the elements that were counted as skipped (`ok` False).
+
+    No `ignore_errors` here: every failure is caught (and counted) per element, and the
+    `NoUsableImagesError` of an all-bad source must reach the consumer.
+    """
+    return elements.filter(lambda element: element["ok"])
 
 
 def decode_and_filter(elements, load, num_parallel_calls=tf.data.AUTOTUNE):
-    """Maps `load` over `elements` and drops what failed the check or could not decode."""
+    """Maps `load` over `elements` and drops what could not be read or decoded."""
     return drop_unreadable(
         elements.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
     )
@@ -164,25 +247,48 @@ def _little_endian_uint32(four_bytes):
     return tf.reduce_sum(digits * tf.constant([1, 1 << 8, 1 << 16, 1 << 24], tf.int64))
 
 
+_FORMAT_NAMES = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+
+
+def _recognised_formats(encoded):
+    """Bool `[5]`: whether `encoded` starts like each of `_FORMAT_NAMES`."""
+    size = tf.cast(tf.strings.length(encoded), tf.int64)
+    header6 = _bytes_at(encoded, 0, 6)
+    return tf.stack(
+        [
+            tf.equal(_bytes_at(encoded, 0, 3), b"\xff\xd8\xff"),
+            tf.equal(_bytes_at(encoded, 0, 8), _PNG_SIGNATURE),
+            tf.logical_or(tf.equal(header6, b"GIF87a"), tf.equal(header6, b"GIF89a")),
+            tf.logical_and(tf.equal(_bytes_at(encoded, 0, 2), b"BM"), size >= 26),
+            tf.logical_and(
+                tf.equal(_bytes_at(encoded, 0, 4), b"RIFF"),
+                tf.equal(_bytes_at(encoded, 8, 4), b"WEBP"),
+            ),
+        ]
+    )
+
+
+def _format_name(encoded):
+    """Scalar string: the format `encoded` starts like ("JPEG", ...), or "image"."""
+    names = tf.boolean_mask(tf.constant(_FORMAT_NAMES), _recognised_formats(encoded))
+    return tf.cond(tf.size(names) > 0, lambda: names[0], lambda: tf.constant("image"))
+
+
 def encoded_image_problem(encoded):
     """Cheap structural check of encoded image bytes, in graph.
 
     Recognises JPEG, PNG, GIF, BMP and WebP by their magic bytes and checks that each is
-    complete (JPEG ends with the EOI marker, PNG with the IEND chunk, GIF with its
-    trailer, BMP and WebP are at least as long as their headers declare).
+    complete where that is cheap and safe: PNG ends with the IEND chunk, GIF with its
+    trailer, BMP and WebP are at least as long as their headers declare. JPEG is not
+    checked for its end marker: valid files may carry data after it (motion photos,
+    camera trailers); truncated JPEG data is caught by the decoder instead.
 
     Returns:
         Scalar string: `""` when the bytes look like a complete image, else the reason.
     """
     size = tf.cast(tf.strings.length(encoded), tf.int64)
-    is_jpeg = tf.equal(_bytes_at(encoded, 0, 3), b"\xff\xd8\xff")
-    is_png = tf.equal(_bytes_at(encoded, 0, 8), _PNG_SIGNATURE)
-    header6 = _bytes_at(encoded, 0, 6)
-    is_gif = tf.logical_or(tf.equal(header6, b"GIF87a"), tf.equal(header6, b"GIF89a"))
-    is_bmp = tf.logical_and(tf.equal(_bytes_at(encoded, 0, 2), b"BM"), size >= 26)
-    is_webp = tf.logical_and(
-        tf.equal(_bytes_at(encoded, 0, 4), b"RIFF"), tf.equal(_bytes_at(encoded, 8, 4), b"WEBP")
-    )
+    recognised = _recognised_formats(encoded)
+    is_bmp, is_webp = recognised[3], recognised[4]
 
     def declared_size(offset, extra):
         # Only read the header field when the format matched (so it has those bytes).
@@ -193,17 +299,14 @@ def encoded_image_problem(encoded):
     webp_complete = tf.cond(is_webp, lambda: declared_size(4, 8) <= size, never)
     complete = tf.stack(
         [
-            tf.equal(_bytes_at(encoded, -2, 2), b"\xff\xd9"),
+            tf.constant(True),
             tf.equal(_bytes_at(encoded, -12, 12), _PNG_END),
             tf.equal(_bytes_at(encoded, -1, 1), b"\x3b"),
             bmp_complete,
             webp_complete,
         ]
     )
-    recognised = tf.stack([is_jpeg, is_png, is_gif, is_bmp, is_webp])
-    format_names = tf.constant(["JPEG", "PNG", "GIF", "BMP", "WebP"])
     truncated = tf.reduce_any(tf.logical_and(recognised, tf.logical_not(complete)))
-    format_name = tf.strings.reduce_join(tf.boolean_mask(format_names, recognised))
     return tf.case(
         [
             (tf.equal(size, 0), lambda: tf.constant("empty file")),
@@ -211,7 +314,7 @@ def encoded_image_problem(encoded):
                 tf.logical_not(tf.reduce_any(recognised)),
                 lambda: tf.constant("not a JPEG, PNG, GIF, BMP or WebP image"),
             ),
-            (truncated, lambda: tf.strings.join(["truncated ", format_name, " data"])),
+            (truncated, lambda: tf.strings.join(["truncated ", _format_name(encoded), " data"])),
         ],
         default=lambda: tf.constant(""),
     )
@@ -289,25 +392,34 @@ def samples_source():
     )
 
 
-def folder_source(path):
-    """Every image file below `path` (recursive), sorted by path for determinism.
+def list_image_files(folder):
+    """Every image file below `folder` (recursive), sorted; the one image lister.
 
-    `path` may also be a list of folders, whose images are pooled. Files are selected by
-    extension (jpg, jpeg, png, bmp, gif, webp; any case). Their content is checked when
-    read: unreadable files are skipped and counted.
+    Files are selected by extension (`IMAGE_EXTENSIONS`, any case); their content is only
+    checked when read.
+
+    Raises:
+        FileNotFoundError: `folder` is not a directory.
+    """
+    if not tf.io.gfile.isdir(folder):
+        raise FileNotFoundError(f"Image folder not found: {folder}")
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in tf.io.gfile.walk(folder)
+        for name in names
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    )
+
+
+def folder_source(path):
+    """Every image file below `path` (see `list_image_files`), sorted by path.
+
+    `path` may also be a list of folders, whose images are pooled. Unreadable files are
+    skipped and counted when read.
     """
     folders = [path] if isinstance(path, str) else list(path)
-    paths = []
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"Image folder not found: {folder}")
-        for root, _, names in os.walk(folder):
-            paths.extend(
-                os.path.join(root, name)
-                for name in names
-                if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-            )
-    return _file_source(sorted(paths), f"image folder(s) {', '.join(folders)}")
+    paths = sorted(file for folder in folders for file in list_image_files(folder))
+    return _file_source(paths, f"image folder(s) {', '.join(folders)}")
 
 
 def _image_feature_name(builder):
@@ -383,12 +495,13 @@ class TfdsRecordSource(_CheckedDecoding):
         description = f"TFDS dataset {name!r} split {split!r} (TFRecord)"
         if not num_examples:
             raise ValueError(f"No images found in {description}.")
-        super().__init__(description)
+        super().__init__(description, num_examples)
         self.num_examples = num_examples
         self.filepaths = sorted(str(path) for path in filepaths)
         self.feature = feature
         self.shuffle_buffer = shuffle_buffer
-        self._id_prefix = f"tfds:{name}:{split}:element-"
+        # Source ids name a record by file and position: stable across epochs.
+        self._id_prefix = f"tfds:{name}:{split}:"
 
     def __len__(self):
         return self.num_examples
@@ -407,21 +520,32 @@ class TfdsRecordSource(_CheckedDecoding):
         files = tf.constant(self.filepaths)
         spec = {self.feature: tf.io.FixedLenFeature([], tf.string)}
 
+        names = tf.constant([os.path.basename(path) for path in self.filepaths])
+
+        def file_records(file_index):
+            name = tf.strings.join([self._id_prefix, names[file_index], ":"])
+            return (
+                tf.data.TFRecordDataset(files[file_index])
+                .enumerate()
+                .map(lambda position, record: (
+                    tf.strings.join([name, tf.strings.as_string(position)]), record
+                ))
+            )
+
         def epoch_elements(epoch):
-            epoch_files = files
+            file_order = tf.range(len(self.filepaths), dtype=tf.int64)
             if shuffle:
-                order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
-                epoch_files = tf.gather(files, order)
-            records = tf.data.TFRecordDataset(epoch_files)
+                file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
+            records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
             if shuffle:
                 records = records.shuffle(self.shuffle_buffer, seed=seed)
             global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
             skip = tf.maximum(start_index - epoch * num_examples, 0)
             return tf.data.Dataset.zip(global_indices, records).skip(skip)
 
-        def decode(global_index, record):
+        def decode(global_index, id_and_record):
+            source_id, record = id_and_record
             encoded = tf.io.parse_single_example(record, spec)[self.feature]
-            source_id = tf.strings.join([self._id_prefix, tf.strings.as_string(global_index)])
             return {"global_index": global_index, **self.check_and_decode(encoded, source_id)}
 
         records = ordering.epoch_range(num_examples, start_index, repeat).flat_map(epoch_elements)

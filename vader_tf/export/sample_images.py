@@ -1,16 +1,19 @@
 """Small sets of real images for verifying, warming up and calibrating exported models.
 
 By default the photos bundled with scikit-image (no download) are used; a folder of
-images can be given instead. If neither is available, deterministic random images are
-returned, and the caller is told so through the returned source name.
+images can be given instead. A folder is read like `--data=folder:` of pretraining
+(`vader_tf.data.sources.folder_source`): recursively, with unreadable files skipped,
+named in a warning and counted. If neither is available, deterministic random images
+are returned, and the caller is told so through the returned source name.
 """
 
 import importlib.resources
-import os
 
 import numpy as np
 from absl import logging
 from PIL import Image
+
+from vader_tf.data import sources
 
 # RGB photographs shipped in scikit-image's data directory.
 SKIMAGE_PHOTOS = (
@@ -25,8 +28,6 @@ SKIMAGE_PHOTOS = (
     "color.png",
 )
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-
 # Fractions of the free space left of / above the crop window: centre first, then the
 # two ends, so that requesting more images than photos yields other views of them.
 _CROP_POSITIONS = (0.5, 0.0, 1.0)
@@ -40,17 +41,17 @@ def _skimage_photo_paths():
     return [str(data_dir / name) for name in SKIMAGE_PHOTOS if (data_dir / name).is_file()]
 
 
-def _folder_image_paths(folder):
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"Image folder {folder!r} does not exist.")
-    paths = sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
-    if not paths:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder!r}.")
-    return paths
+def _folder_photos(folder, count):
+    """Up to `count` decodable images below `folder` as RGB PIL images, in path order."""
+    source = sources.folder_source(folder)
+    with source.no_usable_images_reraised():
+        arrays = [element["image"] for element in source.dataset().take(count).as_numpy_iterator()]
+    if source.skipped.count:
+        logging.warning(
+            "Skipped %d unreadable file(s) in %s: %s",
+            source.skipped.count, folder, ", ".join(sorted(source.skipped.files)),
+        )
+    return [Image.fromarray(array) for array in arrays]
 
 
 def _crop_resize(image, height, width, position):
@@ -64,15 +65,18 @@ def _crop_resize(image, height, width, position):
     return np.asarray(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
-def load_images(paths, count, height, width, start=0):
-    """`count` uint8 RGB images `[count, height, width, 3]` cropped from the files.
+def load_images(photos, count, height, width, start=0):
+    """`count` uint8 RGB images `[count, height, width, 3]` cropped from `photos`.
 
-    Image `i` is view `i // len(paths)` of file `i % len(paths)`: crops at the centre,
+    Image `i` is view `i // len(photos)` of photo `i % len(photos)`: crops at the centre,
     top-left and bottom-right, then horizontally flipped copies of those (6 distinct
-    views per file). Indices run from `start`, so disjoint ranges give disjoint sets
-    (e.g. calibration and evaluation images) as long as they stay below 6 * len(paths).
+    views per photo). Indices run from `start`, so disjoint ranges give disjoint sets
+    (e.g. calibration and evaluation images) as long as they stay below 6 * len(photos).
+
+    Args:
+        photos: RGB PIL images.
     """
-    opened = [Image.open(path).convert("RGB") for path in paths]
+    opened = list(photos)
     images = []
     for index in range(start, start + count):
         image = opened[index % len(opened)]
@@ -98,7 +102,8 @@ def sample_images(count, height, width=None, folder=None, start=0):
         count: number of images.
         height: output height.
         width: output width (defaults to `height`).
-        folder: optional folder of images to use instead of the bundled photos.
+        folder: optional folder of images (read recursively; unreadable files are
+            skipped and named) to use instead of the bundled photos.
         start: index of the first image (see `load_images`).
 
     Returns:
@@ -107,9 +112,11 @@ def sample_images(count, height, width=None, folder=None, start=0):
     """
     width = width or height
     if folder:
-        return load_images(_folder_image_paths(folder), count, height, width, start), folder
+        photos = _folder_photos(folder, start + count)
+        return load_images(photos, count, height, width, start), folder
     paths = _skimage_photo_paths()
     if paths:
-        return load_images(paths, count, height, width, start), "skimage"
+        photos = [Image.open(path).convert("RGB") for path in paths]
+        return load_images(photos, count, height, width, start), "skimage"
     logging.warning("scikit-image sample photos not found; using random images.")
     return random_images(count, height, width), "random"

@@ -12,10 +12,13 @@ loads with `tf.saved_model.load` without vader_tf or Keras. Signatures:
 
 An export is written to a temporary directory next to its target, checked against the
 Keras model on sample images, and only then renamed to `EXPORT_DIR/<version>/`, so a
-failed or interrupted export never leaves a version directory behind.
+failed or interrupted export never leaves a version directory behind. A killed export
+leaves its temporary directory (`.tmp-<version>-<pid>`); the next export to the same
+directory removes it once that process is no longer running.
 """
 
 import os
+import re
 import shutil
 
 import keras
@@ -26,6 +29,7 @@ from absl import logging
 from vader_tf import cli, run_dir
 from vader_tf.export import sample_images as sample_images_lib
 from vader_tf.models.encoder import INPUT_MULTIPLE
+from vader_tf.run_dir import process_is_running, write_json_atomic
 
 SERVING_SIGNATURE = "serving_default"
 PYRAMID_SIGNATURE = "pyramid"
@@ -37,6 +41,7 @@ FEATURES_OUTPUT = "features"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 METADATA_FILE = os.path.join("assets.extra", "vader_export.json")
 TMP_PREFIX = ".tmp-"
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-(\d+)$")
 
 # Verification: the export must reproduce the Keras model to float32 round-off.
 VERIFY_MAX_ABS_ERROR = 1e-4
@@ -219,6 +224,20 @@ def resolve_version_dir(path):
         f"No SavedModel at {path!r}: expected a version directory written by "
         "export/export_saved_model.py (EXPORT_DIR/<version>) or its EXPORT_DIR."
     )
+def remove_stale_temporaries(export_dir):
+    """Deletes the temporary directories of killed exports in `export_dir`, logging each.
+
+    A `.tmp-<version>-<pid>` directory is stale when no process `pid` runs on this
+    machine; one whose process still runs (a concurrent export) is left alone.
+    """
+    if not tf.io.gfile.isdir(export_dir):
+        return
+    for name in tf.io.gfile.listdir(export_dir):
+        match = _TMP_NAME.match(name.rstrip("/"))
+        if match and not process_is_running(int(match.group(2))):
+            path = os.path.join(export_dir, name.rstrip("/"))
+            logging.warning("Removing %s, left by a killed export.", path)
+            tf.io.gfile.rmtree(path)
 
 
 def next_version(export_dir):
@@ -377,6 +396,7 @@ def export_saved_model(
         raise ValueError(f"sample_size must be a multiple of {INPUT_MULTIPLE}, got {sample_size}.")
     os.makedirs(export_dir, exist_ok=True)
     version, final_path = _version_path(export_dir, version)
+    remove_stale_temporaries(export_dir)
     tmp_path = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
     images, image_source = sample_images_lib.sample_images(num_sample_images, sample_size)
     try:

@@ -68,6 +68,7 @@ def train(
     log_every=10,
     keep_checkpoints=3,
     verbose=1,
+    run_config=None,
 ):
     """Trains a `MomentumContrast` model, resuming from `model_dir` if it holds a run.
 
@@ -84,6 +85,9 @@ def train(
         log_every: steps per compiled loop call, between metric reads and summaries.
         keep_checkpoints: how many checkpoints to keep.
         verbose: 1 shows a progress bar.
+        run_config: optional JSON-serialisable dict written to `run_config.json` (by the
+            chief) once the model is built and any checkpoint restored, so a run that
+            fails before that leaves the directory as it was.
 
     Returns:
         `(model, history)` where history is a list of dicts of metrics per logging step.
@@ -108,7 +112,10 @@ def train(
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Resumed from %s.", latest)
     if chief:
+        run_dir.remove_stale_leftovers(model_dir)
         run_dir.save_encoder_config(model.encoder, model_dir)
+        if run_config is not None:
+            run_dir.write_json_atomic(os.path.join(model_dir, run_dir.RUN_CONFIG), run_config)
 
     step = int(model.optimizer.iterations.numpy())
     if step >= train_steps:

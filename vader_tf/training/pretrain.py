@@ -4,20 +4,85 @@
 """
 
 import dataclasses
-import os
+import math
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 from vader_tf import run_dir
 from vader_tf.data import pipeline, sources, views
-from vader_tf.models.encoder import build_encoder
+from vader_tf.models.backbone import BACKBONE_CONFIGS
+from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.training import distribution, loop
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
 
 METHODS = ("vader", "moco")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MOMENTUM_SCHEDULES = ("constant", "cosine")
+
+# Fields that must be at least 1.
+_POSITIVE_INTS = (
+    "decoder_channels",
+    "embedding_dim",
+    "batch_size",
+    "num_points",
+    "queue_size",
+    "queue_points_per_image",
+    "bn_groups",
+    "train_steps",
+    "reference_batch_size",
+    "num_cpu_devices",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+)
+# Float fields: (low, high, low included); high is always included. Hue jitter is a
+# quarter of color_jitter and may shift by at most half the colour wheel.
+_FLOAT_RANGES = {
+    "min_crop_scale": (0.0, 1.0, False),
+    "color_jitter": (0.0, 2.0, True),
+    "grayscale_prob": (0.0, 1.0, True),
+    "blur_prob": (0.0, 1.0, True),
+    "flip_prob": (0.0, 1.0, True),
+    "min_overlap": (0.0, 1.0, True),
+    "temperature": (0.0, math.inf, False),
+    "ema_momentum": (0.0, 1.0, True),
+    "base_learning_rate": (0.0, math.inf, True),
+    "weight_decay": (0.0, math.inf, True),
+    "sgd_momentum": (0.0, 1.0, True),
+}
+
+
+# Fields a resumed run may change: how long it runs, how it logs and checkpoints, and
+# where it runs (checkpoints do not depend on the strategy). Every other field shapes the
+# model, its optimiser state or the data stream, so it must match the stored run.
+RESUMABLE_FIELDS = (
+    "model_dir",
+    "train_steps",
+    "checkpoint_every",
+    "log_every",
+    "keep_checkpoints",
+    "verbose",
+    "strategy",
+    "num_cpu_devices",
+    "deterministic",
+)
+
+
+class RunConfigMismatchError(ValueError):
+    """A run directory is resumed with settings that differ from the ones it was made with."""
+
+
+def _invalid(name, value, expected):
+    raise ValueError(f"{name} must be {expected}, got {value!r}.")
+
+
+def _interval(low, high, closed_low):
+    if high == math.inf:
+        return f"{'at least' if closed_low else 'greater than'} {low}"
+    return f"in {'[' if closed_low else '('}{low}, {high}]"
 
 
 @dataclasses.dataclass
@@ -70,17 +135,73 @@ class PretrainConfig:
     verbose: int = 1
 
     def validate(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}"
-            )
-        if self.image_size % 32:
-            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
-        for name in ("batch_size", "train_steps", "num_points", "queue_size", "bn_groups"):
+        """Checks every field; raises `ValueError` naming the first bad one (its flag).
+
+        Nothing may be read from or written to `model_dir` before this passed.
+        """
+        choices = {
+            "method": METHODS,
+            "mixed_precision": MIXED_PRECISION,
+            "momentum_schedule": MOMENTUM_SCHEDULES,
+            "strategy": distribution.STRATEGIES,
+        }
+        if self.backbone_preset is None:
+            choices["backbone"] = tuple(BACKBONE_CONFIGS)
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                _invalid(name, getattr(self, name), f"one of {', '.join(allowed)}")
+        for name in ("model_dir", "data"):
+            if not getattr(self, name):
+                _invalid(name, getattr(self, name), "a non-empty string")
+        if self.image_size < INPUT_MULTIPLE or self.image_size % INPUT_MULTIPLE:
+            _invalid("image_size", self.image_size, f"a positive multiple of {INPUT_MULTIPLE}")
+        for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                _invalid(name, getattr(self, name), "at least 1")
+        if self.warmup_steps < 0:
+            _invalid("warmup_steps", self.warmup_steps, "at least 0")
+        if self.method == "vader" and self.queue_points_per_image > self.num_points:
+            _invalid(
+                "queue_points_per_image",
+                self.queue_points_per_image,
+                f"at most num_points={self.num_points}",
+            )
+        for name, (low, high, closed_low) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            inside = (value >= low if closed_low else value > low) and value <= high
+            if not (math.isfinite(value) and inside):
+                _invalid(name, value, _interval(low, high, closed_low))
+        if self.verbose not in (0, 1, 2):
+            _invalid("verbose", self.verbose, "0, 1 or 2")
+        if self.init_weights and not tf.io.gfile.exists(self.init_weights):
+            _invalid("init_weights", self.init_weights, "an existing weights file")
+
+    def check_resumable(self):
+        """Refuses to resume `model_dir` with settings it was not made with.
+
+        Compares with the stored `run_config.json` when `model_dir` holds a checkpoint;
+        fields missing from an older file count as their defaults.
+
+        Raises:
+            RunConfigMismatchError: naming every differing field and its stored value.
+        """
+        stored = run_dir.read_run_config(self.model_dir)
+        if stored is None or run_dir.latest_checkpoint(self.model_dir) is None:
+            return
+        defaults = dataclasses.asdict(PretrainConfig())
+        differing = [
+            (name, stored.get(name, defaults[name]), value)
+            for name, value in dataclasses.asdict(self).items()
+            if name not in RESUMABLE_FIELDS and stored.get(name, defaults[name]) != value
+        ]
+        if differing:
+            made_with = ", ".join(f"{name}={old}" for name, old, _ in differing)
+            given = ", ".join(f"{name}={new}" for name, _, new in differing)
+            raise RunConfigMismatchError(
+                f"Cannot resume {self.model_dir}: this run was made with {made_with} "
+                f"(now {given}). Resume with the stored values or use a new --model_dir; "
+                f"only {', '.join(RESUMABLE_FIELDS[1:])} may change on resume."
+            )
 
     @property
     def learning_rate(self):
@@ -149,11 +270,19 @@ def build_model(config):
 
 
 def pretrain(config, strategy=None):
-    """Runs (or resumes) the pretraining described by `config`; returns `(model, history)`."""
-    config.validate()
-    if config.deterministic:
-        import tensorflow as tf
+    """Runs (or resumes) the pretraining described by `config`; returns `(model, history)`.
 
+    Everything is checked before anything is written: the config, its agreement with a
+    run being resumed, the strategy and the data source. `run_config.json` is written
+    only once the model is built and any checkpoint restored.
+
+    Raises:
+        ValueError: a bad setting (`RunConfigMismatchError` for a resume with other
+            settings, `sources.NoUsableImagesError` when no image of the data decodes).
+    """
+    config.validate()
+    config.check_resumable()
+    if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -184,21 +313,18 @@ def pretrain(config, strategy=None):
             shard_index=context.input_pipeline_id,
         )
 
-    os.makedirs(config.model_dir, exist_ok=True)
-    if distribution.is_chief(strategy):
-        run_dir.write_json_atomic(
-            os.path.join(config.model_dir, run_dir.RUN_CONFIG), dataclasses.asdict(config)
-        )
     logging.info("Pretraining %s on %s into %s.", config.method, config.data, config.model_dir)
-    return loop.train(
-        lambda: build_model(config),
-        make_dataset,
-        strategy,
-        config.model_dir,
-        train_steps=config.train_steps,
-        global_batch_size=config.batch_size,
-        checkpoint_every=config.checkpoint_every,
-        log_every=config.log_every,
-        keep_checkpoints=config.keep_checkpoints,
-        verbose=config.verbose,
-    )
+    with source.no_usable_images_reraised():
+        return loop.train(
+            lambda: build_model(config),
+            make_dataset,
+            strategy,
+            config.model_dir,
+            train_steps=config.train_steps,
+            global_batch_size=config.batch_size,
+            checkpoint_every=config.checkpoint_every,
+            log_every=config.log_every,
+            keep_checkpoints=config.keep_checkpoints,
+            verbose=config.verbose,
+            run_config=dataclasses.asdict(config),
+        )
