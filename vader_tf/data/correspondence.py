@@ -147,7 +147,7 @@ def sample_matched_points(seed, geometry, image_size, num_points, stride=FEATURE
 
     Returns:
         `(points1, points2)`: `[P, 2]` float32 (y, x) grid coordinates of the same scene
-        points in view 1 and view 2. For invalid pairs both are the views' centre cell.
+        points in view 1 and view 2. For invalid pairs both are the views' centre point.
     """
     low, high = sampling_region(
         geometry["box1"], geometry["box2"], geometry["flip1"], geometry["flip2"], image_size, stride

@@ -21,8 +21,10 @@ Consequences used across the library:
   position ``L - s * j - 0.5``, which is cell ``(L - 1) / s - j`` of the flipped map:
   not an integer, so the features of a flipped view sit ``(s - 1) / s`` cells away from the
   mirrored features. Correspondences are computed in continuous coordinates and are exact.
-- Resizing a dense map between strides (or to the pixel grid, stride 1) uses
-  `resize_grid`; pooling pixel labels onto a grid uses `pool_to_grid`.
+- Resizing a dense map between strides uses `resize_grid`, upsampling it to every input
+  pixel `upsample_to_pixels`; pooling pixel maps (labels, depths) onto the grid uses
+  `pool_to_grid`. Image resizes of views and frames are a separate matter: they use
+  half-pixel centres, exact in the same continuous coordinates (`vader_tf.data.views`).
 
 "Grid coordinates" are the fractional cell indices used to sample a dense map: grid
 coordinate ``g`` is cell ``g`` exactly when ``g`` is an integer, and linearly in between.
