@@ -25,8 +25,9 @@ def coordinate_image(height, width, scale):
 
 
 def feature_map(view):
-    """What a stride-4 feature cell sees: the mean of its 4 x 4 pixels."""
-    return tf.nn.avg_pool2d(view[None], FEATURE_STRIDE, FEATURE_STRIDE, "VALID")
+    """What a stride-4 feature cell sees: the encoder centres cell (i, j) on view pixel
+    (4i, 4j) (torchvision padding; measured in tests/models/test_grid_alignment.py)."""
+    return view[None, ::FEATURE_STRIDE, ::FEATURE_STRIDE]
 
 
 @tf.function
@@ -85,9 +86,21 @@ def test_disjoint_crops_are_rejected():
     left = tf.constant([0, 0, 40, 40])
     right = tf.constant([0, 60, 40, 40])
     touching = tf.constant([0, 39, 40, 40])
-    assert not correspondence.acceptable_pairs(left, right, size, 0.1)
-    assert not correspondence.acceptable_pairs(left, touching, size, 0.0)
-    assert correspondence.acceptable_pairs(left, left, size, 0.1)
+    for flip1, flip2 in ((False, False), (True, False), (True, True)):
+        assert not correspondence.acceptable_pairs(left, right, flip1, flip2, size, 0.1)
+        assert not correspondence.acceptable_pairs(left, touching, flip1, flip2, size, 0.0)
+        assert correspondence.acceptable_pairs(left, left, flip1, flip2, size, 0.1)
+
+
+def test_sampling_region_spans_the_cell_centres_of_both_views():
+    # View side 32 from a 64-pixel crop (2 original pixels per view pixel): cell centres
+    # of a stride-4 view span view x in [0.5, 28.5], i.e. original [1, 57] from the crop
+    # start when unflipped and [7, 63] when flipped (x -> 32 - x).
+    box = tf.constant([10, 20, 64, 64])
+    for flip, (x_low, x_high) in ((False, (21.0, 77.0)), (True, (27.0, 83.0))):
+        low, high = correspondence.sampling_region(box, box, flip, flip, 32)
+        np.testing.assert_allclose(low.numpy(), [11.0, x_low])
+        np.testing.assert_allclose(high.numpy(), [67.0, x_high])
 
 
 def test_pair_without_acceptable_overlap_is_flagged_invalid():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.eval.conftest import cell_mean
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
 from vader_tf.eval.encoders import FeatureExtractor
@@ -15,18 +16,23 @@ def _log_depth_oracle():
 
     def forward(images):
         log_depth = tf.math.log(1.0 + 4.0 * images[..., :1] / 255.0)
-        pooled = tf.nn.avg_pool2d(log_depth, 4, 4, "VALID")
+        pooled = cell_mean(log_depth)
         return tf.concat([pooled, tf.ones_like(pooled)], axis=-1)
 
     return FeatureExtractor(forward, "oracle:log_depth")
 
 
 def test_cell_log_depth_ignores_invalid_pixels():
+    # Stride 2: cell j is centred at 2j + 0.5, its footprint [2j - 0.5, 2j + 1.5) weighs
+    # pixels 2j - 1, 2j, 2j + 1 by 0.5, 1, 0.5 (per axis).
     depth_map = np.array([[1.0, 0.0, 2.0, 2.0], [np.e, 0.0, 2.0, 2.0]])
-    depth_map = np.concatenate([depth_map, np.zeros((2, 4))])
+    depth_map = np.concatenate([depth_map, np.zeros((4, 4))])
     values, valid = depth.cell_log_depth(depth_map, stride=2)
-    np.testing.assert_allclose(values[0], [0.5, np.log(2.0)], rtol=1e-6)
-    np.testing.assert_array_equal(valid, [[True, True], [False, False]])
+    # Cell (0, 0): log 1 = 0 with weight 1 (pixel 0, 0), log e = 1 with weight 0.5.
+    np.testing.assert_allclose(values[0], [1.0 / 3.0, np.log(2.0)], rtol=1e-6)
+    # Cell row 1 reaches back to pixel row 1 (weight 0.5) only.
+    np.testing.assert_allclose(values[1], [1.0, np.log(2.0)], rtol=1e-6)
+    np.testing.assert_array_equal(valid, [[True, True], [True, True], [False, False]])
 
 
 def test_probe_recovers_depth_from_an_oracle(depth_root):

@@ -29,9 +29,20 @@ def test_backbone_tap_is_the_resized_normalised_level():
     encoder = load_keras_encoder("random:resnet18", seed=3)
     padded = np.pad(IMAGES[:1], [[0, 0], [0, 24], [0, 26], [0, 0]], mode="symmetric")
     level = keras.Model(encoder.input, encoder.pyramid_outputs["P4"])(padded)
-    expected = tf.math.l2_normalize(tf.image.resize(level, (16, 24)), axis=-1)[:, :10, :18]
+    # Stride-4 cell i is centred at 4i + 0.5, grid coordinate i / 4 of the stride-16 P4.
+    expected = level.numpy()[0]
+    for axis, cells in ((0, 16), (1, 24)):
+        source = np.arange(cells) / 4.0
+        low = np.floor(source).astype(int)
+        high = np.minimum(low + 1, expected.shape[axis] - 1)
+        weight = np.expand_dims(source - low, [a for a in range(3) if a != axis])
+        expected = (1 - weight) * np.take(expected, low, axis) + weight * np.take(
+            expected, high, axis
+        )
+    expected = expected / np.linalg.norm(expected, axis=-1, keepdims=True)
+    expected = expected[None, :10, :18]
     tapped = load_feature_extractor("random:resnet18", seed=3, layer="P4")(IMAGES[:1])
-    np.testing.assert_allclose(tapped.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(tapped.numpy(), expected, atol=1e-5)
 
 
 def test_unknown_layer_is_rejected():

@@ -39,7 +39,8 @@ def test_unknown_method_is_rejected():
 
 
 def test_grid_convention_cell_centres():
-    # Cell j of a stride-4 map covers input pixels [4j, 4j + 4): its centre is 4j + 2.
-    np.testing.assert_allclose(image_to_grid(np.array([2.0, 6.0, 0.0])), [0.0, 1.0, -0.5])
+    # Cell j of a stride-s map is centred on input pixel s * j, at s * j + 0.5.
+    np.testing.assert_allclose(image_to_grid(np.array([0.5, 4.5, 2.5])), [0.0, 1.0, 0.5])
+    np.testing.assert_allclose(grid_to_image(np.array([0.0, 2.0])), [0.5, 8.5])
     np.testing.assert_allclose(grid_to_image(image_to_grid(np.array([3.3, 17.0]))), [3.3, 17.0])
-    np.testing.assert_allclose(image_to_grid(np.array([4.0]), stride=8), [0.0])
+    np.testing.assert_allclose(image_to_grid(np.array([16.5]), stride=8), [2.0])

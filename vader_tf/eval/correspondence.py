@@ -7,7 +7,7 @@ independent random shifts of the crop's four corners by up to `perspective` of i
 Features of the source and the warped image are computed; each source feature cell (every
 `point_stride`-th cell in each direction) is matched to its most similar target cell
 (dot product of L2-normalised features). Positions are cell centres in input pixels,
-`4 * (j + 0.5)` (`vader_tf.ops.grid`); the error of a match is the distance in pixels of
+`4 * j + 0.5` (`vader_tf.ops.grid`); the error of a match is the distance in pixels of
 the (same-size) target image between the matched cell centre and the true image of the
 source point. Points whose true image falls outside the target are not scored. PCK@k is
 the fraction of scored points with error <= k pixels; note cell centres are 4 pixels

@@ -7,10 +7,12 @@ PNGs; DAVIS 2017). Only the first frame's mask is given to the method.
 
 Protocol (`evaluate_sequence`): frames are resized so their short side is `short_side`
 (sides rounded to multiples of 4, so the stride-4 feature grid covers the frame exactly);
-the first mask becomes per-cell label distributions by area averaging of its one-hot;
-labels are propagated with `vader_tf.eval.label_propagation.propagate_labels`; each
-prediction is upsampled bilinearly to the annotation's resolution and its arg-max is
-scored against the annotation. J (region IoU) and F (boundary F-measure) are averaged
+the first mask's one-hot is resized to the frame size (area averaging, as the frame was
+resized) and pooled onto the feature grid (`vader_tf.ops.grid.pool_to_grid`), giving
+per-cell label distributions; labels are propagated with
+`vader_tf.eval.label_propagation.propagate_labels`; each prediction is upsampled bilinearly
+to the frame (`vader_tf.ops.grid.upsample_to_pixels`), resized to the annotation's
+resolution, and its arg-max is scored against the annotation. J (region IoU) and F (boundary F-measure) are averaged
 over objects and over frames 1..end (the first frame, which is given, is not scored;
 frames without an annotation file are skipped). A dataset's J and F are the means of the
 per-sequence values.
@@ -25,7 +27,7 @@ from absl import logging
 from vader_tf.data.segmentation import load_image, load_label, resize_image
 from vader_tf.eval import metrics
 from vader_tf.eval.label_propagation import propagate_labels
-from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid, upsample_to_pixels
 
 IMAGES_DIR = "JPEGImages"
 ANNOTATIONS_DIR = "Annotations"
@@ -81,16 +83,22 @@ def frame_size(height, width, short_side, multiple=FEATURE_STRIDE):
     )
 
 
-def mask_to_cell_labels(mask, num_labels, feature_size):
-    """Area-averaged one-hot of an `[H, W]` id mask on the `[h, w]` feature grid."""
+def mask_to_cell_labels(mask, num_labels, frame_size):
+    """Label distributions on the stride-4 feature grid of a frame of size `frame_size`,
+    from an `[H, W]` id mask: its one-hot, area-resized to the frame, averaged over each
+    cell's footprint (`pool_to_grid`)."""
     one_hot = tf.one_hot(mask, num_labels, dtype=tf.float32)
-    return tf.image.resize(one_hot, feature_size, method="area").numpy()
+    one_hot = tf.image.resize(one_hot, frame_size, method="area").numpy()
+    sums = pool_to_grid(one_hot, FEATURE_STRIDE)
+    return (sums / np.maximum(sums.sum(axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def score_frame(cell_labels, annotation, object_ids):
+def score_frame(cell_labels, annotation, object_ids, frame_size):
     """(J, F) of one frame, averaged over `object_ids`, for `[h, w, C]` predicted
-    distributions upsampled to the annotation's size."""
-    upsampled = tf.image.resize(cell_labels, annotation.shape, method="bilinear")
+    distributions on the feature grid of a frame of size `frame_size`, upsampled to the
+    frame and resized to the annotation's size."""
+    upsampled = upsample_to_pixels(cell_labels[None], frame_size)[0]
+    upsampled = tf.image.resize(upsampled, annotation.shape, method="bilinear")
     prediction = tf.argmax(upsampled, axis=-1, output_type=tf.int32).numpy()
     j_values = [metrics.region_similarity(prediction == i, annotation == i) for i in object_ids]
     f_values = [metrics.boundary_f_measure(prediction == i, annotation == i) for i in object_ids]
@@ -125,14 +133,13 @@ def evaluate_sequence(
             image = resize_image(load_image(path), size)
             yield extractor(image[None])[0].numpy()
 
-    feature_size = (size[0] // FEATURE_STRIDE, size[1] // FEATURE_STRIDE)
-    first_labels = mask_to_cell_labels(first_mask, max(object_ids, default=0) + 1, feature_size)
+    first_labels = mask_to_cell_labels(first_mask, max(object_ids, default=0) + 1, size)
     j_per_frame, f_per_frame = [], []
     predictions = propagate_labels(features(), first_labels, **propagation)
     for cell_labels, annotation_path in zip(predictions, annotation_paths[1:]):
         if annotation_path is None:
             continue
-        j, f = score_frame(cell_labels, load_mask(annotation_path), object_ids)
+        j, f = score_frame(cell_labels, load_mask(annotation_path), object_ids, size)
         j_per_frame.append(j)
         f_per_frame.append(f)
     return {

@@ -4,7 +4,8 @@ Protocol (mirrors `vader_tf.eval.linear_probe`): each feature cell's target is t
 log depth of the valid (> 0) pixels it covers; a standardisation + 1x1 linear layer is
 fitted to these targets with a squared loss on frozen features of up to
 `pixels_per_image` random valid cells per image; predictions are upsampled bilinearly
-(in log depth) to the depth map's resolution and exponentiated. `rmse`, `abs_rel`,
+(in log depth) to the depth map's resolution and exponentiated. Cells and pixels are
+related by `vader_tf.ops.grid` (`pool_to_grid`, `upsample_to_pixels`). `rmse`, `abs_rel`,
 `log10` and `delta1..3` (see `vader_tf.eval.metrics.depth_metrics`) are computed per
 image over its valid pixels and averaged over images.
 
@@ -21,22 +22,22 @@ import tensorflow as tf
 from vader_tf.data.segmentation import resize_pair
 from vader_tf.eval import metrics
 from vader_tf.eval.linear_probe import apply_per_cell, fit_linear_head, sample_training_cells
-from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid, upsample_to_pixels
 
 MILLIMETRES_PER_METRE = 1000.0
 
 
 def cell_log_depth(depth, stride=FEATURE_STRIDE):
-    """(mean log depth, has-valid-pixel) of each `stride x stride` cell of an `[H, W]`
-    depth map (H, W multiples of `stride`); pixels with depth <= 0 are invalid."""
+    """(mean log depth, has-valid-pixel) of each cell of the stride-`stride` grid of an
+    `[H, W]` depth map, over the valid pixels (depth > 0) of the cell's footprint
+    (`vader_tf.ops.grid.pool_to_grid`, area-weighted)."""
     depth = np.asarray(depth, np.float64)
-    height, width = depth.shape
     valid = depth > 0
     log_depth = np.where(valid, np.log(np.where(valid, depth, 1.0)), 0.0)
-    shape = (height // stride, stride, width // stride, stride)
-    sums = log_depth.reshape(shape).sum(axis=(1, 3))
-    counts = valid.reshape(shape).sum(axis=(1, 3))
-    return (sums / np.maximum(counts, 1)).astype(np.float32), counts > 0
+    sums = pool_to_grid(log_depth, stride)
+    weights = pool_to_grid(valid, stride)
+    has_valid = weights > 0
+    return (sums / np.where(has_valid, weights, 1.0)).astype(np.float32), has_valid
 
 
 def load_nyu_depth_v2(split, short_side, limit=None, data_dir=None):
@@ -110,7 +111,7 @@ def run_depth_probe(
     per_image = []
     for image, depth in zip(val_images, val_depths):
         log_depth = apply_per_cell(head, extractor(np.asarray(image, np.float32)[None]))
-        log_depth = tf.image.resize(log_depth, depth.shape, method="bilinear")
+        log_depth = upsample_to_pixels(log_depth, depth.shape)
         per_image.append(metrics.depth_metrics(np.exp(log_depth.numpy()[0, ..., 0]), depth))
     results = {name: float(np.mean([m[name] for m in per_image])) for name in per_image[0]}
     results["num_images"] = len(per_image)

@@ -12,7 +12,8 @@ An encoder spec names where the features come from:
 The `layer` argument chooses which output of the encoder is tapped (`LAYERS`):
 `"features"` (the projection head's embedding, the default), `"decoder"` (the FPN output
 the head reads) or a backbone level `"P2"`..`"P5"` (strides 4..32). Backbone levels are
-resized bilinearly to the stride-4 grid, and taps other than `"features"` are
+resized bilinearly to the stride-4 grid with `vader_tf.ops.grid.resize_grid` (as the
+decoder does, so cell centres stay put), and taps other than `"features"` are
 L2-normalised per pixel, so every tap is a stride-4 map of unit vectors. Tapping the
 backbone makes frozen evaluation fair to encoders whose decoder and head were never
 trained (a MoCo run, a random encoder). SavedModels are tapped through their `pyramid`
@@ -21,7 +22,7 @@ signature (see `vader_tf.export.saved_model`).
 Every spec becomes a `FeatureExtractor`: a frozen callable mapping float32 images in
 [0, 255] of any size to stride-4 features. Images are padded at the bottom and right to
 multiples of 32 and the features are cropped back to `ceil(H / 4) x ceil(W / 4)` cells, so
-cell `j` keeps its centre at input coordinate `4 * (j + 0.5)` (see `vader_tf.ops.grid`).
+cell `j` keeps its centre at input coordinate `4 * j + 0.5` (see `vader_tf.ops.grid`).
 """
 
 import math
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
-from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.ops.grid import FEATURE_STRIDE, resize_grid
 from vader_tf.run_dir import load_encoder
 
 RANDOM_PREFIX = "random:"
@@ -62,8 +63,7 @@ def tap_to_grid(tapped, images, layer):
     tapped = tf.cast(tapped, tf.float32)
     grid = (tf.shape(images)[1] // FEATURE_STRIDE, tf.shape(images)[2] // FEATURE_STRIDE)
     if layer != "decoder":
-        # Half-pixel aligned, so cell centres at stride s map onto stride-4 cell centres.
-        tapped = tf.image.resize(tapped, grid, method="bilinear")
+        tapped = resize_grid(tapped, grid)
     return tf.math.l2_normalize(tapped, axis=-1)
 
 

@@ -2,8 +2,9 @@
 
 The segmentation model reuses the encoder's FPN decoder output (stride 4,
 `encoder.pyramid_outputs["decoder"]`) and adds a small head: a 3x3 convolution (ReLU)
-and a 1x1 classifier, whose stride-4 logits are upsampled bilinearly (by 4, half-pixel
-aligned as in `vader_tf.ops.grid`) to the input resolution. The whole network is trained
+and a 1x1 classifier, whose stride-4 logits are upsampled bilinearly to the input
+resolution (`ResizeToReference`, which keeps the grid convention of `vader_tf.ops.grid`
+and works with dynamic shapes). The whole network is trained
 with `model.fit` on softmax cross-entropy, ignoring the void label. The encoder's
 projection head is not used.
 """
@@ -11,7 +12,7 @@ projection head is not used.
 import keras
 import tensorflow as tf
 
-from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.models.layers import ResizeToReference
 
 
 def build_segmentation_model(encoder, num_classes, head_channels=64):
@@ -21,9 +22,7 @@ def build_segmentation_model(encoder, num_classes, head_channels=64):
         head_channels, 3, padding="same", activation="relu", name="segmentation_head_conv"
     )(decoder_output)
     x = keras.layers.Conv2D(num_classes, 1, name="segmentation_logits")(x)
-    logits = keras.layers.UpSampling2D(
-        FEATURE_STRIDE, interpolation="bilinear", name="segmentation_upsample"
-    )(x)
+    logits = ResizeToReference(name="segmentation_upsample")(x, encoder.input)
     return keras.Model(encoder.input, logits, name="segmentation_model")
 
 

@@ -3,8 +3,9 @@
 Protocol:
 
 1. Training targets live at feature resolution (stride 4): each feature cell gets the
-   majority class of the non-ignored label pixels it covers (`majority_downsample`);
-   cells with no such pixel are ignored. Downsampling the labels, rather than
+   majority class of the non-ignored label pixels in its footprint (`majority_downsample`,
+   area-weighted as in `vader_tf.ops.grid.pool_to_grid`); cells with no such pixel are
+   ignored. Downsampling the labels, rather than
    upsampling the features, keeps the frozen training set small enough to hold in
    memory and train on CPU.
 2. Features are computed once, with the encoder frozen; up to `pixels_per_image`
@@ -12,7 +13,8 @@ Protocol:
 3. The probe is a per-cell (1x1) linear classifier, preceded by a fixed standardisation
    with the training features' mean and variance (a BatchNorm-without-affine folded in),
    trained with Adam on softmax cross-entropy.
-4. Scoring: the probe's stride-4 logits are upsampled bilinearly to label resolution and
+4. Scoring: the probe's stride-4 logits are upsampled bilinearly to label resolution
+   (`vader_tf.ops.grid.upsample_to_pixels`) and
    the arg-max is scored by `vader_tf.eval.segmentation.score_segmentation` (mIoU with
    the ignore label).
 """
@@ -23,29 +25,26 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf.eval.segmentation import score_segmentation
-from vader_tf.ops.grid import FEATURE_STRIDE
+from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid
 
 
 def majority_downsample(label, num_classes, ignore_label, stride=FEATURE_STRIDE):
-    """Majority vote of each `stride x stride` block of an `[H, W]` label map.
+    """Area-weighted majority vote over each cell's footprint in an `[H, W]` label map.
+
+    The footprint of a cell and the weights of its pixels are those of
+    `vader_tf.ops.grid.pool_to_grid` (the `stride`-wide square centred on the cell).
 
     Returns:
-        `[ceil(H / stride), ceil(W / stride)]` int32 map; blocks whose pixels are all
-        `ignore_label` (or lie outside the image) get `ignore_label`. Ties go to the
-        smaller class id.
+        `[ceil(H / stride), ceil(W / stride)]` int32 map; cells whose footprint holds only
+        `ignore_label` pixels (or lies outside the image) get `ignore_label`. Ties go to
+        the smaller class id.
     """
     label = np.asarray(label, np.int64)
-    height, width = label.shape
-    padded = np.full(
-        (-(-height // stride) * stride, -(-width // stride) * stride), ignore_label, np.int64
-    )
-    padded[:height, :width] = label
-    valid = padded != ignore_label
-    one_hot = np.zeros(padded.shape + (num_classes,), np.int32)
+    valid = label != ignore_label
+    one_hot = np.zeros(label.shape + (num_classes,), np.float32)
     rows, cols = np.nonzero(valid)
-    one_hot[rows, cols, padded[valid]] = 1
-    cells_h, cells_w = padded.shape[0] // stride, padded.shape[1] // stride
-    counts = one_hot.reshape(cells_h, stride, cells_w, stride, num_classes).sum(axis=(1, 3))
+    one_hot[rows, cols, label[valid]] = 1.0
+    counts = pool_to_grid(one_hot, stride)
     return np.where(counts.sum(-1) > 0, counts.argmax(-1), ignore_label).astype(np.int32)
 
 

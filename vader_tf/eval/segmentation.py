@@ -1,9 +1,9 @@
 """Scoring dense classifiers on a labelled split: predictions at label resolution, mIoU.
 
 Shared by the linear probe and the fine-tuning example: any function mapping a batch of
-images to class logits at some resolution is scored by resizing its logits bilinearly to
-the label resolution (half-pixel aligned, which matches the feature-grid convention of
-`vader_tf.ops.grid` for stride-4 logits), taking the argmax, and accumulating one
+images to stride-4 class logits is scored by upsampling its logits bilinearly to the
+label resolution (`vader_tf.ops.grid.upsample_to_pixels`, which keeps the grid
+convention), taking the argmax, and accumulating one
 confusion matrix over the split (see `vader_tf.eval.metrics` for the mIoU convention).
 """
 
@@ -11,13 +11,14 @@ import numpy as np
 import tensorflow as tf
 
 from vader_tf.eval import metrics
+from vader_tf.ops.grid import upsample_to_pixels
 
 
 def predict_classes(logits_fn, images):
-    """Arg-max classes `[B, H, W]` of `logits_fn(images)` resized to the image size."""
+    """Arg-max classes `[B, H, W]` of the stride-4 `logits_fn(images)` upsampled to the
+    image size."""
     images = np.asarray(images, np.float32)
-    logits = logits_fn(images)
-    logits = tf.image.resize(logits, images.shape[1:3], method="bilinear")
+    logits = upsample_to_pixels(logits_fn(images), images.shape[1:3])
     return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
 
 

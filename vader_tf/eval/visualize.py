@@ -1,7 +1,8 @@
 """Pictures of dense features: PCA to RGB, and cosine similarity to one point.
 
 Both return uint8 RGB images at feature resolution; `upsample_nearest` enlarges them to
-the input size (each cell becomes a 4x4 block, per `vader_tf.ops.grid`), and `save_png`
+the input size (each pixel takes the value of its nearest cell centre, per
+`vader_tf.ops.grid`), and `save_png`
 writes a PNG atomically (temporary file + rename).
 """
 
@@ -47,9 +48,18 @@ def similarity_rgb(similarity):
     return (255 * rgb).round().astype(np.uint8)
 
 
+def nearest_cells(num_pixels, num_cells, stride=FEATURE_STRIDE):
+    """Index of the cell whose centre is nearest each of `num_pixels` pixel centres."""
+    grid = image_to_grid(np.arange(num_pixels) + 0.5, stride)
+    return np.clip(np.floor(grid + 0.5).astype(int), 0, num_cells - 1)
+
+
 def upsample_nearest(picture, stride=FEATURE_STRIDE):
-    """Repeats each cell of an `[h, w, C]` picture into a `stride x stride` block."""
-    return np.repeat(np.repeat(picture, stride, axis=0), stride, axis=1)
+    """An `[h, w, C]` picture enlarged `stride` times, each pixel showing its nearest cell."""
+    height, width = picture.shape[:2]
+    rows = nearest_cells(stride * height, height, stride)
+    cols = nearest_cells(stride * width, width, stride)
+    return picture[rows][:, cols]
 
 
 def save_png(path, picture):

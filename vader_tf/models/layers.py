@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from vader_tf.ops.grid import resize_grid
+
 # ImageNet statistics in the 0..255 range, as used by torchvision and MoCo.
 IMAGENET_MEAN = (0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0)
 IMAGENET_STD = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
@@ -34,14 +36,14 @@ class ImageNormalization(keras.layers.Layer):
 class ResizeToReference(keras.layers.Layer):
     """Bilinearly resizes `inputs` to the spatial size of `reference`, read at run time.
 
-    Unlike `UpSampling2D(interpolation="bilinear")`, this keeps working when H and W
-    are unknown until the model runs (dynamic-shape SavedModel and TFLite export).
+    Resizes with `vader_tf.ops.grid.resize_grid`, so cell centres stay where the grid
+    convention puts them (`s * j + 0.5`) at both strides. Unlike
+    `UpSampling2D(interpolation="bilinear")`, this keeps working when H and W are unknown
+    until the model runs (dynamic-shape SavedModel and TFLite export).
     """
 
     def call(self, inputs, reference):
-        size = tf.shape(reference)[1:3]
-        resized = tf.image.resize(inputs, size, method="bilinear")
-        return tf.cast(resized, inputs.dtype)
+        return resize_grid(inputs, tf.shape(reference)[1:3])
 
     def compute_output_shape(self, inputs_shape, reference_shape):
         return (inputs_shape[0], reference_shape[1], reference_shape[2], inputs_shape[3])
