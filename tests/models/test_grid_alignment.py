@@ -30,7 +30,9 @@ BACKBONES = ("resnet18", "resnet50")
 @pytest.fixture(scope="module", params=BACKBONES)
 def encoder_and_weights(request):
     keras.utils.set_random_seed(0)
-    encoder = build_encoder(request.param, decoder_channels=32, head_hidden_dim=32, embedding_dim=16)
+    encoder = build_encoder(
+        request.param, decoder_channels=32, head_hidden_dim=32, embedding_dim=16
+    )
     return encoder, encoder.get_weights()
 
 

@@ -10,12 +10,12 @@ Protocol (`evaluate_sequence`): frames are resized so their short side is `short
 the first mask's one-hot is resized to the frame size (area averaging, as the frame was
 resized) and pooled onto the feature grid (`vader_tf.ops.grid.pool_to_grid`), giving
 per-cell label distributions; labels are propagated with
-`vader_tf.eval.label_propagation.propagate_labels`; each prediction is upsampled bilinearly
-to the frame (`vader_tf.ops.grid.upsample_to_pixels`), resized to the annotation's
-resolution, and its arg-max is scored against the annotation. J (region IoU) and F (boundary F-measure) are averaged
-over objects and over frames 1..end (the first frame, which is given, is not scored;
-frames without an annotation file are skipped). A dataset's J and F are the means of the
-per-sequence values.
+`vader_tf.eval.label_propagation.propagate_labels`; each prediction is upsampled
+bilinearly to the frame (`vader_tf.ops.grid.upsample_to_pixels`), resized to the
+annotation's resolution, and its arg-max is scored against the annotation. J (region
+IoU) and F (boundary F-measure) are averaged over objects and over frames 1..end (the
+first frame, which is given, is not scored; frames without an annotation file are
+skipped). A dataset's J and F are the means of the per-sequence values.
 """
 
 import os

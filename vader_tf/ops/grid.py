@@ -88,8 +88,8 @@ def pooling_weights(num_pixels, stride=FEATURE_STRIDE, num_cells=None):
         num_cells = -(-num_pixels // stride)
     centres = grid_to_image(np.arange(num_cells, dtype=np.float64), stride)[:, None]
     pixels = np.arange(num_pixels, dtype=np.float64)[None, :]
-    overlap = np.minimum(pixels + 1, centres + stride / 2) - np.maximum(pixels, centres - stride / 2)
-    return np.maximum(overlap, 0.0)
+    right = np.minimum(pixels + 1, centres + stride / 2)
+    return np.maximum(right - np.maximum(pixels, centres - stride / 2), 0.0)
 
 
 def pool_to_grid(maps, stride=FEATURE_STRIDE, num_cells=None):
