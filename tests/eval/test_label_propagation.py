@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vader_tf.eval import davis
-from vader_tf.eval.label_propagation import propagate_labels
+from vader_tf.eval.label_propagation import propagate_frame, propagate_labels
 
 
 def _oracle_video(num_frames=6, size=16):
@@ -54,3 +54,38 @@ def test_davis_sequence_with_color_oracle(davis_root, color_extractor):
 def test_davis_missing_sequence_is_named(davis_root):
     with pytest.raises(FileNotFoundError, match="nope"):
         davis.sequence_files(davis_root, "nope")
+
+
+def _numpy_propagate_frame(query, references, labels, topk, temperature, radius):
+    """Brute-force NumPy reference of `propagate_frame`, one query cell at a time."""
+    height, width, _ = query.shape
+    output = np.zeros((height, width, labels.shape[-1]))
+    for y in range(height):
+        for x in range(width):
+            candidates = []
+            for r in range(references.shape[0]):
+                for v in range(height):
+                    for u in range(width):
+                        if radius is None or (y - v) ** 2 + (x - u) ** 2 <= radius**2:
+                            candidates.append((query[y, x] @ references[r, v, u], labels[r, v, u]))
+            candidates.sort(key=lambda c: -c[0])
+            top = candidates[:topk]
+            logits = np.array([c[0] for c in top]) / temperature
+            weights = np.exp(logits - logits.max())
+            weights /= weights.sum()
+            output[y, x] = sum(w * c[1] for w, c in zip(weights, top))
+    return output
+
+
+@pytest.mark.parametrize("radius", [None, 2.5])
+def test_propagate_frame_matches_numpy(radius):
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(5, 7, 8)).astype(np.float32)
+    references = rng.normal(size=(3, 5, 7, 8)).astype(np.float32)
+    labels = rng.dirichlet(np.ones(3), size=(3, 5, 7)).astype(np.float32)
+    expected = _numpy_propagate_frame(query, references, labels, 4, 0.5, radius)
+    # A chunk size that does not divide the 35 cells exercises the last partial chunk.
+    actual = propagate_frame(
+        query, references, labels, topk=4, temperature=0.5, radius=radius, chunk_size=16
+    )
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)

@@ -3,6 +3,7 @@ layout, and on the real data (limited to a few files) when `VADER_SHARED_DATA` i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,16 +12,20 @@ import pytest
 
 from tests.eval.conftest import save_png, square_scene
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "reproduce_small.py")
+EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
+SCRIPT = os.path.join(EXPERIMENTS, "reproduce_small.py")
+sys.path.insert(0, EXPERIMENTS)
+import small_study  # noqa: E402
+
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
-TAPS = (("vader", "features"), ("vader", "P4"), ("moco", "P4"), ("random", "P4"))
+ENCODERS = ("vader", "moco", "random", "vader_from_moco", "moco_continued")
 FIGURES = ("pretraining_curves.png", "camvid_miou.png", "feature_pca.png")
 
 TINY_BUDGET = [
-    "--train_steps=2", "--image_size=64", "--batch_size=4", "--checkpoint_every=1",
-    "--probe_image_size=32", "--probe_steps=3", "--probe_limit=2", "--davis_image_size=32",
-    "--davis_max_frames=3", "--correspondence_image_size=64", "--correspondence_images=1",
-    "--verbose=0",
+    "--train_steps=2", "--continue_steps=1", "--image_size=64", "--batch_size=4",
+    "--checkpoint_every=1", "--probe_image_size=32", "--probe_steps=3", "--probe_limit=2",
+    "--davis_image_size=32", "--davis_max_frames=3", "--correspondence_image_size=64",
+    "--correspondence_images=1", "--verbose=0",
 ]
 
 
@@ -52,7 +57,7 @@ def make_data_root(root):
         )
 
 
-def run_reproduce(tmp_path, data_root, *extra):
+def run_reproduce(tmp_path, data_root, *extra, expect_ok=True):
     paths = {
         "run_dir": str(tmp_path / "runs"),
         "results_dir": str(tmp_path / "results"),
@@ -63,55 +68,138 @@ def run_reproduce(tmp_path, data_root, *extra):
         *(f"--{name}={path}" for name, path in paths.items()), *TINY_BUDGET, *extra,
     ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return paths
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    if expect_ok:
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return paths
+    return completed
 
 
-def check_outputs(paths):
+def check_outputs(paths, seeds, layers):
     results_dir = paths["results_dir"]
-    for name, layer in TAPS:
-        for evaluation in EVALUATIONS:
-            with open(os.path.join(results_dir, f"{evaluation}_{name}_{layer}.json")) as f:
-                result = json.load(f)
-            assert result["config"]["layer"] == layer
-            assert result["command"][0].endswith(".py")
-    with open(os.path.join(results_dir, "linear_probe_vader_P4.json")) as f:
-        assert 0 <= json.load(f)["metrics"]["mean_iou"] <= 1
-    for method in ("vader", "moco"):
-        with open(os.path.join(results_dir, f"pretrain_{method}.json")) as f:
-            summary = json.load(f)["metrics"]
-        assert [entry["step"] for entry in summary["history"]] == [1, 2]
-        assert np.isfinite(summary["final_loss"])
+    for seed in seeds:
+        seed_dir = os.path.join(results_dir, f"seed{seed}")
+        for name in ENCODERS:
+            for layer in layers:
+                for evaluation in EVALUATIONS:
+                    with open(os.path.join(seed_dir, f"{evaluation}_{name}_{layer}.json")) as f:
+                        result = json.load(f)
+                    assert result["config"]["layer"] == layer
+                    assert result["config"]["seed"] == seed
+                    assert result["command"][0].endswith(".py")
+        for name, steps in (("vader", 2), ("moco", 2), ("vader_from_moco", 1),
+                            ("moco_continued", 1)):
+            with open(os.path.join(seed_dir, f"pretrain_{name}.json")) as f:
+                summary = json.load(f)
+            assert [entry["step"] for entry in summary["metrics"]["history"]] == list(
+                range(1, steps + 1)
+            )
+            assert np.isfinite(summary["metrics"]["final_loss"])
+            assert f"--seed={seed}" in summary["command"]
     for figure in FIGURES:
         assert 0 < os.path.getsize(os.path.join(results_dir, figure)) < 300_000
     with open(paths["report"]) as f:
         report = f.read()
-    for text in ("| VADeR | `features` (trained) |", "| MoCo v2 | `P4` (backbone) |",
-                 "| random init | `P4` (backbone) |", "## Budget", "## Caveats", "--train_steps=2"):
-        assert text in report
+    taps = {"features": "`features` (trained)", "P4": "`P4` (backbone)"}
+    for text in (f"| VADeR | {taps[layers[0]]} |", "| MoCo v2 | `", "| random init | `",
+                 "| VADeR from MoCo | `", "| MoCo v2 continued | `", "## Budget",
+                 "## Caveats", "**Goal**", "--train_steps=2"):
+        assert text in report, text
+    return report
 
 
 def test_generated_data_end_to_end_and_resume(tmp_path):
     data_root = str(tmp_path / "data")
     make_data_root(data_root)
-    paths = run_reproduce(tmp_path, data_root)
-    check_outputs(paths)
+    # An earlier version's results, shown as their own rows.
+    before = tmp_path / "before"
+    before.mkdir()
+    (before / "linear_probe_vader_P4.json").write_text(
+        json.dumps({"metrics": {"mean_iou": 0.1234}})
+    )
+    paths = run_reproduce(
+        tmp_path, data_root, "--seeds=0", "--layers=P4", f"--before_dir={before}",
+        "--before_label=v0.1",
+    )
+    report = check_outputs(paths, seeds=(0,), layers=("P4",))
+    assert "| VADeR (v0.1) | `P4` (backbone) | 1 | 0.123 |" in report
+    # The continued runs start from the MoCo run's final backbone.
+    seed_runs = os.path.join(paths["run_dir"], "seed0")
+    with open(os.path.join(seed_runs, "vader_from_moco", "run_config.json")) as f:
+        start = json.load(f)["init_weights"]
+    assert start == os.path.join(seed_runs, "moco_backbone.weights.h5")
+    import vader_tf
+
+    moco = vader_tf.load_encoder(os.path.join(seed_runs, "moco")).backbone
+    started = vader_tf.build_encoder("resnet18").backbone
+    started.load_weights(start)
+    for a, b in zip(moco.weights, started.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    # A second seed's results (copied, one number changed): rows become mean ± std.
+    seed0 = os.path.join(paths["results_dir"], "seed0")
+    seed1 = os.path.join(paths["results_dir"], "seed1")
+    shutil.copytree(seed0, seed1)
+    probe1 = os.path.join(seed1, "linear_probe_vader_P4.json")
+    with open(probe1) as f:
+        result = json.load(f)
+    first = result["metrics"]["mean_iou"]
+    result["metrics"]["mean_iou"] = first + 0.1
+    with open(probe1, "w") as f:
+        json.dump(result, f)
+    run_reproduce(tmp_path, data_root, "--seeds=0,1", "--layers=P4", "--report_only")
+    with open(paths["report"]) as f:
+        report = f.read()
+    mean, std = np.mean([first, first + 0.1]), np.std([first, first + 0.1], ddof=1)
+    assert f"| VADeR | `P4` (backbone) | 2 | {mean:.3f} ± {std:.3f} |" in report
+    assert not os.path.exists(os.path.join(paths["run_dir"], "seed1"))
+
     # A rerun resumes: pretraining is complete and existing evaluations are skipped.
-    probe = os.path.join(paths["results_dir"], "linear_probe_moco_P4.json")
-    os.remove(os.path.join(paths["results_dir"], "correspondence_random_P4.json"))
-    before = os.path.getmtime(probe)
+    probe = os.path.join(seed0, "linear_probe_moco_P4.json")
+    os.remove(os.path.join(seed0, "correspondence_random_P4.json"))
+    modified = os.path.getmtime(probe)
     notes = tmp_path / "notes.md"
     notes.write_text("Nothing to see at this budget.\n")
-    run_reproduce(tmp_path, data_root, f"--notes={notes}")
-    check_outputs(paths)
-    assert os.path.getmtime(probe) == before
-    with open(paths["report"]) as f:
-        assert "## Findings\n\nNothing to see at this budget." in f.read()
+    run_reproduce(tmp_path, data_root, "--seeds=0", "--layers=P4", f"--notes={notes}")
+    report = check_outputs(paths, seeds=(0,), layers=("P4",))
+    assert os.path.getmtime(probe) == modified
+    assert "## Findings\n\nNothing to see at this budget." in report
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+    data_root = str(tmp_path / "data")
+    make_data_root(data_root)
+    for flag, text in (("--layers=P9", "P9"), ("--seeds=a", "--seeds"),
+                       (f"--data_root={tmp_path}", "--data_root")):
+        completed = run_reproduce(tmp_path, data_root, flag, expect_ok=False)
+        assert completed.returncode != 0
+        assert text in completed.stderr
+        assert "Traceback" not in completed.stderr
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_mean_std_and_goal_check_against_numpy():
+    values = {"mIoU": [0.30, 0.34, 0.32], "J&F": [0.60, 0.64, 0.62]}
+    baseline_p4 = {"mIoU": [0.25, 0.27, 0.26], "J&F": [0.61, 0.60, 0.62]}
+    aggregated = {("vader", "features"): values, ("moco", "P4"): baseline_p4,
+                  ("moco", "features"): {"mIoU": [0.2, 0.2, 0.2], "J&F": [0.5, 0.5, 0.5]}}
+    mean, std = small_study.mean_std(values["mIoU"])
+    assert mean == pytest.approx(np.mean(values["mIoU"]))
+    assert std == pytest.approx(np.std(values["mIoU"], ddof=1))
+    assert small_study.mean_std([0.5]) == (0.5, None)
+    lines = small_study.goal_check(aggregated)
+    # mIoU gap: 32 - 26 = +6 points, std 2 < 6 -> met; J&F: 62 - 61 = +1 -> missed.
+    assert "+6.0 points" in lines[0] and "met" in lines[0] and "`P4`" in lines[0]
+    assert "+1.0 points" in lines[1] and "missed" in lines[1]
+    table = small_study.results_table(aggregated)
+    assert "| VADeR | `features` (trained) | 3 | 0.320 ± 0.020 |" in table
 
 
 @pytest.mark.skipif(
     "VADER_SHARED_DATA" not in os.environ, reason="VADER_SHARED_DATA (real data) not set"
 )
 def test_real_data_end_to_end(tmp_path):
-    check_outputs(run_reproduce(tmp_path, os.environ["VADER_SHARED_DATA"]))
+    paths = run_reproduce(
+        tmp_path, os.environ["VADER_SHARED_DATA"], "--seeds=0", "--layers=features"
+    )
+    check_outputs(paths, seeds=(0,), layers=("features",))

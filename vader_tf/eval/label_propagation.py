@@ -10,14 +10,35 @@ soft (per-cell distributions over the labels), both given and predicted.
 """
 
 import collections
+import functools
 
 import numpy as np
 import tensorflow as tf
 
 
-def _cell_positions(height, width):
+@functools.lru_cache(maxsize=8)
+def _too_far(height, width, radius):
+    """`[h*w, h*w]` bool tensor: True where two cells of an h x w grid are more than
+    `radius` cells apart (Euclidean). Computed once per frame size and reused."""
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
+    positions = np.stack([rows.ravel(), cols.ravel()], axis=-1).astype(np.float32)
+    squared = np.sum((positions[:, None, :] - positions[None, :, :]) ** 2, axis=-1)
+    return tf.constant(squared > radius**2)
+
+
+@tf.function(reduce_retracing=True)
+def _propagate_chunk(queries, keys, values, too_far, k, temperature):
+    """Label distributions `[q, C]` of a chunk of query cells (see `propagate_frame`)."""
+    affinity = tf.matmul(queries, keys, transpose_b=True)
+    if too_far is not None:
+        # [q, R * h*w] -> [q, R, h*w]: the same position mask for every reference frame.
+        shape = tf.shape(affinity)
+        affinity = tf.reshape(affinity, [shape[0], -1, tf.shape(too_far)[1]])
+        affinity = tf.where(too_far[:, None, :], tf.constant(-np.inf, tf.float32), affinity)
+        affinity = tf.reshape(affinity, shape)
+    top_affinity, top_indices = tf.math.top_k(affinity, k=k)
+    weights = tf.nn.softmax(top_affinity / temperature, axis=-1)
+    return tf.einsum("qk,qkc->qc", weights, tf.gather(values, top_indices))
 
 
 def propagate_frame(
@@ -45,23 +66,21 @@ def propagate_frame(
         `[h, w, C]` float32 label distributions.
     """
     height, width, depth = query_features.shape
-    num_references = reference_features.shape[0]
     queries = tf.reshape(tf.convert_to_tensor(query_features, tf.float32), [-1, depth])
     keys = tf.reshape(tf.convert_to_tensor(reference_features, tf.float32), [-1, depth])
     values = tf.reshape(tf.convert_to_tensor(reference_labels, tf.float32), [keys.shape[0], -1])
-    positions = _cell_positions(height, width)
-    key_positions = np.tile(positions, (num_references, 1))
+    too_far = None if radius is None else _too_far(height, width, float(radius))
     k = min(topk, int(keys.shape[0]))
+    temperature = tf.constant(temperature, tf.float32)
     outputs = []
     for start in range(0, height * width, chunk_size):
-        affinity = tf.matmul(queries[start : start + chunk_size], keys, transpose_b=True)
-        if radius is not None:
-            offsets = positions[start : start + chunk_size, None, :] - key_positions[None]
-            too_far = np.sum(offsets**2, axis=-1) > radius**2
-            affinity = tf.where(too_far, tf.constant(-np.inf, tf.float32), affinity)
-        top_affinity, top_indices = tf.math.top_k(affinity, k=k)
-        weights = tf.nn.softmax(top_affinity / temperature, axis=-1)
-        outputs.append(tf.einsum("qk,qkc->qc", weights, tf.gather(values, top_indices)))
+        stop = start + chunk_size
+        outputs.append(
+            _propagate_chunk(
+                queries[start:stop], keys, values,
+                None if too_far is None else too_far[start:stop], k, temperature,
+            )
+        )
     return tf.reshape(tf.concat(outputs, axis=0), [height, width, -1]).numpy()
 
 

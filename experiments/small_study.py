@@ -1,0 +1,694 @@
+"""The small-scale study behind RESULTS.md: VADeR vs MoCo v2 vs random init, over seeds.
+
+This is the orchestration of `experiments/reproduce_small.py` (kept out of the library:
+it pretrains, evaluates, draws and writes a report). For every seed it
+
+1. pretrains VADeR and MoCo v2 from the same random initialisation (the seed's), on
+   BSDS500 train + test photos and the CamVid train frames (no labels);
+2. runs the paper's setting at small scale: both continue for `continue_steps` steps from
+   the MoCo run's backbone (VADeR initialised from MoCo, against MoCo continued for the
+   same steps: equal total compute);
+3. evaluates every encoder (the four runs, the MoCo checkpoint they start from and the
+   random initialisation) at every tap of `layers` with the frozen-feature protocols of
+   `vader_tf.eval`: CamVid linear probe (mIoU on val), DAVIS-2016 label propagation
+   (J, F), correspondence under known warps of BSDS500 val photos (PCK);
+
+then writes mean +- std over the seeds done so far. BSDS500 val photos are kept out of
+pretraining because the correspondence protocol uses them.
+
+Every step is resumable: pretraining resumes from its run directory and an evaluation
+whose result JSON exists is skipped (unless `force`). Each result JSON records, as its
+`command`, the standalone `experiments/` command that computes the same numbers. Results
+of an earlier version of the code can be kept in `before_dir` (same file names, one seed)
+and are shown as their own rows.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vader_tf import run_dir
+from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
+from vader_tf.eval import visualize
+from vader_tf.eval.correspondence import evaluate_correspondence, list_images
+from vader_tf.eval.davis import evaluate_davis, list_sequences
+from vader_tf.config_flags import option
+from vader_tf.eval.encoders import LAYERS, load_feature_extractor
+from vader_tf.eval.linear_probe import run_linear_probe
+from vader_tf.eval.reporting import write_results
+from vader_tf.training.pretrain import PretrainConfig, pretrain
+
+# The pretraining runs of one seed: name -> (method, start). `start` None is the seed's
+# random initialisation; "moco" is the backbone of that seed's MoCo run.
+RUNS = {
+    "vader": ("vader", None),
+    "moco": ("moco", None),
+    "vader_from_moco": ("vader", "moco"),
+    "moco_continued": ("moco", "moco"),
+}
+# Every evaluated encoder, in table order.
+ENCODER_NAMES = {
+    "vader": "VADeR",
+    "moco": "MoCo v2",
+    "random": "random init",
+    "vader_from_moco": "VADeR from MoCo",
+    "moco_continued": "MoCo v2 continued",
+}
+EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
+# The `PretrainConfig` fields the study sets; the others keep their defaults.
+PRETRAIN_FLAGS = (
+    "model_dir", "data", "method", "backbone", "image_size", "batch_size", "train_steps",
+    "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
+)
+CAMVID_CLASSES = 11
+CAMVID_IGNORE = 11
+PCK_THRESHOLDS = (4, 8, 16, 32)
+DAVIS_PROTOCOL = dict(context_frames=3, topk=10, temperature=0.07, radius=12.0)
+# Hand-written findings in the results folder, included in the report when present.
+FINDINGS_FILE = "findings.md"
+PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
+
+
+@dataclasses.dataclass
+class StudyConfig:
+    """Budget and locations of the study; each field is a flag of `reproduce_small.py`."""
+
+    data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
+    run_dir: str = option("runs/reproduce_small", "Runs go to <run_dir>/seed<S>/<run>.")
+    results_dir: str = option("results", "Result JSONs (<results_dir>/seed<S>/) and figures.")
+    report: str = option("RESULTS.md", "Markdown report, rewritten after every seed.")
+    notes: str | None = option(
+        None, "Markdown findings for the report (default: <results_dir>/findings.md)."
+    )
+    before_dir: str | None = option(
+        None, "Result JSONs of an earlier code version (one seed), shown as their own rows."
+    )
+    before_label: str = option("before", "Label of the --before_dir rows.")
+    # Pretraining (the same for every run).
+    backbone: str = option("resnet18", "Backbone of every run.")
+    image_size: int = option(96, "Pretraining view size (multiple of 32).")
+    batch_size: int = option(16, "Pretraining batch size.")
+    train_steps: int = option(1200, "Steps of VADeR and MoCo from random init.")
+    base_learning_rate: float = option(0.5, "Base LR (per 256 images).")
+    checkpoint_every: int = option(100, "Steps between checkpoints.")
+    vader_queue_size: int = option(4096, "VADeR's queue of key pixels.")
+    # MoCo's queue must stay well below the pretraining pool (767 images), or a query
+    # meets stale keys of its own image as negatives.
+    moco_queue_size: int = option(256, "MoCo's queue of key images (keep it below the pool).")
+    seeds: tuple[int, ...] = option((0, 1, 2), "Seeds: initialisation, data order, evaluations.")
+    continue_steps: int = option(
+        600, "Paper's setting: VADeR and MoCo continue this many steps from MoCo (0 = off)."
+    )
+    # Evaluation.
+    layers: tuple[str, ...] = option(
+        ("features", "decoder", "P4"), f"Taps evaluated for every encoder, from {LAYERS}."
+    )
+    probe_image_size: int = option(224, "CamVid short side.")
+    probe_steps: int = option(1000, "Linear-probe optimisation steps.")
+    probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
+    davis_image_size: int = option(192, "DAVIS short side.")
+    davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
+    correspondence_image_size: int = option(256, "BSDS500 short side.")
+    correspondence_images: int = option(100, "BSDS500 val photos warped.")
+    force: bool = option(False, "Recompute evaluations whose result JSON exists.")
+    report_only: bool = option(
+        False, "Only rewrite the report and figures from the result JSONs present."
+    )
+    verbose: int = option(1, "1 shows pretraining progress bars.")
+
+    def validate(self):
+        unknown = set(self.layers) - set(LAYERS)
+        if unknown:
+            raise ValueError(f"Unknown --layers {sorted(unknown)}; expected some of {LAYERS}.")
+        if not self.seeds:
+            raise ValueError("--seeds must name at least one seed.")
+        for name in ("train_steps", "batch_size", "image_size", "probe_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        if self.continue_steps < 0:
+            raise ValueError(f"--continue_steps must be >= 0, got {self.continue_steps}.")
+        for folder in ("camvid", "davis2016", *PRETRAINING_FOLDERS):
+            if not os.path.isdir(os.path.join(self.data_root, folder)):
+                raise ValueError(
+                    f"--data_root={self.data_root!r} has no {folder}/ (expected the layout "
+                    "of ../shared/data: bsds500/, camvid/, davis2016/)."
+                )
+
+    def seed_dir(self, seed):
+        return os.path.join(self.run_dir, f"seed{seed}")
+
+    def seed_results(self, seed):
+        return os.path.join(self.results_dir, f"seed{seed}")
+
+    def runs(self):
+        """The pretraining runs of a seed, in the order they are made."""
+        return [name for name, (_, start) in RUNS.items() if start is None or self.continue_steps]
+
+    def start_weights(self, seed, start):
+        """Backbone weights file a continued run starts from (written by `run_seed`)."""
+        return None if start is None else os.path.join(
+            self.seed_dir(seed), f"{start}_backbone.weights.h5"
+        )
+
+    def pretrain_config(self, name, seed):
+        method, start = RUNS[name]
+        return PretrainConfig(
+            model_dir=os.path.join(self.seed_dir(seed), name),
+            data=pretraining_data_spec(self.data_root),
+            method=method,
+            backbone=self.backbone,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            train_steps=self.train_steps if start is None else self.continue_steps,
+            base_learning_rate=self.base_learning_rate,
+            checkpoint_every=self.checkpoint_every,
+            queue_size=self.vader_queue_size if method == "vader" else self.moco_queue_size,
+            seed=seed,
+            init_weights=self.start_weights(seed, start),
+            verbose=self.verbose,
+        )
+
+    def encoders(self, seed):
+        """`{name: encoder spec}` of every encoder evaluated for `seed`."""
+        specs = {name: os.path.join(self.seed_dir(seed), name) for name in self.runs()}
+        specs["random"] = f"random:{self.backbone}"
+        return {name: specs[name] for name in ENCODER_NAMES if name in specs}
+
+
+def pretraining_data_spec(data_root):
+    return ",".join(f"folder:{os.path.join(data_root, f)}" for f in PRETRAINING_FOLDERS)
+
+
+def pretraining_pool_size(data_root):
+    return sum(len(list_images(os.path.join(data_root, f))) for f in PRETRAINING_FOLDERS)
+
+
+def read_history(model_dir):
+    """Per-log-step metrics of a run from its TensorBoard events, sorted by step.
+
+    Events of all sessions of a resumed run are merged; a step logged twice (a session
+    killed after logging but before its checkpoint) keeps the later value.
+    """
+    by_step = {}
+    pattern = os.path.join(model_dir, run_dir.TENSORBOARD_DIR, "events.out.tfevents.*")
+    for path in sorted(glob.glob(pattern), key=os.path.getmtime):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                scalar = float(tf.make_ndarray(value.tensor))
+                by_step.setdefault(int(event.step), {})[value.tag] = scalar
+    return [{"step": step, **metrics} for step, metrics in sorted(by_step.items())]
+
+
+def completed_steps(model_dir):
+    """The step of the newest checkpoint in a run directory (0 if none)."""
+    latest = run_dir.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_pretraining(config, name, seed):
+    """Pretrains (or resumes) one run; returns its summary, also written as JSON."""
+    pretrain_config = config.pretrain_config(name, seed)
+    summary_path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
+    sessions = []
+    if os.path.exists(summary_path):
+        sessions = _read_json(summary_path)["metrics"]["session_seconds"]
+    if completed_steps(pretrain_config.model_dir) < pretrain_config.train_steps:
+        started = time.perf_counter()
+        _, new_history = pretrain(pretrain_config)
+        if new_history:
+            sessions.append(time.perf_counter() - started)
+        keras.backend.clear_session()
+    history = read_history(pretrain_config.model_dir)
+    # Time spent in training steps, from the logged throughput of each log interval.
+    steps = [0] + [entry["step"] for entry in history]
+    train_seconds = sum(
+        (step - previous) * config.batch_size / entry["images_per_s"]
+        for previous, step, entry in zip(steps, steps[1:], history)
+        if entry.get("images_per_s")
+    )
+    metrics = {
+        "train_steps": pretrain_config.train_steps,
+        "final_loss": history[-1]["loss"] if history else None,
+        "train_seconds": train_seconds,
+        "session_seconds": sessions,
+        "history": history,
+    }
+    command = ["experiments/pretrain.py"] + [
+        f"--{flag}={getattr(pretrain_config, flag)}"
+        for flag in PRETRAIN_FLAGS
+        if getattr(pretrain_config, flag) is not None
+    ]
+    write_results(
+        summary_path, "pretraining", pretrain_config.model_dir, metrics,
+        config=dataclasses.asdict(pretrain_config), argv=command,
+    )
+    return metrics
+
+
+def save_start_weights(config, seed, start):
+    """Writes the backbone of run `start` as the weights file continued runs load."""
+    path = config.start_weights(seed, start)
+    if not os.path.exists(path):
+        encoder = run_dir.load_encoder(os.path.join(config.seed_dir(seed), start))
+        temporary = path.replace(".weights.h5", f".tmp-{os.getpid()}.weights.h5")
+        encoder.backbone.save_weights(temporary)
+        os.replace(temporary, path)
+        keras.backend.clear_session()
+    return path
+
+
+class Evaluations:
+    """The three frozen evaluations, with their data loaded once."""
+
+    def __init__(self, config):
+        self.config = config
+        self.camvid = os.path.join(config.data_root, "camvid")
+        self.davis = os.path.join(config.data_root, "davis2016")
+        self.bsds_val = os.path.join(config.data_root, "bsds500", "images", "val")
+        self._probe_data = None
+
+    def probe_data(self):
+        if self._probe_data is None:
+            size, limit = self.config.probe_image_size, self.config.probe_limit
+            self._probe_data = (
+                load_segmentation_split(self.camvid, "train", size, limit=limit),
+                load_segmentation_split(self.camvid, "val", size, limit=limit),
+            )
+        return self._probe_data
+
+    def commands(self, spec, layer, seed):
+        """`{evaluation: (script argv, settings)}` for one encoder tap."""
+        c = self.config
+        common = [f"--encoder={spec}", f"--layer={layer}", f"--seed={seed}"]
+        settings = {
+            "linear_probe": ("eval_linear_probe", dict(
+                data_root=self.camvid, num_classes=CAMVID_CLASSES, ignore_label=CAMVID_IGNORE,
+                image_size=c.probe_image_size, steps=c.probe_steps, limit=c.probe_limit,
+            )),
+            "davis_label_propagation": ("eval_davis", dict(
+                davis_root=self.davis, image_size=c.davis_image_size,
+                max_frames=c.davis_max_frames,
+            )),
+            "correspondence": ("eval_correspondence", dict(
+                image_dir=self.bsds_val, image_size=c.correspondence_image_size,
+                num_images=c.correspondence_images,
+            )),
+        }
+        return {
+            evaluation: (
+                [f"experiments/{script}.py", *common]
+                + [f"--{key}={value}" for key, value in flags.items() if value is not None],
+                flags,
+            )
+            for evaluation, (script, flags) in settings.items()
+        }
+
+    def run(self, evaluation, extractor, seed):
+        c = self.config
+        if evaluation == "linear_probe":
+            (train_images, train_labels), (val_images, val_labels) = self.probe_data()
+            return run_linear_probe(
+                extractor, train_images, train_labels, val_images, val_labels,
+                num_classes=CAMVID_CLASSES, ignore_label=CAMVID_IGNORE, steps=c.probe_steps,
+                seed=seed,
+            )
+        if evaluation == "davis_label_propagation":
+            return evaluate_davis(
+                extractor, self.davis, short_side=c.davis_image_size,
+                max_frames=c.davis_max_frames, **DAVIS_PROTOCOL,
+            )
+        paths = list_images(self.bsds_val, limit=c.correspondence_images)
+        images = (
+            resize_and_crop_image(load_image(path), c.correspondence_image_size)
+            for path in paths
+        )
+        return evaluate_correspondence(extractor, images, thresholds=PCK_THRESHOLDS, seed=seed)
+
+
+def result_path(results_dir, evaluation, name, layer):
+    return os.path.join(results_dir, f"{evaluation}_{name}_{layer}.json")
+
+
+def evaluate_seed(config, seed, evaluations):
+    """Evaluates every encoder tap of one seed (skipping those with a result JSON)."""
+    for name, spec in config.encoders(seed).items():
+        for layer in config.layers:
+            extractor = None
+            for evaluation, (argv, flags) in evaluations.commands(spec, layer, seed).items():
+                path = result_path(config.seed_results(seed), evaluation, name, layer)
+                if os.path.exists(path) and not config.force:
+                    continue
+                if extractor is None:
+                    extractor = load_feature_extractor(spec, seed=seed, layer=layer)
+                started = time.perf_counter()
+                metrics = evaluations.run(evaluation, extractor, seed)
+                metrics["seconds"] = time.perf_counter() - started
+                write_results(
+                    path, evaluation, spec, metrics,
+                    config={"layer": layer, "seed": seed, **flags}, argv=argv,
+                )
+                logging.info("Wrote %s", path)
+            keras.backend.clear_session()
+
+
+def headline(evaluation, metrics):
+    """`{column: value}` of the numbers the report tables show for one result."""
+    if evaluation == "linear_probe":
+        return {"mIoU": metrics["mean_iou"]}
+    if evaluation == "davis_label_propagation":
+        return {"J": metrics["J_mean"], "F": metrics["F_mean"], "J&F": metrics["JF_mean"]}
+    correspondence = metrics["all"]
+    return {
+        "PCK@8": correspondence["pck@8"],
+        "PCK@16": correspondence["pck@16"],
+        "err px": correspondence["mean_error"],
+    }
+
+
+COLUMNS = ("mIoU", "J", "F", "J&F", "PCK@8", "PCK@16", "err px")
+
+
+def collect(results_dir, names, layers):
+    """`{(name, layer): {column: value}}` of the result JSONs present in `results_dir`."""
+    table = {}
+    for name in names:
+        for layer in layers:
+            row = {}
+            for evaluation in EVALUATIONS:
+                path = result_path(results_dir, evaluation, name, layer)
+                if os.path.exists(path):
+                    row.update(headline(evaluation, _read_json(path)["metrics"]))
+            if row:
+                table[name, layer] = row
+    return table
+
+
+def aggregate(config):
+    """`{(name, layer): {column: [value per seed]}}` over the seeds with results."""
+    per_seed = [
+        collect(config.seed_results(seed), ENCODER_NAMES, config.layers) for seed in config.seeds
+    ]
+    merged = {}
+    for table in per_seed:
+        for key, row in table.items():
+            for column, value in row.items():
+                merged.setdefault(key, {}).setdefault(column, []).append(value)
+    return merged
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def format_cell(values, digits=3):
+    mean, std = mean_std(values)
+    if mean is None:
+        return "n/a"
+    text = f"{mean:.{digits}f}"
+    if std is not None:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def tap_description(name, layer):
+    if layer in ("features", "decoder"):
+        trained = "trained" if name.startswith("vader") else "untrained decoder"
+        if name == "random":
+            trained = "untrained"
+        return f"`{layer}` ({trained})"
+    return f"`{layer}` (backbone)"
+
+
+def results_table(aggregated, before=None, before_label="before"):
+    """Markdown table: mean ± std (sample std over seeds) per encoder tap."""
+    lines = [
+        "| Encoder | Tap | seeds | CamVid mIoU | DAVIS J | DAVIS F | DAVIS J&F "
+        "| PCK@8 | PCK@16 | mean err (px) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, layer), row in aggregated.items():
+        seeds = max(len(values) for values in row.values())
+        cells = [
+            format_cell(row.get(column, []), 1 if column == "err px" else 3)
+            for column in COLUMNS
+        ]
+        lines.append(
+            f"| {ENCODER_NAMES[name]} | {tap_description(name, layer)} | {seeds} | "
+            + " | ".join(cells) + " |"
+        )
+    for (name, layer), row in (before or {}).items():
+        cells = [
+            format_cell([row[column]] if column in row else [], 1 if column == "err px" else 3)
+            for column in COLUMNS
+        ]
+        lines.append(
+            f"| {ENCODER_NAMES[name]} ({before_label}) | {tap_description(name, layer)} | 1 | "
+            + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def goal_check(aggregated, vader="vader", baseline="moco"):
+    """Whether VADeR's `features` beat the baseline's best tap by >= 3 points on the CamVid
+    probe and on DAVIS J&F, with the seed spread smaller than the gap. Lines of Markdown."""
+    lines = []
+    for column, label in (("mIoU", "CamVid mIoU"), ("J&F", "DAVIS J&F")):
+        ours, our_std = mean_std(aggregated.get((vader, "features"), {}).get(column, []))
+        taps = {
+            layer: mean_std(row.get(column, []))
+            for (name, layer), row in aggregated.items()
+            if name == baseline
+        }
+        taps = {layer: value for layer, value in taps.items() if value[0] is not None}
+        if ours is None or not taps:
+            lines.append(f"- {label}: not measured yet.")
+            continue
+        best_layer = max(taps, key=lambda layer: taps[layer][0])
+        best, best_std = taps[best_layer]
+        gap = 100 * (ours - best)
+        spread = 100 * max(our_std or 0.0, best_std or 0.0)
+        met = gap >= 3 and spread < gap
+        lines.append(
+            f"- {label}: {ENCODER_NAMES[vader]} `features` {100 * ours:.1f} vs "
+            f"{ENCODER_NAMES[baseline]}'s best tap `{best_layer}` {100 * best:.1f}: gap "
+            f"{gap:+.1f} points, largest seed std {spread:.1f} -> "
+            f"{'met' if met else 'missed'} (goal: gap >= 3 and std < gap)."
+        )
+    return lines
+
+
+def hardware_description():
+    gpus = tf.config.list_physical_devices("GPU")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{len(gpus)} GPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
+
+
+def _seconds(paths):
+    total = 0.0
+    for path in paths:
+        metrics = _read_json(path)["metrics"]
+        total += metrics.get("seconds", 0.0) + sum(metrics.get("session_seconds", []))
+    return total
+
+
+def write_report(config, command, figures, elapsed):
+    """Writes the Markdown report `config.report` from the result JSONs present."""
+    c = config
+    aggregated = aggregate(c)
+    before = None
+    if c.before_dir and os.path.isdir(c.before_dir):
+        before = collect(c.before_dir, ENCODER_NAMES, ("features", "decoder", "P4"))
+    davis_sequences = ", ".join(list_sequences(os.path.join(c.data_root, "davis2016")))
+    done = [seed for seed in c.seeds if os.path.isdir(c.seed_results(seed))]
+    lines = [
+        "# Small-scale reproduction: VADeR vs MoCo v2 vs random init",
+        "",
+        "Generated by `experiments/reproduce_small.py`; rerunning the command below resumes "
+        f"pretraining and skips evaluations whose JSON exists (in `{c.results_dir}/seed*/`).",
+        "",
+        "## Command",
+        "",
+        "```",
+        " ".join(command),
+        "```",
+        "",
+        "## Results",
+        "",
+        f"Mean ± sample standard deviation over seeds {', '.join(map(str, done)) or 'none'} "
+        f"(of {', '.join(map(str, c.seeds))}); the `seeds` column says how many a row has.",
+        "",
+        results_table(aggregated, before, c.before_label),
+        "Frozen features throughout. Every tap is a stride-4 map of L2-normalised vectors; "
+        "backbone levels are resized bilinearly to the stride-4 grid. MoCo trains only the "
+        "backbone (its decoder keeps its random initialisation), so its `features` and "
+        "`decoder` taps are untrained heads on a MoCo backbone.",
+        "",
+        "**Goal** (VADeR's exported `features` against MoCo v2's best tap):",
+        "",
+        *goal_check(aggregated),
+        *(goal_check(aggregated, "vader_from_moco", "moco_continued") if c.continue_steps else []),
+        "",
+        "### Protocols",
+        "",
+        f"- Linear probe: CamVid train ({'all' if c.probe_limit is None else c.probe_limit} "
+        f"frames) -> val, short side {c.probe_image_size}, {c.probe_steps} Adam steps, "
+        f"{CAMVID_CLASSES} classes, void ignored.",
+        f"- DAVIS-2016 ({davis_sequences}): short side {c.davis_image_size}, "
+        f"{'all' if c.davis_max_frames is None else c.davis_max_frames} frames, first-frame "
+        f"mask propagated ({DAVIS_PROTOCOL['context_frames']} context frames, "
+        f"top-{DAVIS_PROTOCOL['topk']}, temperature {DAVIS_PROTOCOL['temperature']}, radius "
+        f"{DAVIS_PROTOCOL['radius']:g} cells).",
+        f"- Correspondence: first {c.correspondence_images} BSDS500 val photos, short side "
+        f"{c.correspondence_image_size}, one crop+flip and one homography warp each; PCK over "
+        "both warp kinds.",
+        "",
+        "## Budget",
+        "",
+        f"Every run: backbone {c.backbone}, batch {c.batch_size}, {c.image_size} px views, base "
+        f"LR {c.base_learning_rate:g} (per 256 images, cosine), VADeR queue "
+        f"{c.vader_queue_size} pixels, MoCo queue {c.moco_queue_size} images, other settings at "
+        "their `PretrainConfig` defaults. From random init (the seed's): VADeR and MoCo v2, "
+        f"{c.train_steps} steps."
+        + (
+            f" Paper's setting: VADeR and MoCo v2 each continue for {c.continue_steps} steps "
+            "from the MoCo run's backbone (fresh heads, queue and schedule), so both have seen "
+            f"{c.train_steps + c.continue_steps} steps in total."
+            if c.continue_steps else ""
+        ),
+        f"Data: `{pretraining_data_spec(c.data_root)}` "
+        f"({pretraining_pool_size(c.data_root)} images: BSDS500 train+test and CamVid train "
+        "frames, no labels).",
+        "",
+        f"Hardware: {hardware_description()}. Pretraining "
+        f"{_seconds(glob.glob(os.path.join(c.results_dir, 'seed*', 'pretrain_*.json'))) / 60:.0f}"
+        " min wall, evaluations "
+        f"{_seconds(glob.glob(os.path.join(c.results_dir, 'seed*', '[!p]*.json'))) / 60:.0f} min "
+        f"(summed from the JSONs); the last session of the command took {elapsed / 60:.1f} min.",
+        "",
+        "Each result JSON under `results/seed*/` holds the standalone command that computes "
+        "its numbers, e.g.:",
+        "",
+        "```",
+    ]
+    examples = sorted(glob.glob(os.path.join(c.results_dir, "seed*", "*_vader_features.json")))
+    examples += sorted(glob.glob(os.path.join(c.results_dir, "seed*", "pretrain_*.json")))[:4]
+    lines += [" ".join(_read_json(path)["command"]) for path in examples[:7]]
+    lines += ["```", ""]
+    if figures:
+        report_dir = os.path.dirname(c.report) or "."
+        lines += ["## Figures", ""]
+        lines += [
+            f"![{title}]({os.path.relpath(path, report_dir)})"
+            for title, path in figures.items()
+            if path
+        ]
+        lines.append("")
+    lines += [
+        "## Caveats",
+        "",
+        f"- Scale: {c.train_steps} steps of batch {c.batch_size} at {c.image_size} px on "
+        f"{pretraining_pool_size(c.data_root)} images, against 200 epochs of ImageNet "
+        "(1.28M images, batch 256, 224 px) in the paper.",
+        "- CPU only, ResNet-18; the evaluations are shrunk (short sides above, 3 DAVIS "
+        "sequences, 101 CamVid val frames) and use stride-4 maps throughout.",
+        "- CamVid train frames are in the pretraining pool (unlabelled) and are also the "
+        "probe's training set; BSDS500 val photos are kept out of pretraining.",
+        "",
+    ]
+    notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += ["## Findings", "", f.read().strip(), ""]
+    directory = os.path.dirname(c.report)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = f"{c.report}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(temporary, c.report)
+
+
+def make_figures(config):
+    """Pretraining curves and CamVid bars (mean over seeds), PCA pictures of one seed."""
+    from vader_tf.eval import plots  # Needs matplotlib (the `results` extra).
+
+    seed = config.seeds[0]
+    histories = {}
+    for name in config.runs():
+        path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
+        if os.path.exists(path):
+            histories[ENCODER_NAMES[name]] = _read_json(path)["metrics"]["history"]
+    aggregated = aggregate(config)
+    bars = {
+        f"{ENCODER_NAMES[name]}\n{layer}": mean_std(row["mIoU"])[0]
+        for (name, layer), row in aggregated.items()
+        if "mIoU" in row
+    }
+    image = resize_and_crop_image(
+        load_image(list_images(os.path.join(config.data_root, "camvid", "val"))[0]),
+        config.probe_image_size,
+    )
+    pictures = {}
+    for name, spec in config.encoders(seed).items():
+        if name != "random" and not completed_steps(spec):
+            continue
+        extractor = load_feature_extractor(spec, seed=seed, layer="features")
+        features = extractor(image[None]).numpy()[0]
+        pictures[f"{ENCODER_NAMES[name]} features"] = visualize.upsample_nearest(
+            visualize.pca_rgb(features)
+        )
+        keras.backend.clear_session()
+    return {
+        f"Pretraining curves (seed {seed})": plots.plot_pretraining(
+            histories, os.path.join(config.results_dir, "pretraining_curves.png")
+        ),
+        "CamVid linear-probe mIoU (mean over seeds)": plots.plot_metric_bars(
+            bars, "CamVid val mIoU (linear probe)",
+            os.path.join(config.results_dir, "camvid_miou.png"),
+        ),
+        # The input is a CamVid frame (CC BY-NC): the committed figure shows only features.
+        f"PCA of features (seed {seed})": plots.plot_feature_pictures(
+            None, pictures, os.path.join(config.results_dir, "feature_pca.png")
+        ),
+    }
+
+
+def run_seed(config, seed, evaluations):
+    """Pretrains and evaluates everything of one seed (resuming what exists)."""
+    for name in config.runs():
+        _, start = RUNS[name]
+        if start is not None:
+            save_start_weights(config, seed, start)
+        run_pretraining(config, name, seed)
+    evaluate_seed(config, seed, evaluations)
+
+
+def run_study(config, command):
+    """Runs every seed in turn, rewriting the report after each; returns the aggregate."""
+    started = time.perf_counter()
+    evaluations = Evaluations(config)
+    for seed in () if config.report_only else config.seeds:
+        run_seed(config, seed, evaluations)
+        write_report(config, command, {}, time.perf_counter() - started)
+    figures = make_figures(config)
+    write_report(config, command, figures, time.perf_counter() - started)
+    return aggregate(config)

@@ -1,0 +1,74 @@
+"""Typed dataclass configs as the single source of truth for absl flags.
+
+A config field declared with `option(default, help)` becomes a flag of the same name, type
+and default, with `help` as its help text; `from_flags` builds the config back from the
+parsed flags. Supported field types: bool, int, float, str, their `X | None` forms, and
+tuples of int or str (comma-separated lists on the command line).
+"""
+
+import dataclasses
+import typing
+
+from absl import flags
+
+HELP = "help"
+
+
+def option(default, help, **kwargs):
+    """A dataclass field with its flag help text (tuples default by value, immutably)."""
+    return dataclasses.field(default=default, metadata={HELP: help}, **kwargs)
+
+
+def _base_type(kind):
+    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    return kind
+
+
+def _element_type(field):
+    """int or str for a tuple field, from its annotation or its default."""
+    args = typing.get_args(field.type)
+    if args:
+        return args[0]
+    return type(field.default[0]) if field.default else str
+
+
+def define_flags(config_class, flag_values=flags.FLAGS, exclude=()):
+    """Defines one flag per field of `config_class` that has help text."""
+    for field in dataclasses.fields(config_class):
+        if field.name in exclude or HELP not in field.metadata:
+            continue
+        kind = _base_type(field.type)
+        help_text = field.metadata[HELP]
+        if kind is tuple or typing.get_origin(kind) is tuple:
+            default = None if field.default is None else [str(v) for v in field.default]
+            flags.DEFINE_list(field.name, default, help_text, flag_values=flag_values)
+            continue
+        define = {
+            bool: flags.DEFINE_bool,
+            int: flags.DEFINE_integer,
+            float: flags.DEFINE_float,
+            str: flags.DEFINE_string,
+        }[kind]
+        define(field.name, field.default, help_text, flag_values=flag_values)
+
+
+def from_flags(config_class, flag_values=flags.FLAGS, **overrides):
+    """The `config_class` instance of the parsed flags (fields without a flag keep their
+    default unless given in `overrides`)."""
+    values = {}
+    for field in dataclasses.fields(config_class):
+        if field.name in overrides or field.name not in flag_values:
+            continue
+        value = flag_values[field.name].value
+        kind = _base_type(field.type)
+        if value is not None and (kind is tuple or typing.get_origin(kind) is tuple):
+            try:
+                value = tuple(_element_type(field)(item) for item in value)
+            except ValueError:
+                raise ValueError(
+                    f"--{field.name} must be a comma-separated list of "
+                    f"{_element_type(field).__name__}, got {','.join(value)!r}."
+                ) from None
+        values[field.name] = value
+    return config_class(**values, **overrides)
