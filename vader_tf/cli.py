@@ -64,16 +64,18 @@ def run(main):
 
 
 def command(script, **flags):
-    """A pasteable command line running `script` (relative to the repository, e.g.
-    "export/export_saved_model.py") with this interpreter and `--name=value` flags."""
-    script_path = os.path.join(_SCRIPT_ROOT, script)
-    if os.path.isfile(script_path):
-        script_path = os.path.relpath(script_path) if _is_below_cwd(script_path) else script_path
-    else:
-        script_path = script
-    words = [sys.executable, script_path] + [f"--{name}={value}" for name, value in flags.items()]
+    """A pasteable command line running `script` with this interpreter and flags.
+
+    Args:
+        script: path relative to the repository, e.g. "export/export_saved_model.py".
+            It is given relative to the working directory when it lies below it, else
+            absolute (as is the interpreter), so the line works where it is printed.
+        **flags: `--name=value` flags, in order.
+    """
+    path = os.path.join(_SCRIPT_ROOT, script)
+    if not os.path.isfile(path):  # Not a source checkout: name the script as given.
+        path = script
+    elif not os.path.relpath(path).startswith(os.pardir):
+        path = os.path.relpath(path)
+    words = [sys.executable, path] + [f"--{name}={value}" for name, value in flags.items()]
     return shlex.join(words)
-
-
-def _is_below_cwd(path):
-    return not os.path.relpath(path).startswith(os.pardir)
