@@ -3,7 +3,7 @@
     python benchmarks/run_all.py            # full suite, ~11-12 min on 2 shared cores
     python benchmarks/run_all.py --quick    # smoke run, ~4 min (mostly tracing)
     python benchmarks/run_all.py --only dense_cost,serving
-    python benchmarks/run_all.py --only precision,peer_densecl   # issue 13 (~30 min loaded)
+    python benchmarks/run_all.py --only precision,peer_densecl   # issue 13 (~40 min loaded)
 
 Results: `benchmarks/results/<name>.json` (quick runs: `benchmarks/results/tmp-quick/`).
 Exits non-zero if any benchmark failed.
