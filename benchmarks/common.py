@@ -195,27 +195,67 @@ def graph_flops(graph):
     }
 
 
-def peak_kernels(quick=False):
-    """Large fp32 kernels that run near this machine's peak, with their FLOPs.
+def peak_kernels(quick=False, dtype="float32"):
+    """Large kernels that run near this machine's peak in `dtype`, with their FLOPs.
 
     Returns:
         `{name: (callable, flops)}`: a square matmul and a ResNet-50 stage-2 3x3
-        convolution over several images. Time them in the same `time_interleaved` call as
-        the workload they are compared with, so both see the same machine load.
+        convolution over several images, in `dtype` (a float32 name has no suffix, others
+        end in `_<dtype>`). Time them in the same `time_interleaved` call as the workload
+        they are compared with, so both see the same machine load.
     """
     n = 1024 if quick else 4096
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
     images, size, channels = (2, 28, 128) if quick else (8, 56, 128)
-    x = tf.random.normal([images, size, size, channels])
-    kernel = tf.random.normal([3, 3, channels, channels])
+    x = tf.cast(tf.random.normal([images, size, size, channels]), dtype)
+    kernel = tf.cast(tf.random.normal([3, 3, channels, channels]), dtype)
+    suffix = "" if dtype == "float32" else f"_{dtype}"
     return {
-        f"peak_matmul_{n}": (tf.function(lambda: tf.matmul(a, b)), 2 * n**3),
-        f"peak_conv3x3_{images}x{size}x{size}x{channels}": (
+        f"peak_matmul_{n}{suffix}": (tf.function(lambda: tf.matmul(a, b)), 2 * n**3),
+        f"peak_conv3x3_{images}x{size}x{size}x{channels}{suffix}": (
             tf.function(lambda: tf.nn.conv2d(x, kernel, 1, "SAME")),
             2 * images * size * size * channels * 9 * channels,
         ),
     }
+
+
+def peak_rate(kernels, times):
+    """The machine's peak FLOP/s: the fastest of `peak_kernels` timed in `times`.
+
+    Returns:
+        `(peak, {kernel name: FLOP/s})`.
+    """
+    rates = {k: flops / times[k]["median_s"] for k, (_, flops) in kernels.items()}
+    return max(rates.values()), rates
+
+
+def flops_by_dtype(graph):
+    """Convolution and matmul FLOPs of a traced graph per compute dtype, and the float32 ops.
+
+    Under a mixed policy every convolution should run in the low precision; float32 ones
+    are either intended (the loss' similarity matmuls) or a silent upcast that loses the
+    speed-up.
+
+    Returns:
+        `{"flops": {dtype: FLOPs}, "ops": {"<op type>/<dtype>": count, and
+        "Cast/<from>-><to>": count}, "float32_ops": [names of the float32 convolutions and
+        matmuls]}`.
+    """
+    flops, ops, float32_ops = {}, {}, []
+    for op in graph.get_operations():
+        if op.type == "Cast":
+            cast = f"Cast/{op.get_attr('SrcT').name}->{op.get_attr('DstT').name}"
+            ops[cast] = ops.get(cast, 0) + 1
+        op_flops = _op_flops(op)
+        if not op_flops:
+            continue
+        dtype = op.get_attr("T").name
+        flops[dtype] = flops.get(dtype, 0) + op_flops
+        ops[f"{op.type}/{dtype}"] = ops.get(f"{op.type}/{dtype}", 0) + 1
+        if dtype == "float32":
+            float32_ops.append(op.name)
+    return {"flops": flops, "ops": ops, "float32_ops": float32_ops}
 
 
 # --- models and batches --------------------------------------------------------------------
@@ -234,6 +274,23 @@ def training_model(**config_fields):
     model = build_model(config)
     model.optimizer.build(model.query_model.trainable_variables)
     return config, model
+
+
+def traced_train_step(batch=None, **config_fields):
+    """The compiled train step of `PretrainConfig(**config_fields)`, traced on a real batch.
+
+    Args:
+        batch: the batch to trace and time it on (default: `pipeline_batch(config)`).
+
+    Returns:
+        `(config, step, batch, graph)`: `step()` runs one training step on `batch`;
+        `graph` is the traced step (for `graph_flops` and `flops_by_dtype`).
+    """
+    config, model = training_model(**config_fields)
+    batch = pipeline_batch(config) if batch is None else batch
+    step = tf.function(model.train_step)
+    graph = step.get_concrete_function(batch).graph
+    return config, lambda: step(batch), batch, graph
 
 
 def pipeline_batch(config, seed=0):

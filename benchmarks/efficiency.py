@@ -29,8 +29,7 @@ def measure(fields, repeats, quick, warmup=1):
     kernels = common.peak_kernels(quick)
     callables = {"step": lambda: step(batch), **{k: fn for k, (fn, _) in kernels.items()}}
     times = common.time_interleaved(callables, warmup, repeats)
-    rates = {k: kernel_flops / times[k]["median_s"] for k, (_, kernel_flops) in kernels.items()}
-    peak = max(rates.values())
+    peak, rates = common.peak_rate(kernels, times)
     achieved = flops["from_shapes"] / times["step"]["median_s"]
     return {
         "config": common.config_summary(config),

@@ -3,12 +3,14 @@
     python benchmarks/run_all.py            # full suite, ~11-12 min on 2 shared cores
     python benchmarks/run_all.py --quick    # smoke run, ~4 min (mostly tracing)
     python benchmarks/run_all.py --only dense_cost,serving
+    python benchmarks/run_all.py --only precision,peer_densecl   # issue 13 (~40 min loaded)
 
 Results: `benchmarks/results/<name>.json` (quick runs: `benchmarks/results/tmp-quick/`).
 Exits non-zero if any benchmark failed.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,7 +27,11 @@ BENCHMARKS = (
     "serving",
     "memory",
     "xla",
+    "precision",
+    "peer_densecl",
 )
+# Benchmarks that need an optional extra: skipped, with a note, when it is not installed.
+NEEDS = {"peer_densecl": ("lightly", "pip install -e '.[peer]'")}
 
 
 def headline(name, results):
@@ -57,6 +63,20 @@ def headline(name, results):
         return [f"peak RSS MB {per_case('peak_rss_mb')}"]
     if name == "xla":
         return [f"jit/default {results['jit_over_default']}"]
+    cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
+    if name == "precision":
+        return [f"bf16 speed-up {per_case('bfloat16_speedup')}"] + [
+            f"{case} fraction of own peak "
+            + ", ".join(f"{step} {s['fraction_of_peak']}" for step, s in r["steps"].items())
+            for case, r in cases.items()
+        ]
+    if name == "peer_densecl":
+        return [
+            f"{case} images/s "
+            + ", ".join(f"{step} {s['images_per_s']}" for step, s in r["steps"].items())
+            + f"; target {r['target']}"
+            for case, r in cases.items()
+        ]
     return []
 
 
@@ -79,6 +99,9 @@ def main():
     started = time.perf_counter()
     for name in names:
         print(f"== {name}", flush=True)
+        if name in NEEDS and importlib.util.find_spec(NEEDS[name][0]) is None:
+            print(f"   skipped: needs {NEEDS[name][0]} ({NEEDS[name][1]})", flush=True)
+            continue
         command = [sys.executable, "-m", f"benchmarks.{name}", *flags]
         if subprocess.run(command, cwd=REPO, env=env).returncode != 0:
             failed.append(name)

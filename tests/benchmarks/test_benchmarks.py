@@ -4,6 +4,7 @@ Benchmarks are not tests: nothing here checks a timing, only that the command wo
 that the result files have the documented schema.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -60,3 +61,44 @@ def test_input_pipeline_ratio_is_reported(quick_results):
     results = quick_results["input_pipeline"]["results"]
     ratio = results["pipeline_pairs_per_s"] / results["train_step_pairs_per_s"]
     assert results["pipeline_over_train_step"] == pytest.approx(ratio, rel=1e-2)
+
+
+def test_peer_densecl_steps_and_flop_counters():
+    """The peer's steps at a tiny size, in this process (tracing a step of ours would take
+    a minute: `run_all.py --quick --only peer_densecl` covers those)."""
+    for module in ("lightly", "torchvision"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed (pip install -e '.[peer]')")
+    from benchmarks import peer_densecl
+
+    result = peer_densecl.measure(
+        dict(backbone="resnet18", image_size=32, batch_size=2),
+        repeats=1,
+        selected=lambda name: name.startswith("peer_"),
+        warmup=0,
+    )
+    steps = result["steps"]
+    expected = {
+        f"peer_densecl_{direction}/{dtype}"
+        for direction in ("one_direction", "symmetric")
+        for dtype in ("float32", "bfloat16")
+    }
+    assert set(steps) == expected
+    for step in steps.values():
+        assert step["images_per_s"] > 0 and step["step_flops"] > 0
+        assert step["achieved_flops_per_s"] == step["step_flops"] / step["step_s"]
+    # One direction: query forward + backward (3 forward passes' FLOPs) and key forward on
+    # one view per image, plus the small heads and losses; symmetric: both views.
+    one_view_forward = result["flop_counter_check"]["torch_flop_counter"]
+    for dtype in ("float32", "bfloat16"):
+        one = steps[f"peer_densecl_one_direction/{dtype}"]["step_flops"]
+        both = steps[f"peer_densecl_symmetric/{dtype}"]["step_flops"]
+        assert both == pytest.approx(2 * one, rel=0.01)
+        assert one == pytest.approx(2 * 4 * one_view_forward, rel=0.1)
+    # torch's FLOP counter and our graph counter agree on the same ResNet.
+    assert result["flop_counter_check"]["graph_over_torch"] == pytest.approx(1.0, rel=0.02)
+    # A step of ours whose option PretrainConfig lacks is listed, not dropped silently.
+    from vader_tf.training.pretrain import PretrainConfig
+
+    if not hasattr(PretrainConfig(), "symmetric_loss"):
+        assert "vader_one_direction" in result["skipped"]

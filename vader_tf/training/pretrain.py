@@ -3,6 +3,7 @@
 `experiments/pretrain.py` maps its flags onto `PretrainConfig` and calls `pretrain`.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -236,11 +237,35 @@ def build_optimizer(config):
     )
 
 
+@contextlib.contextmanager
+def dtype_policy(mixed_precision):
+    """Keras' global dtype policy set to `mixed_precision` ("none": float32) for a block.
+
+    Layers take their policy when they are built, so a model built inside keeps it; the
+    previous global policy is restored afterwards, so nothing else in the process changes.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(
+        "float32" if mixed_precision == "none" else mixed_precision
+    )
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def build_model(config):
     """The compiled VADeR or MoCo model of `config` (call under the strategy's scope).
 
     Initialisation is seeded by `config.seed`, so two runs of one config start equal.
+    Layers compute in `config.mixed_precision` (weights, embeddings, loss, queue and EMA
+    stay float32); the process' global dtype policy is left as it was.
     """
+    with dtype_policy(config.mixed_precision):
+        return _build_model(config)
+
+
+def _build_model(config):
     keras.utils.set_random_seed(config.seed)
     encoder = build_encoder(
         config.backbone,
@@ -284,8 +309,6 @@ def pretrain(config, strategy=None):
     config.check_resumable()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if config.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(config.mixed_precision)
     strategy = strategy or distribution.create_strategy(config.strategy, config.num_cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
