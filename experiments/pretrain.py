@@ -48,7 +48,7 @@ HELP = {
     "base_learning_rate": "SGD learning rate for a batch of reference_batch_size.",
     "reference_batch_size": "Batch size at which base_learning_rate applies (linear scaling).",
     "warmup_steps": "Linear warm-up steps before the cosine decay.",
-    "weight_decay": "Decoupled weight decay.",
+    "weight_decay": "L2 weight decay added to the gradient before momentum (PyTorch SGD, as MoCo v2: 1e-4), on all parameters incl. BN and biases.",
     "sgd_momentum": "SGD momentum.",
     "mixed_precision": "'none', 'mixed_float16' (GPU) or 'mixed_bfloat16'.",
     "strategy": "'auto', 'default', 'mirrored' or 'multi_worker' (from TF_CONFIG).",

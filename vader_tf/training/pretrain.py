@@ -13,6 +13,7 @@ from vader_tf import run_dir
 from vader_tf.data import pipeline, sources, views
 from vader_tf.models.encoder import build_encoder
 from vader_tf.training import distribution, loop
+from vader_tf.training.optimizers import TorchSGD
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
 
@@ -56,6 +57,8 @@ class PretrainConfig:
     base_learning_rate: float = 0.5
     reference_batch_size: int = 256
     warmup_steps: int = 0
+    # Coupled L2 (PyTorch SGD: g += wd * w before momentum) on all parameters, BN and
+    # biases included, exactly as MoCo v2 and DenseCL apply their 1e-4.
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
     mixed_precision: str = "none"
@@ -110,7 +113,9 @@ def build_optimizer(config):
         warmup_target=config.learning_rate if config.warmup_steps else None,
         warmup_steps=config.warmup_steps,
     )
-    return keras.optimizers.SGD(
+    # Coupled L2 weight decay through the gradient, on every parameter (BN and biases
+    # included), as PyTorch SGD in MoCo v2 / DenseCL; see `vader_tf.training.optimizers`.
+    return TorchSGD(
         learning_rate=schedule, momentum=config.sgd_momentum, weight_decay=config.weight_decay
     )
 
