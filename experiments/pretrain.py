@@ -36,7 +36,7 @@ HELP = {
     "grayscale_prob": "Probability of converting a view to grayscale.",
     "blur_prob": "Probability of Gaussian blur.",
     "flip_prob": "Probability of a horizontal flip.",
-    "min_overlap": "Smallest accepted crop overlap (pipeline default when unset).",
+    "min_overlap": "Smallest accepted crop overlap (VADeR only; MoCo draws independent crops as MoCo v2).",
     "queue_size": "Negatives kept in the queue (K).",
     "queue_points_per_image": "Key pixels per image enqueued each step (VADeR).",
     "temperature": "InfoNCE temperature.",

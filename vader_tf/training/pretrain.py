@@ -86,6 +86,12 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
+    def pair_min_overlap(self):
+        """The view pairs' minimum-overlap rule: VADeR's, or none for MoCo v2, whose two
+        views are independent crops."""
+        return self.min_overlap if self.method == "vader" else None
+
+    @property
     def learning_rate(self):
         """Peak learning rate: linear scaling of the base rate with the global batch."""
         return self.base_learning_rate * self.batch_size / self.reference_batch_size
@@ -104,6 +110,21 @@ def view_config(config):
         flip_prob=config.flip_prob,
     )
     return views.ViewConfig(**kwargs)
+
+
+def training_dataset(config, source, batch_size, start_index=0, num_shards=1, shard_index=0):
+    """The two-view batches `config` trains on (one input pipeline's share)."""
+    return pipeline.two_view_dataset(
+        source,
+        view_config(config),
+        batch_size=batch_size,
+        num_points=config.num_points,
+        seed=config.seed,
+        min_overlap=config.pair_min_overlap,
+        start_index=start_index,
+        num_shards=num_shards,
+        shard_index=shard_index,
+    )
 
 
 def build_optimizer(config):
@@ -174,16 +195,12 @@ def pretrain(config, strategy=None):
             f"bn_groups={config.bn_groups}."
         )
     source = sources.parse_data_spec(config.data)
-    views_config = view_config(config)
 
     def make_dataset(context, start_index):
-        return pipeline.two_view_dataset(
+        return training_dataset(
+            config,
             source,
-            views_config,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
-            num_points=config.num_points,
-            seed=config.seed,
-            min_overlap=config.min_overlap,
             start_index=start_index,
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
