@@ -59,7 +59,9 @@ def shuffled_forward(model, images, num_groups, permutation, replica_context=Non
     num_replicas = replica.num_replicas_in_sync
 
     def gather_replicas(x):
-        return replica.all_gather(x, axis=0) if num_replicas > 1 else x
+        # `identity` places the value on this replica's device: an input batch straight
+        # from a multi-worker iterator has no device, which `all_gather` rejects.
+        return replica.all_gather(tf.identity(x), axis=0) if num_replicas > 1 else x
 
     local_size = tf.shape(images)[0]
     start = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local_size
@@ -228,8 +230,7 @@ class MomentumContrast(keras.Model):
             self.total_steps,
             self.momentum_schedule,
         )
-        with tf.control_dependencies([momentum]):
-            self.optimizer.apply(gradients, queries_to_train)
+        self.optimizer.apply(gradients, queries_to_train)
 
         key_weights, query_weights = self.key_model.weights, self.query_model.weights
         momentum_lib.ema_update(
