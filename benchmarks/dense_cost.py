@@ -86,14 +86,14 @@ def vader_components(model, batch):
     def loss():
         with tf.GradientTape() as tape:
             tape.watch(query_maps)
-            queries, positives, weights, keys = model.contrastive_rows(
+            queries, positives, weights, keys, keys_mask = model.contrastive_rows(
                 batch, query_maps, key_maps
             )
             rows = losses.info_nce(queries, positives, model.queue, model.temperature)
             total = tf.reduce_sum(weights * rows["loss"])
             mean = total / tf.maximum(tf.reduce_sum(weights), 1.0)
         map_gradients = tape.gradient(mean, query_maps)
-        queue_lib.enqueue(model.queue, model.queue_pointer, keys)
+        queue_lib.enqueue(model.queue, model.queue_pointer, keys, keys_mask)
         return map_gradients
 
     # The weights the EMA carries over: the query's trainable ones (as in the step).

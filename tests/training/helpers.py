@@ -1,10 +1,13 @@
 """Small models and synthetic batches for the training tests."""
 
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from vader_tf.models import build_encoder
+from vader_tf.training.optimizers import TorchSGD
 from vader_tf.training.pretrain import PretrainConfig
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
@@ -56,7 +59,30 @@ def synthetic_batch(batch_size=4, image_size=64, num_points=8, seed=0, invalid=(
     }
 
 
-def build_small_model(method="vader", queue_size=64, bn_groups=1, shuffle_bn=False, seed=0, **kwargs):
+@functools.cache
+def two_replicas():
+    """A `MirroredStrategy` over the 2 logical CPUs that tests/conftest.py makes.
+
+    One strategy per process: several MirroredStrategy objects in one process can collide
+    on collective instance keys.
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")[:2]]
+    assert len(devices) == 2, "tests/conftest.py splits the CPU into two logical devices"
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+
+
+def build_small_model(
+    method="vader",
+    queue_size=64,
+    bn_groups=1,
+    shuffle_bn=False,
+    seed=0,
+    momentum=0.9,
+    weight_decay=1e-3,
+    **kwargs,
+):
     keras.utils.set_random_seed(seed)
     encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
     cls = {"vader": VADeR, "moco": MoCo}[method]
@@ -65,34 +91,34 @@ def build_small_model(method="vader", queue_size=64, bn_groups=1, shuffle_bn=Fal
         encoder,
         queue_size=queue_size,
         temperature=0.2,
-        momentum=0.9,
+        momentum=momentum,
         bn_groups=bn_groups,
         shuffle_bn=shuffle_bn,
         seed=seed,
         **extra,
         **kwargs,
     )
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    model.compile(optimizer=TorchSGD(0.1, momentum=0.9, weight_decay=weight_decay))
     model.optimizer.build(model.query_model.trainable_variables)
     return model
 
 
 def run_steps(model, strategy, batches):
-    """Runs `model.train_step` on each global batch under `strategy`; returns metrics."""
+    """Runs `model.train_step` on each global batch under `strategy`.
+
+    Returns each step's metrics as the training loop reads them: across replicas, after
+    the step, then reset.
+    """
 
     @tf.function
     def step(batch):
-        return strategy.run(model.train_step, args=(batch,))
-
-    def per_replica(context, batch):
-        return batch
+        strategy.run(model.train_step, args=(batch,))
 
     results = []
     for batch in batches:
         dataset = tf.data.Dataset.from_tensors(batch)
-        distributed = strategy.experimental_distribute_dataset(dataset)
-        outputs = step(next(iter(distributed)))
-        results.append(
-            {k: float(np.mean(strategy.experimental_local_results(v))) for k, v in outputs.items()}
-        )
+        step(next(iter(strategy.experimental_distribute_dataset(dataset))))
+        results.append({m.name: float(m.result()) for m in model.metrics})
+        for metric in model.metrics:
+            metric.reset_state()
     return results

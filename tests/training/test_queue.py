@@ -38,3 +38,17 @@ def test_random_unit_rows_are_unit_and_seeded():
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(a, random_unit_rows((50, 8), seed=3).numpy())
     assert not np.allclose(a, random_unit_rows((50, 8), seed=4).numpy())
+
+
+def test_enqueue_with_mask_writes_only_the_kept_keys():
+    rng = np.random.default_rng(1)
+    initial = rng.normal(size=(6, 3)).astype("float32")
+    queue, pointer = tf.Variable(initial), tf.Variable(4, dtype=tf.int64)
+    keys = rng.normal(size=(5, 3)).astype("float32")
+    mask = np.array([True, False, True, False, True])
+    enqueue(queue, pointer, tf.constant(keys), tf.constant(mask))
+    expected = NumpyQueue(initial)
+    expected.pointer = 4
+    expected.push(keys[mask])
+    np.testing.assert_array_equal(queue.numpy(), expected.slots)
+    assert int(pointer.numpy()) == expected.pointer == 1

@@ -44,13 +44,30 @@ def test_vader_step_loss_gradient_free_keys_ema_and_queue():
         np.testing.assert_allclose(key, 0.9 * old + 0.1 * new, rtol=1e-5, atol=1e-6)
     assert not model.key_model.trainable_weights
 
-    # The queue received the first 4 key pixels of view2 of every image, in order.
+    # The queue received the first 4 key pixels of view2 of every valid image, in order;
+    # invalid pair 2 (placeholder points) enqueued nothing.
     expected_keys = np.concatenate(
-        [reference.unit(reference.bilinear(key_maps[1][i], batch["points2"][i][:4])) for i in range(4)]
+        [reference.unit(reference.bilinear(key_maps[1][i], batch["points2"][i][:4])) for i in (0, 1, 3)]
     )
-    np.testing.assert_allclose(model.queue.numpy()[:16], expected_keys, atol=1e-5)
-    np.testing.assert_array_equal(model.queue.numpy()[16:], queue_before[16:])
-    assert int(model.queue_pointer.numpy()) == 16
+    np.testing.assert_allclose(model.queue.numpy()[:12], expected_keys, atol=1e-5)
+    np.testing.assert_array_equal(model.queue.numpy()[12:], queue_before[12:])
+    assert int(model.queue_pointer.numpy()) == 12
+
+
+def test_cosine_momentum_of_each_step_is_that_of_its_own_step():
+    # Cosine EMA schedule over 2 steps from 0.5: step 0 uses 0.5, step 1 uses
+    # 1 - 0.5 * (cos(pi / 2) + 1) / 2 = 0.75 (NumPy formula, not the library's).
+    model = build_small_model("vader", momentum=0.5, momentum_schedule="cosine", total_steps=2)
+    for step, batch_seed in enumerate((0, 1)):
+        expected_momentum = 1 - 0.5 * (np.cos(np.pi * step / 2) + 1) / 2
+        key_before = [model.key_model.weights[i].numpy().copy() for i in model._ema_indices]
+        run_steps(model, tf.distribute.get_strategy(), [synthetic_batch(4, seed=batch_seed)])
+        query_after = _snapshot(model.query_model.trainable_variables)
+        key_after = [model.key_model.weights[i].numpy() for i in model._ema_indices]
+        for key, old, new in zip(key_after, key_before, query_after):
+            np.testing.assert_allclose(
+                key, expected_momentum * old + (1 - expected_momentum) * new, rtol=1e-5, atol=1e-6
+            )
 
 
 def test_moco_step_loss_matches_numpy():

@@ -16,7 +16,7 @@ with clean data the two are equal.
 
 import tensorflow as tf
 
-from vader_tf.data import correspondence, ordering, sources
+from vader_tf.data import correspondence, ordering, sources, views
 from vader_tf.data.views import ViewConfig, render_view
 
 # Distinct streams of randomness drawn from one element seed.
@@ -50,9 +50,17 @@ def make_view_pair(image, element_seed, view_config, num_points, min_overlap, nu
     def seed_for(purpose):
         return tf.random.experimental.stateless_fold_in(element_seed, purpose)
 
-    geometry = correspondence.draw_view_pair(
-        seed_for(_PAIR_GEOMETRY), tf.shape(image)[:2], view_config, min_overlap, num_candidates
-    )
+    if min_overlap is None:  # MoCo v2: independent views; `valid` = they overlap at all.
+        geometry = views.sample_independent_pair(
+            seed_for(_PAIR_GEOMETRY), tf.shape(image)[:2], view_config
+        )
+        geometry["valid"] = correspondence.acceptable_pairs(
+            geometry["box1"], geometry["box2"], view_config.image_size, 0.0
+        )
+    else:
+        geometry = correspondence.draw_view_pair(
+            seed_for(_PAIR_GEOMETRY), tf.shape(image)[:2], view_config, min_overlap, num_candidates
+        )
     points1, points2 = correspondence.sample_matched_points(
         seed_for(_POINTS), geometry, view_config.image_size, num_points
     )
@@ -97,7 +105,9 @@ def two_view_dataset(
         start_index: global index-stream position to start at (resume; see module doc).
         repeat: loop over epochs forever; else a single epoch.
         shuffle: shuffle the images of each epoch.
-        min_overlap: minimum-overlap rule of `vader_tf.data.correspondence`.
+        min_overlap: minimum-overlap rule of `vader_tf.data.correspondence`; `None`
+            draws the two views independently, as MoCo v2 does
+            (`views.sample_independent_pair`); `valid` then only says if they overlap.
         num_candidate_pairs: crop pairs drawn per image to find an acceptable one.
         num_parallel_calls: parallelism of the read/decode and augmentation maps.
         num_shards, shard_index: keep only every `num_shards`-th element of the index

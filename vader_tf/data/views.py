@@ -131,6 +131,21 @@ def sample_flips(seed, num_flips, flip_prob):
     return _uniform(seed, [num_flips], 0.0, 1.0) < flip_prob
 
 
+def sample_independent_pair(seed, image_hw, config):
+    """MoCo v2's view geometry: two independent random-resized crops and flips.
+
+    No overlap rule: the two crops may be disjoint, as in MoCo v2's two calls of the same
+    augmentation. (VADeR's pairs, which need matched points, are drawn by
+    `vader_tf.data.correspondence.draw_view_pair` instead.)
+
+    Returns:
+        Dict with `box1`, `box2` (`[4]` int32 `(y0, x0, h, w)`), `flip1`, `flip2` (bool).
+    """
+    boxes = sample_crop_boxes(_sub_seed(seed, 0), image_hw, 2, config)
+    flips = sample_flips(_sub_seed(seed, 1), 2, config.flip_prob)
+    return {"box1": boxes[0], "box2": boxes[1], "flip1": flips[0], "flip2": flips[1]}
+
+
 def render_view(image, box, flip, seed, config):
     """Crops, resizes, flips and photometrically augments one view.
 

@@ -44,4 +44,5 @@ class MoCo(MomentumContrast):
         queries = tf.concat([query_1, query_2], axis=0)
         positives = tf.concat([key_2, key_1], axis=0)
         weights = tf.ones(tf.shape(queries)[:1], tf.float32)
-        return queries, positives, weights, key_2
+        # Every image is a valid row: MoCo needs no overlap between its two views.
+        return queries, positives, weights, key_2, tf.ones(tf.shape(key_2)[:1], tf.bool)

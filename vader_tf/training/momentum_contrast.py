@@ -6,15 +6,21 @@ by implementing `contrastive_rows`; everything else lives here once: key and que
 passes with the batch-norm guard, the loss scaled for the replica count, the optimiser
 step, the momentum update and the all-gathered enqueue.
 
-Batch-norm leakage guard ("shuffle BN", done inside each replica): BN computes its
-statistics over the images that go through the network together. If the query and its
-positive key are normalised with statistics of the same group of images, the network can
-tell the current batch's keys from the queue's by those statistics and lower the loss
-without learning features (MoCo, Sec. 3.3). Each replica therefore splits its batch into
-`bn_groups` groups; queries are normalised per contiguous group, keys per group of a random
-permutation of the batch, so a key rarely shares its BN group with its query. This needs no
-cross-replica traffic and works the same on one device, several GPUs or several machines
-(SyncBN would defeat it). With `bn_groups=1` (or `shuffle_bn=False`) the guard is off.
+Batch-norm leakage guard ("shuffle BN"): BN computes its statistics over the images that
+go through the network together. If the query and its positive key are normalised with
+statistics of the same group of images, the network can tell the current batch's keys from
+the queue's by those statistics and lower the loss without learning features (MoCo,
+Sec. 3.3). Queries are normalised per BN group: each replica splits its batch into
+`bn_groups` contiguous groups. Keys are normalised per group of a random permutation of
+the *global* batch: under several replicas the key batch is all-gathered, permuted with a
+seed all replicas share (run seed, view, step), each replica runs the key network on its
+slice of the permuted batch (again in `bn_groups` groups), and the keys are all-gathered
+and put back in order (MoCo's shuffle BN). On one replica this is the same permutation
+within the replica. With G key groups of n images in all, the expected share of a key's
+BN group that are its query's own group-mates is `(1 + (n - 1)^2 / (G n - 1)) / n`
+(chance level `1/G`): 52% at G=2, n=16 (one device, 32 images, 2 groups), so on one
+device the guard is weak; 15% at G=8, n=32 (MoCo's 8 GPUs); see docs/training.md. SyncBN would defeat the guard.
+`shuffle_bn=False` (or one group on one replica) turns it off.
 """
 
 import keras
@@ -25,23 +31,45 @@ from vader_tf.training import momentum as momentum_lib
 from vader_tf.training import queue as queue_lib
 
 
-def grouped_forward(model, images, num_groups, permutation=None, training=True):
-    """Runs `model` on `num_groups` slices of the batch so BN sees each slice alone.
-
-    With a `permutation`, slices are cut from the permuted batch and the outputs are put
-    back in the original order.
-    """
-    if permutation is not None:
-        images = tf.gather(images, permutation)
+def grouped_forward(model, images, num_groups, training=True):
+    """Runs `model` on `num_groups` contiguous slices of the batch so BN sees each alone."""
     if num_groups == 1:
-        outputs = model(images, training=training)
-    else:
-        outputs = tf.concat(
-            [model(chunk, training=training) for chunk in tf.split(images, num_groups)], axis=0
-        )
-    if permutation is not None:
-        outputs = tf.gather(outputs, tf.math.invert_permutation(permutation))
-    return outputs
+        return model(images, training=training)
+    return tf.concat(
+        [model(chunk, training=training) for chunk in tf.split(images, num_groups)], axis=0
+    )
+
+
+def shuffled_forward(model, images, num_groups, permutation, replica_context=None):
+    """Runs `model` on this replica's slice of the permuted global batch; shuffle BN.
+
+    Args:
+        model: the key network.
+        images: this replica's `[b, ...]` batch.
+        num_groups: BN groups per replica.
+        permutation: `[R * b]` permutation of the global batch (the concatenation of all
+            replicas' batches in replica order), identical on every replica.
+        replica_context: the `tf.distribute` replica context (default: the current one).
+
+    Returns:
+        `model`'s outputs for `images`, in their order, each computed in the BN group of
+        the permuted global batch that the image fell into.
+    """
+    replica = replica_context or tf.distribute.get_replica_context()
+    num_replicas = replica.num_replicas_in_sync
+
+    def gather_replicas(x):
+        # `identity` places the value on this replica's device: an input batch straight
+        # from a multi-worker iterator has no device, which `all_gather` rejects.
+        return replica.all_gather(tf.identity(x), axis=0) if num_replicas > 1 else x
+
+    local_size = tf.shape(images)[0]
+    start = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local_size
+    mine = permutation[start : start + local_size]
+    outputs = grouped_forward(model, tf.gather(gather_replicas(images), mine), num_groups)
+    # Outputs of all replicas, in permuted order; take back this replica's images.
+    inverse = tf.math.invert_permutation(permutation)
+    return tf.gather(gather_replicas(outputs), inverse[start : start + local_size])
 
 
 class MomentumContrast(keras.Model):
@@ -59,7 +87,8 @@ class MomentumContrast(keras.Model):
         total_steps: length of training, for the cosine schedule.
         bn_groups: BN groups per replica (see module docstring); the per-replica batch
             must be divisible by it.
-        shuffle_bn: permute the batch for the key network's BN groups.
+        shuffle_bn: normalise keys per group of a permutation of the global batch
+            (across replicas; see module docstring).
         seed: seed of the queue initialisation and of the BN shuffles.
     """
 
@@ -139,44 +168,50 @@ class MomentumContrast(keras.Model):
                 networks.
 
         Returns:
-            `(queries [N, D], positives [N, D], weights [N], keys_to_enqueue [M, D])`, all
-            unit-norm float32 (weights: 1 for a row that counts, 0 for one that does not).
+            `(queries [N, D], positives [N, D], weights [N], keys_to_enqueue [M, D],
+            enqueue_mask [M])`: the first four unit-norm float32 (weights: 1 for a row that
+            counts, 0 for one that does not); `enqueue_mask` is True for the keys that may
+            enter the queue (keys of invalid pairs must not).
         """
         raise NotImplementedError
 
     # --- the shared training step ------------------------------------------------------
 
-    def _key_permutation(self, batch_size, view_index):
-        replica = tf.distribute.get_replica_context()
-        replica_id = tf.cast(replica.replica_id_in_sync_group if replica else 0, tf.int64)
+    def _key_permutation(self, global_batch_size, view_index):
+        """The BN shuffle of one view's global key batch; the same on every replica."""
         seed = tf.stack(
             [
                 tf.cast(self.seed, tf.int64) * 1009 + view_index,
-                tf.cast(self.optimizer.iterations, tf.int64) * 64 + replica_id,
+                tf.cast(self.optimizer.iterations, tf.int64),
             ]
         )
-        return tf.argsort(tf.random.stateless_uniform([batch_size], seed=seed))
+        return tf.argsort(tf.random.stateless_uniform([global_batch_size], seed=seed))
 
     def _forward_keys(self, views):
+        replica = tf.distribute.get_replica_context()
+        num_replicas = replica.num_replicas_in_sync
         outputs = []
         for view_index, images in enumerate(views):
-            permutation = None
-            if self.shuffle_bn and self.bn_groups > 1:
-                permutation = self._key_permutation(tf.shape(images)[0], view_index)
-            outputs.append(
-                tf.stop_gradient(
-                    grouped_forward(self.key_model, images, self.bn_groups, permutation)
+            if self.shuffle_bn and num_replicas * self.bn_groups > 1:
+                permutation = self._key_permutation(
+                    num_replicas * tf.shape(images)[0], view_index
                 )
-            )
+                keys = shuffled_forward(
+                    self.key_model, images, self.bn_groups, permutation, replica
+                )
+            else:
+                keys = grouped_forward(self.key_model, images, self.bn_groups)
+            outputs.append(tf.stop_gradient(keys))
         return outputs
 
     def train_step(self, data):
         views = (data["view1"], data["view2"])
         key_outputs = self._forward_keys(views)
+        replica = tf.distribute.get_replica_context()
         queries_to_train = self.query_model.trainable_variables
         with tf.GradientTape() as tape:
             query_outputs = [grouped_forward(self.query_model, v, self.bn_groups) for v in views]
-            queries, positives, weights, keys_to_enqueue = self.contrastive_rows(
+            queries, positives, weights, keys_to_enqueue, enqueue_mask = self.contrastive_rows(
                 data, query_outputs, key_outputs
             )
             rows = losses.info_nce(queries, positives, self.queue, self.temperature)
@@ -184,33 +219,45 @@ class MomentumContrast(keras.Model):
             local_count = tf.reduce_sum(weights)
             # Keras sums gradients over replicas, so each replica's loss is its share of
             # the global mean: its own sum divided by the count over all replicas.
-            global_count = tf.distribute.get_replica_context().all_reduce(
-                tf.distribute.ReduceOp.SUM, local_count
-            )
+            global_count = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
             loss = tf.reduce_sum(weights * rows["loss"]) / tf.maximum(global_count, 1.0)
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, queries_to_train)
-        step = self.optimizer.iterations
+        # The step this update belongs to, read before `apply` increments it.
+        momentum = momentum_lib.momentum_at(
+            tf.identity(self.optimizer.iterations),
+            self.momentum,
+            self.total_steps,
+            self.momentum_schedule,
+        )
         self.optimizer.apply(gradients, queries_to_train)
 
-        momentum = momentum_lib.momentum_at(
-            step, self.momentum, self.total_steps, self.momentum_schedule
-        )
         key_weights, query_weights = self.key_model.weights, self.query_model.weights
         momentum_lib.ema_update(
             [key_weights[i] for i in self._ema_indices],
             [query_weights[i] for i in self._ema_indices],
             momentum,
         )
-        # Every replica enqueues the keys of all replicas, so all hold the same queue.
-        all_keys = tf.distribute.get_replica_context().all_gather(keys_to_enqueue, axis=0)
-        queue_lib.enqueue(self.queue, self.queue_pointer, all_keys)
+        # Every replica enqueues the valid keys of all replicas, so all hold the same queue.
+        # (The mask travels as float: collectives such as NCCL do not gather bools.)
+        all_mask = replica.all_gather(tf.cast(enqueue_mask, tf.float32), axis=0)
+        queue_lib.enqueue(
+            self.queue,
+            self.queue_pointer,
+            replica.all_gather(keys_to_enqueue, axis=0),
+            all_mask > 0.5,
+        )
 
+        # Metrics weighted by each replica's count of rows, so that the value read across
+        # replicas (sum of weighted totals / sum of counts) is the global mean.
         def weighted_mean(values):
             return tf.reduce_sum(weights * values) / tf.maximum(local_count, 1.0)
 
-        self.loss_tracker.update_state(weighted_mean(rows["loss"]))
-        self.positive_similarity_tracker.update_state(weighted_mean(rows["positive_similarity"]))
-        self.negative_similarity_tracker.update_state(weighted_mean(rows["negative_similarity"]))
-        self.accuracy_tracker.update_state(weighted_mean(rows["correct"]))
+        for tracker, values in (
+            (self.loss_tracker, rows["loss"]),
+            (self.positive_similarity_tracker, rows["positive_similarity"]),
+            (self.negative_similarity_tracker, rows["negative_similarity"]),
+            (self.accuracy_tracker, rows["correct"]),
+        ):
+            tracker.update_state(weighted_mean(values), sample_weight=local_count)
         return {m.name: m.result() for m in self.metrics}

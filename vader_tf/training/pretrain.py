@@ -16,6 +16,7 @@ from vader_tf.data import pipeline, sources, views
 from vader_tf.models.backbone import BACKBONE_CONFIGS
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.training import distribution, loop
+from vader_tf.training.optimizers import TorchSGD
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
 
@@ -122,6 +123,8 @@ class PretrainConfig:
     base_learning_rate: float = 0.5
     reference_batch_size: int = 256
     warmup_steps: int = 0
+    # Coupled L2 (PyTorch SGD: g += wd * w before momentum) on all parameters, BN and
+    # biases included, exactly as MoCo v2 and DenseCL apply their 1e-4.
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
     mixed_precision: str = "none"
@@ -205,6 +208,12 @@ class PretrainConfig:
             )
 
     @property
+    def pair_min_overlap(self):
+        """The view pairs' minimum-overlap rule: VADeR's, or none for MoCo v2, whose two
+        views are independent crops."""
+        return self.min_overlap if self.method == "vader" else None
+
+    @property
     def learning_rate(self):
         """Peak learning rate: linear scaling of the base rate with the global batch."""
         return self.base_learning_rate * self.batch_size / self.reference_batch_size
@@ -225,6 +234,21 @@ def view_config(config):
     return views.ViewConfig(**kwargs)
 
 
+def training_dataset(config, source, batch_size, start_index=0, num_shards=1, shard_index=0):
+    """The two-view batches `config` trains on (one input pipeline's share)."""
+    return pipeline.two_view_dataset(
+        source,
+        view_config(config),
+        batch_size=batch_size,
+        num_points=config.num_points,
+        seed=config.seed,
+        min_overlap=config.pair_min_overlap,
+        start_index=start_index,
+        num_shards=num_shards,
+        shard_index=shard_index,
+    )
+
+
 def build_optimizer(config):
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
@@ -232,7 +256,9 @@ def build_optimizer(config):
         warmup_target=config.learning_rate if config.warmup_steps else None,
         warmup_steps=config.warmup_steps,
     )
-    return keras.optimizers.SGD(
+    # Coupled L2 weight decay through the gradient, on every parameter (BN and biases
+    # included), as PyTorch SGD in MoCo v2 / DenseCL; see `vader_tf.training.optimizers`.
+    return TorchSGD(
         learning_rate=schedule, momentum=config.sgd_momentum, weight_decay=config.weight_decay
     )
 
@@ -321,16 +347,12 @@ def pretrain(config, strategy=None):
             f"bn_groups={config.bn_groups}."
         )
     source = sources.parse_data_spec(config.data)
-    views_config = view_config(config)
 
     def make_dataset(context, start_index):
-        return pipeline.two_view_dataset(
+        return training_dataset(
+            config,
             source,
-            views_config,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
-            num_points=config.num_points,
-            seed=config.seed,
-            min_overlap=config.min_overlap,
             start_index=start_index,
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,

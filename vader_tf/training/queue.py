@@ -9,7 +9,7 @@ def random_unit_rows(shape, dtype="float32", seed=None):
     return tf.cast(tf.math.l2_normalize(rows, axis=-1), dtype)
 
 
-def enqueue(queue, pointer, keys):
+def enqueue(queue, pointer, keys, mask=None):
     """Writes `keys` into `queue` at `pointer`, wrapping around, and advances `pointer`.
 
     After the call the queue holds the newest `min(M, K)` of the enqueued keys, where `M`
@@ -20,7 +20,11 @@ def enqueue(queue, pointer, keys):
         queue: `[K, D]` variable.
         pointer: scalar int64 variable: the slot the next key goes to.
         keys: `[M, D]` tensor.
+        mask: optional `[M]` bool; only the keys where it is True are written (and count
+            in `M`).
     """
+    if mask is not None:
+        keys = tf.boolean_mask(keys, mask)
     queue_size = tf.shape(queue, out_type=tf.int64)[0]
     num_keys = tf.shape(keys, out_type=tf.int64)[0]
     # With more keys than slots only the newest K survive; writing all of them would

@@ -25,7 +25,8 @@ class VADeR(MomentumContrast):
     Args:
         encoder: the query `DenseEncoder`; the key encoder is built from its config.
         queue_points_per_image: how many key pixels of each image enter the queue per
-            step (the first ones of its matched points, which are drawn at random).
+            step (the first ones of its matched points, which are drawn at random); pairs
+            that are not `valid` enqueue nothing.
         **kwargs: `MomentumContrast` arguments (queue size, temperature, momentum, ...).
 
     The batch is the dict made by `vader_tf.data.pipeline.two_view_dataset`: `view1`,
@@ -51,5 +52,10 @@ class VADeR(MomentumContrast):
             tf.cast(data["valid"], tf.float32)[:, None], tf.shape(query_1)[:2]
         )
         weights = tf.reshape(tf.concat([point_valid, point_valid], axis=0), [-1])
-        keys_to_enqueue = tf.reshape(key_2[:, : self.queue_points_per_image], [-1, dim])
-        return queries, positives, weights, keys_to_enqueue
+        queued = key_2[:, : self.queue_points_per_image]
+        keys_to_enqueue = tf.reshape(queued, [-1, dim])
+        # Invalid pairs' keys sit at placeholder points: keep them out of the queue.
+        enqueue_mask = tf.reshape(
+            tf.broadcast_to(tf.cast(data["valid"], tf.bool)[:, None], tf.shape(queued)[:2]), [-1]
+        )
+        return queries, positives, weights, keys_to_enqueue, enqueue_mask
