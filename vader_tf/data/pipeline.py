@@ -55,7 +55,8 @@ def make_view_pair(image, element_seed, view_config, num_points, min_overlap, nu
             seed_for(_PAIR_GEOMETRY), tf.shape(image)[:2], view_config
         )
         geometry["valid"] = correspondence.acceptable_pairs(
-            geometry["box1"], geometry["box2"], view_config.image_size, 0.0
+            geometry["box1"], geometry["box2"], geometry["flip1"], geometry["flip2"],
+            view_config.image_size, 0.0,
         )
     else:
         geometry = correspondence.draw_view_pair(
