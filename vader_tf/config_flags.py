@@ -34,12 +34,13 @@ def _element_type(field):
 
 
 def define_flags(config_class, flag_values=flags.FLAGS, exclude=()):
-    """Defines one flag per field of `config_class` that has help text."""
+    """Defines one flag per field of `config_class` (except `exclude`); a field declared
+    without `option` gets a pointer to the class as its help text."""
     for field in dataclasses.fields(config_class):
-        if field.name in exclude or HELP not in field.metadata:
+        if field.name in exclude:
             continue
         kind = _base_type(field.type)
-        help_text = field.metadata[HELP]
+        help_text = field.metadata.get(HELP, f"See {config_class.__name__}.{field.name}.")
         if kind is tuple or typing.get_origin(kind) is tuple:
             default = None if field.default is None else [str(v) for v in field.default]
             flags.DEFINE_list(field.name, default, help_text, flag_values=flag_values)

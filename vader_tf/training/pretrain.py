@@ -12,6 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf import run_dir
+from vader_tf.config_flags import option
 from vader_tf.data import pipeline, sources, views
 from vader_tf.models.backbone import BACKBONE_CONFIGS
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
@@ -89,54 +90,89 @@ def _interval(low, high, closed_low):
 
 @dataclasses.dataclass
 class PretrainConfig:
-    """Everything a pretraining run depends on. Defaults: the CPU-scale main job."""
+    """Everything a pretraining run depends on. Defaults: the CPU-scale main job.
 
-    model_dir: str = "runs/vader_samples"
-    data: str = "samples"
-    method: str = "vader"
+    Each field is a flag of `experiments/pretrain.py` with the help text given here.
+    """
+
+    model_dir: str = option(
+        "runs/vader_samples", "Run directory: checkpoints, TensorBoard logs, configs."
+    )
+    data: str = option(
+        "samples",
+        "Images: 'samples' (scikit-image's photos), 'folder:PATH' or "
+        "'tfds:NAME[:SPLIT]'.",
+    )
+    method: str = option(
+        "vader", "'vader' (pixel-level) or 'moco' (image-level MoCo v2 baseline)."
+    )
     # Model.
-    backbone: str = "resnet18"
-    backbone_preset: str | None = None
-    init_weights: str | None = None
-    decoder_channels: int = 128
-    embedding_dim: int = 128
+    backbone: str = option("resnet18", "resnet18, resnet34, resnet50 or resnet101.")
+    backbone_preset: str | None = option(
+        None, "keras-hub ResNet preset name or local preset dir (needs internet for names)."
+    )
+    init_weights: str | None = option(
+        None, "Backbone weights (*.weights.h5), e.g. from export/convert_torch_weights.py."
+    )
+    decoder_channels: int = option(128, "Width of the FPN decoder and the projection head.")
+    embedding_dim: int = option(128, "Channels of the output embedding.")
     # Data and views.
-    image_size: int = 96
-    batch_size: int = 16
-    num_points: int = 64
-    min_crop_scale: float = 0.2
-    color_jitter: float = 0.4
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    flip_prob: float = 0.5
-    min_overlap: float = 0.1
+    image_size: int = option(96, "Side of each square view, a multiple of 32.")
+    batch_size: int = option(16, "Global batch size (image pairs per step over all replicas).")
+    num_points: int = option(64, "Matched points per image pair (VADeR).")
+    min_crop_scale: float = option(0.2, "Smallest random-resized-crop area fraction.")
+    color_jitter: float = option(
+        0.4, "Colour jitter strength (brightness/contrast/saturation; hue is a quarter); 0 = off."
+    )
+    grayscale_prob: float = option(0.2, "Probability of converting a view to grayscale.")
+    blur_prob: float = option(0.5, "Probability of Gaussian blur.")
+    flip_prob: float = option(0.5, "Probability of a horizontal flip.")
+    min_overlap: float = option(
+        0.1,
+        "Smallest accepted crop overlap (VADeR only; MoCo draws independent crops as "
+        "MoCo v2).",
+    )
     # Method.
-    queue_size: int = 4096
-    queue_points_per_image: int = 16
-    temperature: float = 0.2
-    ema_momentum: float = 0.99
-    momentum_schedule: str = "constant"
-    bn_groups: int = 2
-    shuffle_bn: bool = True
+    queue_size: int = option(4096, "Negatives kept in the queue (K).")
+    queue_points_per_image: int = option(16, "Key pixels per image enqueued each step (VADeR).")
+    temperature: float = option(0.2, "InfoNCE temperature.")
+    ema_momentum: float = option(0.99, "Momentum of the key network's EMA.")
+    momentum_schedule: str = option(
+        "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
+    )
+    bn_groups: int = option(2, "BN groups per replica for the shuffle-BN guard (1 = off).")
+    shuffle_bn: bool = option(True, "Shuffle images across BN groups for the key network.")
     # Optimisation.
-    train_steps: int = 150
-    base_learning_rate: float = 0.5
-    reference_batch_size: int = 256
-    warmup_steps: int = 0
+    train_steps: int = option(150, "Total optimiser steps.")
+    base_learning_rate: float = option(
+        0.5, "SGD learning rate for a batch of reference_batch_size."
+    )
+    reference_batch_size: int = option(
+        256, "Batch size at which base_learning_rate applies (linear scaling)."
+    )
+    warmup_steps: int = option(0, "Linear warm-up steps before the cosine decay.")
     # Coupled L2 (PyTorch SGD: g += wd * w before momentum) on all parameters, BN and
     # biases included, exactly as MoCo v2 and DenseCL apply their 1e-4.
-    weight_decay: float = 1e-4
-    sgd_momentum: float = 0.9
-    mixed_precision: str = "none"
+    weight_decay: float = option(
+        1e-4,
+        "L2 weight decay added to the gradient before momentum (PyTorch SGD, as MoCo v2: "
+        "1e-4), on all parameters incl. BN and biases.",
+    )
+    sgd_momentum: float = option(0.9, "SGD momentum.")
+    mixed_precision: str = option("none", "'none', 'mixed_float16' (GPU) or 'mixed_bfloat16'.")
     # Running.
-    strategy: str = "auto"
-    num_cpu_devices: int = 1
-    checkpoint_every: int = 50
-    log_every: int = 10
-    keep_checkpoints: int = 3
-    seed: int = 0
-    deterministic: bool = False
-    verbose: int = 1
+    strategy: str = option(
+        "auto", "'auto', 'default', 'mirrored' or 'multi_worker' (from TF_CONFIG)."
+    )
+    num_cpu_devices: int = option(
+        1, "Split the CPU into this many logical devices (multi-replica without GPUs)."
+    )
+    checkpoint_every: int = option(50, "Steps between checkpoints.")
+    log_every: int = option(10, "Steps between metric reads (one compiled loop call).")
+    keep_checkpoints: int = option(3, "Checkpoints kept.")
+    seed: int = option(0, "Seed of data order, augmentation, queue init and BN shuffles.")
+    deterministic: bool = option(False, "Enable TensorFlow op determinism (slower).")
+    verbose: int = option(1, "1 shows a progress bar.")
 
     def validate(self):
         """Checks every field; raises `ValueError` naming the first bad one (its flag).

@@ -1,0 +1,56 @@
+"""Typed configs generate their flags: names, types, defaults, help, and the way back."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from vader_tf.config_flags import define_flags, from_flags, option
+from vader_tf.training.pretrain import PretrainConfig
+
+
+@dataclasses.dataclass
+class _Config:
+    name: str = option("a", "A name.")
+    count: int = option(3, "A count.")
+    rate: float = option(0.5, "A rate.")
+    on: bool = option(False, "A switch.")
+    path: str | None = option(None, "An optional path.")
+    seeds: tuple[int, ...] = option((0, 1), "Seeds.")
+    plain: int = 7
+
+
+def _parse(*argv):
+    values = flags.FlagValues()
+    define_flags(_Config, flag_values=values)
+    values(["prog", *argv])
+    return values
+
+
+def test_defaults_round_trip():
+    values = _parse()
+    assert from_flags(_Config, values) == _Config()
+    assert values["count"].help == "A count."
+    assert values["plain"].help == "See _Config.plain."
+
+
+def test_parsed_values_have_the_field_types():
+    values = _parse("--name=b", "--count=4", "--rate=0.25", "--on", "--path=/x", "--seeds=5,6,7")
+    config = from_flags(_Config, values)
+    assert config == _Config("b", 4, 0.25, True, "/x", (5, 6, 7))
+    assert isinstance(config.seeds, tuple) and all(isinstance(s, int) for s in config.seeds)
+
+
+def test_bad_list_item_names_the_flag():
+    with pytest.raises(ValueError, match="--seeds must be a comma-separated list of int"):
+        from_flags(_Config, _parse("--seeds=1,x"))
+
+
+def test_every_pretrain_field_has_help_and_a_flag():
+    values = flags.FlagValues()
+    define_flags(PretrainConfig, flag_values=values)
+    for field in dataclasses.fields(PretrainConfig):
+        assert field.metadata.get("help"), f"PretrainConfig.{field.name} has no help text"
+        assert values[field.name].default == field.default
+    values(["prog"])
+    assert from_flags(PretrainConfig, values) == PretrainConfig()
