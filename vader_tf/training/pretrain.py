@@ -14,7 +14,7 @@ from absl import logging
 from vader_tf import run_dir
 from vader_tf.config_flags import option
 from vader_tf.data import pipeline, sources, views
-from vader_tf.models.backbone import BACKBONE_CONFIGS
+from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.training import distribution, loop
 from vader_tf.training.optimizers import TorchSGD
@@ -107,9 +107,13 @@ class PretrainConfig:
         "vader", "'vader' (pixel-level) or 'moco' (image-level MoCo v2 baseline)."
     )
     # Model.
-    backbone: str = option("resnet18", "resnet18, resnet34, resnet50 or resnet101.")
+    backbone: str = option(
+        "resnet18", "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50)."
+    )
     backbone_preset: str | None = option(
-        None, "keras-hub ResNet preset name or local preset dir (needs internet for names)."
+        None,
+        "keras-hub preset name or local preset dir of a FeaturePyramidBackbone with P2..P5 "
+        "(needs internet for names).",
     )
     init_weights: str | None = option(
         None, "Backbone weights (*.weights.h5), e.g. from export/convert_torch_weights.py."
@@ -186,7 +190,7 @@ class PretrainConfig:
             "strategy": distribution.STRATEGIES,
         }
         if self.backbone_preset is None:
-            choices["backbone"] = tuple(BACKBONE_CONFIGS)
+            choices["backbone"] = tuple(BACKBONES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 _invalid(name, getattr(self, name), f"one of {', '.join(allowed)}")
