@@ -158,3 +158,10 @@ def test_unknown_names_are_clear_errors():
         build_backbone("NoSuchBackbone", config={})
     with pytest.raises(ValueError, match="backbone"):
         PretrainConfig(backbone="CSPNetBackbone").validate()
+
+
+def test_torch_weights_convert_to_resnets_only():
+    from vader_tf.models.torch_weights import convert_state_dict
+
+    with pytest.raises(ValueError, match="ResNet backbones only.*csp_resnet50"):
+        convert_state_dict({}, backbone="csp_resnet50")
