@@ -165,3 +165,15 @@ def test_torch_weights_convert_to_resnets_only():
 
     with pytest.raises(ValueError, match="ResNet backbones only.*csp_resnet50"):
         convert_state_dict({}, backbone="csp_resnet50")
+
+
+def test_branches_off_each_other_are_refused():
+    # ResNet-vd: the shortcut's 2x2/2 average pooling centres its cells half a cell
+    # (2 pixels at stride 4) from the 3x3/2 convolution's on the main branch.
+    vd = dict(
+        input_conv_filters=[8], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 8, 8, 8],
+        stackwise_num_blocks=[1] * 4, stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block_vd", use_pre_activation=False,
+    )
+    with pytest.raises(ValueError, match=r"ResNetBackbone: branches meeting at Add .*2\.0"):
+        build_backbone("ResNetBackbone", config=vd)

@@ -19,6 +19,8 @@ bottleneck, explicit zero padding), so weights converted from PyTorch (MoCo v2,
 torchvision, DenseCL) load one-to-one; see `vader_tf.models.torch_weights`.
 """
 
+import inspect
+
 import keras
 import keras_hub
 
@@ -116,9 +118,12 @@ def build_backbone(name="resnet18", preset=None, weights=None, config=None):
         if not (isinstance(cls, type) and issubclass(cls, keras_hub.models.Backbone)):
             raise ValueError(f"Unknown keras-hub backbone class {name!r}.")
         config = dict(config)
-        # Every family names its input shape argument differently.
-        shape_key = "input_shape" if name == "EfficientNetBackbone" else "image_shape"
-        config.setdefault(shape_key, (None, None, 3))
+        # Dynamic input size; families name this argument "image_shape" or "input_shape".
+        arguments = inspect.signature(cls.__init__).parameters
+        for shape_key in ("image_shape", "input_shape"):
+            if shape_key in arguments:
+                config.setdefault(shape_key, (None, None, 3))
+                break
         backbone = cls(**config)
         source = f"backbone {name}"
     check_pyramid(backbone, source)
@@ -156,8 +161,9 @@ def check_pyramid(backbone, source="backbone"):
     """Checks that `backbone` yields P2..P5 at strides 4..32 on the grid of `vader_tf.ops.grid`.
 
     Raises:
-        ValueError: naming `source` and what is missing: a level, its stride, or the
-            offsets (in input pixels, per level) of cell centres off the grid.
+        ValueError: naming `source` and what is wrong: a missing level, a stride, the
+            offsets (in input pixels, per level) of cell centres off the grid, or
+            (`GridError`) a layer whose cells `grid_offsets` cannot place.
     """
     if not isinstance(backbone, keras_hub.models.FeaturePyramidBackbone):
         raise ValueError(
@@ -168,7 +174,10 @@ def check_pyramid(backbone, source="backbone"):
         raise ValueError(
             f"{source}: pyramid outputs {sorted(backbone.pyramid_outputs)} lack {missing}."
         )
-    offsets = grid_offsets(backbone)
+    try:
+        offsets = grid_offsets(backbone)
+    except GridError as error:
+        raise GridError(f"{source}: {error}; cannot place its cells on the grid.") from None
     wrong = {
         level: stride
         for level, (stride, _) in offsets.items()
@@ -239,7 +248,10 @@ def _layer_grid(tensor, visit):
         return (1, 1), (0, 0)
     grids = {grid for grid in inputs if grid is not None}
     if len(grids) > 1:
-        raise GridError(f"branches meeting at {name} disagree on the grid: {sorted(grids)}")
+        raise GridError(
+            f"branches meeting at {name} disagree on the grid (strides, offsets in input "
+            f"pixels): {sorted(grids)}"
+        )
     if not grids:
         return None
     (stride, shift), = grids
