@@ -177,3 +177,30 @@ def test_branches_off_each_other_are_refused():
     )
     with pytest.raises(ValueError, match=r"ResNetBackbone: branches meeting at Add .*2\.0"):
         build_backbone("ResNetBackbone", config=vd)
+
+
+class _Subsample(keras.layers.Layer):
+    """Keeps every second row and column: a stride-2 layer without a `strides` setting."""
+
+    def call(self, x):
+        return x[:, ::2, ::2]
+
+    def compute_output_shape(self, shape):
+        return (shape[0], *[None if n is None else (n + 1) // 2 for n in shape[1:3]], shape[3])
+
+
+class _HiddenStridesBackbone(keras_hub.models.FeaturePyramidBackbone):
+    def __init__(self, **kwargs):
+        images = keras.Input((None, None, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(images)
+        levels = {}
+        for level in ("P1", "P2", "P3", "P4", "P5"):
+            x = _Subsample()(x)
+            levels[level] = x
+        super().__init__(inputs=images, outputs=x, **kwargs)
+        self.pyramid_outputs = levels
+
+
+def test_a_layer_that_downsamples_unseen_is_refused():
+    with pytest.raises(ValueError, match="P2 has stride 4 but its layers account for"):
+        DenseEncoder(_HiddenStridesBackbone())

@@ -209,24 +209,42 @@ def grid_offsets(backbone):
     strided convolutions and poolings move the centre by their window's centre minus
     their left padding (TensorFlow's "same" pads `max(k - s, 0) // 2` on the left),
     zero paddings by their left width, global poolings give maps without a grid, and
-    branches that meet must agree. Other layers must keep the grid (stride 1).
+    branches that meet must agree. Other layers are taken to keep the grid (one with
+    strides other than 1, a nested model or an upsampling is refused), and the strides
+    found must agree with the shapes a 64 x 64 input gets. A custom stride-1 layer with
+    a window off its centre would go unnoticed.
 
     Raises:
         GridError: a layer whose effect on the grid is unknown (e.g. an upsampling or a
             custom strided layer), or branches that disagree.
     """
-    memo = {}
+    outputs = [backbone.pyramid_outputs[level] for level in PYRAMID_LEVELS]
+    grids = {}  # id(tensor) -> its grid, filled inputs first (no recursion: deep nets).
+    stack = list(outputs)
+    while stack:
+        tensor = stack[-1]
+        if id(tensor) in grids:
+            stack.pop()
+            continue
+        operation, node_index, _ = tensor._keras_history
+        inputs = operation._inbound_nodes[node_index].input_tensors
+        pending = [t for t in inputs if id(t) not in grids]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        grids[id(tensor)] = _layer_grid(operation, [grids[id(t)] for t in inputs])
 
-    def visit(tensor):
-        key = id(tensor)
-        if key not in memo:
-            memo[key] = _layer_grid(tensor, visit)
-        return memo[key]
-
+    # Layers read as stride 1 must really keep the size: compare with the shapes.
+    shapes = keras.Model(backbone.inputs, outputs).compute_output_shape((1, 64, 64, 3))
     offsets = {}
-    for level in PYRAMID_LEVELS:
-        grid = visit(backbone.pyramid_outputs[level])
-        stride, shift = grid
+    for level, output, shape in zip(PYRAMID_LEVELS, outputs, shapes):
+        stride, shift = grids[id(output)]
+        if stride != (64 // shape[1], 64 // shape[2]):
+            raise GridError(
+                f"{level} has stride {64 // shape[1]} but its layers account for {stride}: "
+                "a layer changes the size in a way grid_offsets does not know"
+            )
         offsets[level] = (
             stride[1] if stride[0] == stride[1] else stride,
             tuple(float(d) if d != int(d) else int(d) for d in shift),
@@ -238,13 +256,11 @@ def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def _layer_grid(tensor, visit):
-    """`((sy, sx), (dy, dx))` of `tensor`, or None for a map without a grid."""
-    operation, node_index, _ = tensor._keras_history
-    node = operation._inbound_nodes[node_index]
-    inputs = [visit(t) for t in node.input_tensors]
+def _layer_grid(operation, inputs):
+    """`((sy, sx), (dy, dx))` of `operation`'s output given its inputs' grids (None for a
+    map without a grid)."""
     name = f"{type(operation).__name__} {operation.name!r}"
-    if not node.input_tensors:  # The input layer.
+    if not inputs:  # The input layer.
         return (1, 1), (0, 0)
     grids = {grid for grid in inputs if grid is not None}
     if len(grids) > 1:
@@ -287,7 +303,12 @@ def _layer_grid(tensor, visit):
         )
     if any(value != 1 for value in _pair(getattr(operation, "strides", 1))) or isinstance(
         operation,
-        (keras.layers.UpSampling2D, keras.layers.Conv2DTranspose, keras.layers.Resizing),
+        (
+            keras.Model,
+            keras.layers.UpSampling2D,
+            keras.layers.Conv2DTranspose,
+            keras.layers.Resizing,
+        ),
     ):
         raise GridError(f"cannot tell where {name} puts its cells")
     return stride, shift
