@@ -1,7 +1,7 @@
 """The feature grid of `vader_tf.ops.grid` is where the encoder puts its cells.
 
-Measured on the network itself (`tests/models/grid_probes.py`), for ResNet-18 and
-ResNet-50 at random initialisation with left-right symmetric kernels:
+Measured on the network itself (`tests/models/grid_probes.py`), for ResNet-18,
+ResNet-50 and a CSPResNet at random initialisation with left-right symmetric kernels:
 
 (a) the centre of a cell's receptive-field support, for every pyramid level, every FPN
     pathway and the decoder output, is `grid_to_image(cell, stride)`;
@@ -12,26 +12,34 @@ ResNet-50 at random initialisation with left-right symmetric kernels:
 """
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.models import grid_probes
+from tests.models.test_backbones import TINY_CSP
 from vader_tf.data import correspondence, views
 from vader_tf.eval.encoders import tap_to_grid
 from vader_tf.models import build_encoder
-from vader_tf.models.backbone import PYRAMID_LEVELS
+from vader_tf.models.backbone import PYRAMID_LEVELS, grid_offsets
 from vader_tf.ops.grid import grid_to_image, image_to_grid
 from vader_tf.ops.sampling import sample_points
 
-BACKBONES = ("resnet18", "resnet50")
+# `build_encoder` arguments: ResNets, and a small CSPResNet (timm's layout, keras-hub's
+# CSPNetBackbone) as the non-ResNet family.
+BACKBONES = {
+    "resnet18": dict(backbone="resnet18"),
+    "resnet50": dict(backbone="resnet50"),
+    "csp_resnet": dict(backbone="CSPNetBackbone", backbone_config=TINY_CSP),
+}
 
 
-@pytest.fixture(scope="module", params=BACKBONES)
+@pytest.fixture(scope="module", params=sorted(BACKBONES))
 def encoder_and_weights(request):
     keras.utils.set_random_seed(0)
     encoder = build_encoder(
-        request.param, decoder_channels=32, head_hidden_dim=32, embedding_dim=16
+        **BACKBONES[request.param], decoder_channels=32, head_hidden_dim=32, embedding_dim=16
     )
     return encoder, encoder.get_weights()
 
@@ -147,8 +155,12 @@ def test_flipping_the_input_shifts_every_pathway_as_the_convention_predicts(
     # the deepest pathways (more for bare coarse taps, which the exact probe above covers).
     # Today's values with the former convention (prediction 0): about -0.76, -1.76, -3.78,
     # -7.80 for the P2..P5 pathways.
+    # The small CSPResNet's P4 and P5 pathways fit up to 0.22 cells off (seeds 0 and 1,
+    # widths 256 and 512), while the exact mirror probe above holds to 1e-4 for them.
+    csp = isinstance(encoder_and_weights[0].backbone, keras_hub.models.CSPNetBackbone)
+    tolerance = 0.3 if csp else 0.2
     expected = predicted_flip_shift(width, 4)
-    wrong = {name: shift for name, shift in shifts.items() if abs(shift - expected) > 0.2}
+    wrong = {name: shift for name, shift in shifts.items() if abs(shift - expected) > tolerance}
     assert not wrong, (expected, wrong, shifts)
 
 
@@ -187,3 +199,29 @@ def test_matched_points_of_a_flipped_pair_read_the_same_features(encoder_and_wei
     error = np.mean(np.sum((sampled[0] - sampled[1]) ** 2, axis=-1))
     unrelated = np.mean(np.sum((sampled[0] - np.roll(sampled[1], 1, axis=0)) ** 2, axis=-1))
     assert error < 0.05 * unrelated, (error, unrelated)
+
+
+def test_tensorflow_same_padding_puts_cells_where_grid_offsets_says():
+    # keras-hub's DenseNet (a 7x7/2 convolution and a 3x3/2 max-pool padded "same", then
+    # 2x2/2 average pooling) measured with the impulse probe on its own pyramid outputs:
+    # every level is off the grid, by the offsets `grid_offsets` reads from its layers,
+    # for which `build_backbone` refuses it.
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.DenseNetBackbone(
+        stackwise_num_repeats=[1, 1, 1, 1], growth_rate=8, image_shape=(None, None, 3)
+    )
+    grid_probes.make_symmetric(backbone, positive=True)
+    levels = {level: backbone.pyramid_outputs[level] for level in PYRAMID_LEVELS}
+    model = keras.Model(backbone.input, levels)
+
+    def apply(normalised):
+        return {name: value.numpy() for name, value in model(normalised, training=False).items()}
+
+    strides = {level: grid_probes.LEVEL_STRIDES[level] for level in PYRAMID_LEVELS}
+    centres = grid_probes.impulse_centres(apply, strides, 512)
+    measured = {
+        level: round(centre - grid_to_image(cell, strides[level]), 3)
+        for level, (cell, centre) in centres.items()
+    }
+    assert measured == {"P2": 3, "P3": 5, "P4": 9, "P5": 17}, measured
+    assert {level: shift[1] for level, (_, shift) in grid_offsets(backbone).items()} == measured

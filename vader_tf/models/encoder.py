@@ -1,4 +1,4 @@
-"""The dense encoder: ResNet backbone + FPN decoder + per-pixel projection head.
+"""The dense encoder: pyramid backbone + FPN decoder + per-pixel projection head.
 
 It maps RGB images with pixel values in [0, 255] and any H, W that are multiples of 32 to
 a `[B, H/4, W/4, embedding_dim]` map whose pixels are L2-normalised (stride 4, see
@@ -17,7 +17,7 @@ INPUT_MULTIPLE = 32
 
 @keras.saving.register_keras_serializable(package="vader_tf")
 class DenseEncoder(keras.Model):
-    """ResNet + FPN decoder + dense projection head, as in VADeR.
+    """Pyramid backbone (ResNet by default) + FPN decoder + dense projection head, as in VADeR.
 
     The decoder merges C2..C5 top-down: a 1x1 lateral convolution per level, bilinear
     upsampling of the coarser sum, addition, then a 3x3 convolution (BN, ReLU) on the
@@ -25,8 +25,9 @@ class DenseEncoder(keras.Model):
     MLP head) followed by L2 normalisation.
 
     Args:
-        backbone: a `keras_hub.models.ResNetBackbone` (or any backbone whose
-            `pyramid_outputs` hold "P2".."P5" at strides 4..32).
+        backbone: a keras-hub `FeaturePyramidBackbone` whose `pyramid_outputs` hold
+            "P2".."P5" at strides 4..32 on the grid of `vader_tf.ops.grid` (checked by
+            `vader_tf.models.backbone.check_pyramid`), e.g. from `build_backbone`.
         decoder_channels: width of the FPN decoder.
         head_hidden_dim: width of the hidden layer of the projection head.
         embedding_dim: channels D of the output embedding.
@@ -51,6 +52,7 @@ class DenseEncoder(keras.Model):
         embedding_dim=128,
         **kwargs,
     ):
+        backbone_lib.check_pyramid(backbone)
         # === Layers ===
         self.backbone = backbone
         self.pyramid = backbone_lib.pyramid_model(backbone)
@@ -118,14 +120,18 @@ def build_encoder(
     backbone="resnet18",
     backbone_preset=None,
     backbone_weights=None,
+    backbone_config=None,
     decoder_channels=128,
     head_hidden_dim=128,
     embedding_dim=128,
     name="dense_encoder",
 ):
-    """Builds a `DenseEncoder` around a named backbone (see `build_backbone`)."""
+    """Builds a `DenseEncoder` around a backbone given as `build_backbone` takes it:
+    a short name, a preset, or a keras-hub class name with `backbone_config`."""
     return DenseEncoder(
-        backbone_lib.build_backbone(backbone, preset=backbone_preset, weights=backbone_weights),
+        backbone_lib.build_backbone(
+            backbone, preset=backbone_preset, weights=backbone_weights, config=backbone_config
+        ),
         decoder_channels=decoder_channels,
         head_hidden_dim=head_hidden_dim,
         embedding_dim=embedding_dim,

@@ -377,6 +377,11 @@ def convert_state_dict(state_dict, backbone="resnet50", prefix=None):
             tensor of the checkpoint is left over, or a shape differs. The message holds
             `report.summary()`, its `report` attribute the report itself.
     """
+    if backbone not in backbone_lib.BACKBONE_CONFIGS:
+        raise ValueError(
+            f"Torch weights convert to ResNet backbones only: backbone={backbone!r} is not "
+            f"one of {sorted(backbone_lib.BACKBONE_CONFIGS)}."
+        )
     keras_backbone = backbone_lib.build_backbone(backbone)
     check_torchvision_layout(keras_backbone)
     if prefix is None:

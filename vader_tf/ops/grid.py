@@ -8,10 +8,11 @@ That is where the encoder puts it. The ResNet backbone pads like torchvision (a 
 convolution with padding 3, a 3x3/2 max-pool with padding 1, 3x3/2 and 1x1/2 convolutions
 with padding 1 and 0), so every stride-2 layer centres its output ``j`` on its input
 ``2 * j``; by induction level ``P_l`` (stride ``s = 2**l``) centres cell ``j`` on input pixel
-``s * j``. The decoder upsamples with `resize_grid`, which keeps that relation exact, so
-every pathway of the FPN, and the encoder's stride-4 output, centres cell ``j`` at
-``4 * j + 0.5``. `tests/models/test_grid_alignment.py` measures this on the network
-(receptive-field centres and flip probes).
+``s * j``. Other backbones are accepted only where this holds
+(`vader_tf.models.backbone.check_pyramid`). The decoder upsamples with `resize_grid`,
+which keeps that relation exact, so every pathway of the FPN, and the encoder's stride-4
+output, centres cell ``j`` at ``4 * j + 0.5``. `tests/models/test_grid_alignment.py`
+measures this on the network (receptive-field centres and flip probes).
 
 Consequences used across the library:
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from vader_tf.models.encoder import DenseEncoder
 from vader_tf.models.layers import L2Normalize
+from vader_tf.training.methods import register_method
 from vader_tf.training.momentum_contrast import MomentumContrast
 
 
@@ -27,6 +28,7 @@ def image_embedding_model(encoder, hidden_dim=None, embedding_dim=128, name="ima
     return keras.Model(encoder.input, L2Normalize(name="embedding")(x), name=name)
 
 
+@register_method("moco")
 class MoCo(MomentumContrast):
     """Image-level momentum contrast (MoCo v2) over a `DenseEncoder`'s backbone."""
 
@@ -37,6 +39,10 @@ class MoCo(MomentumContrast):
         kwargs.setdefault("name", "moco")
         super().__init__(query_model, key_model, embedding_dim, **kwargs)
         self.encoder = encoder
+
+    @classmethod
+    def from_pretrain_config(cls, encoder, config, **common):
+        return cls(encoder, embedding_dim=config.embedding_dim, **common)
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
         query_1, query_2 = query_outputs

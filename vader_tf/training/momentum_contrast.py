@@ -157,6 +157,26 @@ class MomentumContrast(keras.Model):
     def call(self, images, training=False):
         return self.query_model(images, training=training)
 
+    # --- the contract with the training loop and `pretrain.build_model` ---------------
+
+    # The `DenseEncoder` the loop checkpoints and saves as the run's encoder; every
+    # subclass sets it.
+    encoder = None
+    # Whether the two views must overlap (`PretrainConfig.min_overlap` applies).
+    needs_overlapping_views = False
+
+    @classmethod
+    def from_pretrain_config(cls, encoder, config, **common):
+        """The method for a `PretrainConfig` around `encoder` (see `methods.register_method`).
+
+        Args:
+            encoder: the query `DenseEncoder`, built from `config`.
+            config: the `PretrainConfig`, for the method's own settings.
+            **common: `MomentumContrast` arguments (queue, temperature, momentum, BN
+                guard, seed), already taken from `config`.
+        """
+        raise NotImplementedError
+
     # --- what a subclass defines -------------------------------------------------------
 
     def contrastive_rows(self, data, query_outputs, key_outputs):

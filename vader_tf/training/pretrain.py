@@ -14,14 +14,12 @@ from absl import logging
 from vader_tf import run_dir
 from vader_tf.config_flags import option
 from vader_tf.data import pipeline, sources, views
-from vader_tf.models.backbone import BACKBONE_CONFIGS
+from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
-from vader_tf.training import distribution, loop
+from vader_tf.training import distribution, loop, methods
+from vader_tf.training import moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
-from vader_tf.training.moco import MoCo
-from vader_tf.training.vader import VADeR
 
-METHODS = ("vader", "moco")
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
@@ -104,12 +102,18 @@ class PretrainConfig:
         "'tfds:NAME[:SPLIT]'.",
     )
     method: str = option(
-        "vader", "'vader' (pixel-level) or 'moco' (image-level MoCo v2 baseline)."
+        "vader",
+        "'vader' (pixel-level), 'moco' (image-level MoCo v2 baseline) or another method "
+        "registered with vader_tf.training.methods.register_method.",
     )
     # Model.
-    backbone: str = option("resnet18", "resnet18, resnet34, resnet50 or resnet101.")
+    backbone: str = option(
+        "resnet18", "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50)."
+    )
     backbone_preset: str | None = option(
-        None, "keras-hub ResNet preset name or local preset dir (needs internet for names)."
+        None,
+        "keras-hub preset name or local preset dir of a FeaturePyramidBackbone with P2..P5 "
+        "(needs internet for names).",
     )
     init_weights: str | None = option(
         None, "Backbone weights (*.weights.h5), e.g. from export/convert_torch_weights.py."
@@ -180,13 +184,13 @@ class PretrainConfig:
         Nothing may be read from or written to `model_dir` before this passed.
         """
         choices = {
-            "method": METHODS,
+            "method": methods.registered_methods(),
             "mixed_precision": MIXED_PRECISION,
             "momentum_schedule": MOMENTUM_SCHEDULES,
             "strategy": distribution.STRATEGIES,
         }
         if self.backbone_preset is None:
-            choices["backbone"] = tuple(BACKBONE_CONFIGS)
+            choices["backbone"] = tuple(BACKBONES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 _invalid(name, getattr(self, name), f"one of {', '.join(allowed)}")
@@ -247,7 +251,8 @@ class PretrainConfig:
     def pair_min_overlap(self):
         """The view pairs' minimum-overlap rule: VADeR's, or none for MoCo v2, whose two
         views are independent crops."""
-        return self.min_overlap if self.method == "vader" else None
+        method = methods.get_method(self.method)
+        return self.min_overlap if method.needs_overlapping_views else None
 
     @property
     def learning_rate(self):
@@ -348,10 +353,11 @@ def _build_model(config):
         shuffle_bn=config.shuffle_bn,
         seed=config.seed,
     )
-    if config.method == "vader":
-        model = VADeR(encoder, queue_points_per_image=config.queue_points_per_image, **common)
-    else:
-        model = MoCo(encoder, embedding_dim=config.embedding_dim, **common)
+    model = methods.get_method(config.method).from_pretrain_config(encoder, config, **common)
+    if model.encoder is not encoder:
+        raise TypeError(
+            f"Method {config.method!r} must set `encoder` to the encoder it was built with."
+        )
     model.compile(optimizer=build_optimizer(config))
     return model
 

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from vader_tf.models.encoder import DenseEncoder
 from vader_tf.ops.sampling import sample_points
+from vader_tf.training.methods import register_method
 from vader_tf.training.momentum_contrast import MomentumContrast
 
 
@@ -19,6 +20,7 @@ def _sample_unit(feature_map, points):
     return tf.math.l2_normalize(sampled, axis=-1)
 
 
+@register_method("vader")
 class VADeR(MomentumContrast):
     """Pixel-level momentum contrast over a `DenseEncoder`.
 
@@ -40,6 +42,12 @@ class VADeR(MomentumContrast):
         super().__init__(encoder, key_encoder, encoder.embedding_dim, **kwargs)
         self.encoder = encoder
         self.queue_points_per_image = queue_points_per_image
+
+    needs_overlapping_views = True
+
+    @classmethod
+    def from_pretrain_config(cls, encoder, config, **common):
+        return cls(encoder, queue_points_per_image=config.queue_points_per_image, **common)
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
         points = (data["points1"], data["points2"])
