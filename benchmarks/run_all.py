@@ -27,6 +27,7 @@ BENCHMARKS = (
     "serving",
     "memory",
     "xla",
+    "step_direction",
     "precision",
     "peer_densecl",
 )
@@ -63,6 +64,11 @@ def headline(name, results):
         return [f"peak RSS MB {per_case('peak_rss_mb')}"]
     if name == "xla":
         return [f"jit/default {results['jit_over_default']}"]
+    if name == "step_direction":
+        return [
+            f"one-direction speed-up vader {results['vader_one_direction_speedup']}, "
+            f"moco {results['moco_one_direction_speedup']}"
+        ]
     cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
     if name == "precision":
         return [f"bf16 speed-up {per_case('bfloat16_speedup')}"] + [

@@ -45,6 +45,7 @@ HELP = {
     "momentum_schedule": "'constant' or 'cosine' (momentum -> 1 by the last step).",
     "bn_groups": "BN groups per replica for the shuffle-BN guard (1 = off).",
     "shuffle_bn": "Shuffle images across BN groups for the key network.",
+    "symmetric_loss": "Loss both ways per pair (default); false = MoCo v2/DenseCL one direction, half the backbone work per pair.",
     "train_steps": "Total optimiser steps.",
     "base_learning_rate": "SGD learning rate for a batch of reference_batch_size.",
     "reference_batch_size": "Batch size at which base_learning_rate applies (linear scaling).",

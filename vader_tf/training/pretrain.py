@@ -118,6 +118,12 @@ class PretrainConfig:
     momentum_schedule: str = "constant"
     bn_groups: int = 2
     shuffle_bn: bool = True
+    # Both directions of each pair (True), or MoCo v2 / DenseCL's one direction: queries
+    # of view 1 against keys of view 2, half the backbone work per pair and half the loss
+    # rows. The default stays symmetric: no quality measurement yet shows the cheaper step
+    # reaches the same features per image seen (docs/training.md). Changes the model's
+    # training, so a resumed run must keep it.
+    symmetric_loss: bool = True
     # Optimisation.
     train_steps: int = 150
     base_learning_rate: float = 0.5
@@ -311,6 +317,7 @@ def _build_model(config):
         bn_groups=config.bn_groups,
         shuffle_bn=config.shuffle_bn,
         seed=config.seed,
+        symmetric_loss=config.symmetric_loss,
     )
     if config.method == "vader":
         model = VADeR(encoder, queue_points_per_image=config.queue_points_per_image, **common)
