@@ -38,6 +38,7 @@ HELP = {
     "blur_prob": "Probability of Gaussian blur.",
     "flip_prob": "Probability of a horizontal flip.",
     "min_overlap": "Smallest accepted crop overlap (VADeR only; MoCo draws independent crops as MoCo v2).",
+    "cache_decoded_mb": "Serve a source whose decoded images fit in this many MB from memory (samples, folders); 0 = off.",
     "queue_size": "Negatives kept in the queue (K).",
     "queue_points_per_image": "Key pixels per image enqueued each step (VADeR).",
     "temperature": "InfoNCE temperature.",

@@ -83,7 +83,7 @@ def test_resume_with_safe_changes_continues_and_removes_leftovers_of_a_kill(run_
         _, history = pretrain(
             helpers.small_config(
                 model_dir, photos, train_steps=3, log_every=3, checkpoint_every=3,
-                keep_checkpoints=5,
+                keep_checkpoints=5, cache_decoded_mb=0,
             )
         )
     assert [h["step"] for h in history] == [3]

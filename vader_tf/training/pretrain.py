@@ -58,7 +58,8 @@ _FLOAT_RANGES = {
 
 
 # Fields a resumed run may change: how long it runs, how it logs and checkpoints, and
-# where it runs (checkpoints do not depend on the strategy). Every other field shapes the
+# where it runs (checkpoints do not depend on the strategy), and whether decoded images
+# are cached (the stream is bitwise the same). Every other field shapes the
 # model, its optimiser state or the data stream, so it must match the stored run.
 RESUMABLE_FIELDS = (
     "model_dir",
@@ -70,6 +71,7 @@ RESUMABLE_FIELDS = (
     "strategy",
     "num_cpu_devices",
     "deterministic",
+    "cache_decoded_mb",
 )
 
 
@@ -110,6 +112,10 @@ class PretrainConfig:
     blur_prob: float = 0.5
     flip_prob: float = 0.5
     min_overlap: float = 0.1
+    # Decode a source that fits in this many MB once and serve it from memory (image
+    # sources only: the samples, folders; TFRecord streams are never cached); 0 = off.
+    # The stream is bitwise the same either way.
+    cache_decoded_mb: int = 512
     # Method.
     queue_size: int = 4096
     queue_points_per_image: int = 16
@@ -168,8 +174,9 @@ class PretrainConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 _invalid(name, getattr(self, name), "at least 1")
-        if self.warmup_steps < 0:
-            _invalid("warmup_steps", self.warmup_steps, "at least 0")
+        for name in ("warmup_steps", "cache_decoded_mb"):
+            if getattr(self, name) < 0:
+                _invalid(name, getattr(self, name), "at least 0")
         if self.method == "vader" and self.queue_points_per_image > self.num_points:
             _invalid(
                 "queue_points_per_image",
@@ -354,6 +361,8 @@ def pretrain(config, strategy=None):
             f"bn_groups={config.bn_groups}."
         )
     source = sources.parse_data_spec(config.data)
+    if isinstance(source, sources.ImageSource):
+        source.cache_decoded(config.cache_decoded_mb * 2**20)
 
     def make_dataset(context, start_index):
         return training_dataset(
