@@ -60,7 +60,7 @@ THREADS = 2
 OURS = {
     "moco": dict(method="moco"),
     "vader": dict(method="vader"),
-    # The one-direction step of issue 13, section 2; measured once PretrainConfig has it.
+    # The one-direction step of issue 13, section 2 (`PretrainConfig.symmetric_loss`).
     "vader_one_direction": dict(method="vader", symmetric_loss=False),
 }
 PEER = {

@@ -1,6 +1,6 @@
 """Runs every benchmark, each in its own process, and prints the headline figures.
 
-    python benchmarks/run_all.py            # full suite, ~11-12 min on 2 shared cores
+    python benchmarks/run_all.py            # full suite, ~11-12 min on 2 shared cores (+ issue 13's)
     python benchmarks/run_all.py --quick    # smoke run, ~4 min (mostly tracing)
     python benchmarks/run_all.py --only dense_cost,serving
     python benchmarks/run_all.py --only precision,peer_densecl   # issue 13 (~40 min loaded)
@@ -27,6 +27,8 @@ BENCHMARKS = (
     "serving",
     "memory",
     "xla",
+    "step_direction",
+    "decoded_cache",
     "precision",
     "peer_densecl",
 )
@@ -63,6 +65,13 @@ def headline(name, results):
         return [f"peak RSS MB {per_case('peak_rss_mb')}"]
     if name == "xla":
         return [f"jit/default {results['jit_over_default']}"]
+    if name == "decoded_cache":
+        return [f"cache on/off images/s {results['cache_on_over_off']}"]
+    if name == "step_direction":
+        return [
+            f"one-direction speed-up vader {results['vader_one_direction_speedup']}, "
+            f"moco {results['moco_one_direction_speedup']}"
+        ]
     cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
     if name == "precision":
         return [f"bf16 speed-up {per_case('bfloat16_speedup')}"] + [

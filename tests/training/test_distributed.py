@@ -8,9 +8,15 @@ from tests.training import reference
 from tests.training.helpers import build_small_model, run_steps, synthetic_batch, two_replicas
 
 
-def _train(strategy, method, bn_groups, batches, shuffle_bn=False):
+def _train(strategy, method, bn_groups, batches, shuffle_bn=False, symmetric_loss=True):
     with strategy.scope():
-        model = build_small_model(method, queue_size=48, bn_groups=bn_groups, shuffle_bn=shuffle_bn)
+        model = build_small_model(
+            method,
+            queue_size=48,
+            bn_groups=bn_groups,
+            shuffle_bn=shuffle_bn,
+            symmetric_loss=symmetric_loss,
+        )
     metrics = run_steps(model, strategy, batches)
     return model, metrics
 
@@ -38,16 +44,19 @@ def _assert_same_metrics(one_metrics, two_metrics):
             assert two_step[name] == pytest.approx(one_step[name], rel=1e-4, abs=1e-6), name
 
 
+@pytest.mark.parametrize("symmetric_loss", [True, False], ids=["symmetric", "one_direction"])
 @pytest.mark.parametrize("shuffle_bn", [False, True], ids=["guard_off", "shuffle_bn"])
-def test_vader_two_replicas_equal_one_replica(shuffle_bn):
+def test_vader_two_replicas_equal_one_replica(shuffle_bn, symmetric_loss):
     # BN groups match: one replica with 2 groups of 2 images == 2 replicas with 1 group
     # of 2 images each; with shuffle BN both draw the same permutation of the global
     # batch, so the key groups match too. Pair 1 is invalid so the global-count scaling
     # and the count-weighted metrics are exercised (replicas hold 1 and 2 valid pairs).
     batches = [synthetic_batch(4, seed=s, invalid=(1,)) for s in range(2)]
-    one, one_metrics = _train(tf.distribute.get_strategy(), "vader", 2, batches, shuffle_bn)
+    one, one_metrics = _train(
+        tf.distribute.get_strategy(), "vader", 2, batches, shuffle_bn, symmetric_loss
+    )
     two_strategy = two_replicas()
-    two, two_metrics = _train(two_strategy, "vader", 1, batches, shuffle_bn)
+    two, two_metrics = _train(two_strategy, "vader", 1, batches, shuffle_bn, symmetric_loss)
     _assert_same_state(one, two)
     _assert_same_metrics(one_metrics, two_metrics)
     # Every replica holds the same queue.
@@ -56,10 +65,13 @@ def test_vader_two_replicas_equal_one_replica(shuffle_bn):
     assert np.isfinite(one_metrics[-1]["loss"])
 
 
-def test_moco_two_replicas_equal_one_replica():
+@pytest.mark.parametrize("symmetric_loss", [True, False], ids=["symmetric", "one_direction"])
+def test_moco_two_replicas_equal_one_replica(symmetric_loss):
     batches = [synthetic_batch(4, seed=s) for s in range(2)]
-    one, one_metrics = _train(tf.distribute.get_strategy(), "moco", 2, batches)
-    two, two_metrics = _train(two_replicas(), "moco", 1, batches)
+    one, one_metrics = _train(
+        tf.distribute.get_strategy(), "moco", 2, batches, symmetric_loss=symmetric_loss
+    )
+    two, two_metrics = _train(two_replicas(), "moco", 1, batches, symmetric_loss=symmetric_loss)
     _assert_same_state(one, two)
     _assert_same_metrics(one_metrics, two_metrics)
 

@@ -53,13 +53,13 @@ def test_resume_with_other_model_settings_is_refused_naming_each_field(run_copy)
     model_dir, photos = run_copy
     before = _snapshot(model_dir)
     changed = helpers.small_config(
-        model_dir, photos, backbone="resnet34", method="moco", train_steps=4
+        model_dir, photos, backbone="resnet34", method="moco", symmetric_loss=False, train_steps=4
     )
     with pytest.raises(RunConfigMismatchError) as raised:
         pretrain(changed)
     message = str(raised.value)
     assert "\n" not in message
-    assert "this run was made with method=vader, backbone=resnet18 " in message
+    assert "this run was made with method=vader, backbone=resnet18, symmetric_loss=True " in message
     assert "train_steps" in message  # Named among what may change.
     assert _snapshot(model_dir) == before
 
@@ -83,7 +83,7 @@ def test_resume_with_safe_changes_continues_and_removes_leftovers_of_a_kill(run_
         _, history = pretrain(
             helpers.small_config(
                 model_dir, photos, train_steps=3, log_every=3, checkpoint_every=3,
-                keep_checkpoints=5,
+                keep_checkpoints=5, cache_decoded_mb=0,
             )
         )
     assert [h["step"] for h in history] == [3]

@@ -17,6 +17,13 @@ records it in the source's `SkipCounter`. JPEG data after the end-of-image marke
 
 When every image of a source has been rejected, the counter raises `NoUsableImagesError`
 instead of letting an endless stream filter out everything forever.
+
+Small sources can be served decoded: `ImageSource.cache_decoded(max_bytes)` decodes every
+image once, keeps the pixels in memory if their total size stays within the bound, and
+from then on `load` slices them out of memory instead of reading and decoding. `load`
+returns exactly what it returned before (same pixels, same `ok`, same placeholder for a
+bad file), so the training stream is bitwise the same with and without the cache. A bad
+file is named and counted once, in the decoding pass (it is never decoded again).
 """
 
 import difflib
@@ -24,6 +31,7 @@ import contextlib
 import os
 import threading
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -65,7 +73,8 @@ class SkipCounter:
         description: what the source is, for that error.
 
     Attributes:
-        count: number of skip events (a bad file read in several epochs counts each time).
+        count: number of skip events (a bad file read in several epochs counts each time;
+            a source served from its decoded cache decodes, and counts, each file once).
         files: `{source_id: reason}` for every distinct skipped input.
         error: the `NoUsableImagesError` raised once every input was rejected, else None.
     """
@@ -192,17 +201,73 @@ class ImageSource(_CheckedDecoding):
         self.source_ids = list(source_ids)
         self._read_encoded = read_encoded
         self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
+        self._decoded = None  # Set by `cache_decoded`.
 
     def __len__(self):
         return len(self.source_ids)
 
     def load(self, index):
         """Reads, checks and decodes image `index` (graph-compatible); the element is
-        described in `check_and_decode`."""
+        described in `check_and_decode`. Served from memory after `cache_decoded`."""
         index = tf.cast(index, tf.int64)
         source_id = tf.gather(self._source_id_table, index)
+        if self._decoded is not None:
+            pixels, offsets, shapes, ok = self._decoded
+            image = tf.reshape(pixels[offsets[index] : offsets[index + 1]], shapes[index])
+            image = tf.ensure_shape(image, [None, None, 3])
+            return {"image": image, "source_id": source_id, "ok": ok[index]}
         encoded, readable = _attempt_read(lambda: self._read_encoded(index))
         return self.check_and_decode(encoded, source_id, readable)
+
+    @property
+    def cached_bytes(self):
+        """Size of the decoded cache in bytes, or None when the source is not cached."""
+        return None if self._decoded is None else int(self._decoded[0].shape[0])
+
+    def cache_decoded(self, max_bytes):
+        """Decodes every image once and serves the pixels from memory, if they fit.
+
+        Bad files are named and counted (once) during this pass, and an all-bad source
+        raises `NoUsableImagesError` here. The pass stops as soon as the decoded total
+        exceeds `max_bytes`; the source then stays uncached (it reads and decodes on
+        every `load`, as before). Logs the outcome in one line.
+
+        Args:
+            max_bytes: bound on the decoded pixels kept (uint8 RGB); 0 disables.
+
+        Returns:
+            True when the source is now served from memory.
+        """
+        if max_bytes <= 0 or self._decoded is not None:
+            return self._decoded is not None
+        elements = tf.data.Dataset.range(len(self)).map(
+            self.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        images, ok, total = [], [], 0
+        with self.no_usable_images_reraised():
+            for element in elements:
+                image = element["image"].numpy()
+                total += image.nbytes
+                if total > max_bytes:
+                    logging.info(
+                        "Not caching decoded images of %s: more than %.0f MB after %d of %d "
+                        "images.", self.description, max_bytes / 2**20, len(images) + 1, len(self),
+                    )
+                    return False
+                images.append(image)
+                ok.append(bool(element["ok"]))
+        sizes = [image.size for image in images]
+        self._decoded = (
+            tf.constant(np.concatenate([image.reshape(-1) for image in images])),
+            tf.constant(np.cumsum([0] + sizes), tf.int64),
+            tf.constant([image.shape for image in images], tf.int64),
+            tf.constant(ok),
+        )
+        logging.info(
+            "Cached %d decoded images of %s in memory: %.1f MB.",
+            sum(ok), self.description, total / 2**20,
+        )
+        return True
 
     def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
         """All decodable images in index order: `{"image", "source_id"}` elements."""

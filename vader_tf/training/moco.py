@@ -3,7 +3,9 @@
 A contrastive row is an image: global average pooling of C5, a two-layer MLP head and L2
 normalisation give one embedding per view; the positive is the other view's key embedding,
 the negatives a queue of key embeddings of earlier images. Both directions are used, as
-for VADeR, so the two methods cost the same number of loss rows per image pair (up to P).
+for VADeR, so the two methods cost the same number of loss rows per image pair (up to P);
+`symmetric_loss=False` gives MoCo v2's own one-direction step (queries of view 1, keys of
+view 2).
 
 The query network wraps a full `DenseEncoder` (whose decoder and head MoCo never trains)
 so that a MoCo run is saved, exported and evaluated exactly like a VADeR run.
@@ -45,10 +47,9 @@ class MoCo(MomentumContrast):
         return cls(encoder, embedding_dim=config.embedding_dim, **common)
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
-        query_1, query_2 = query_outputs
-        key_1, key_2 = key_outputs
-        queries = tf.concat([query_1, query_2], axis=0)
-        positives = tf.concat([key_2, key_1], axis=0)
+        queries = tf.concat([query_outputs[q] for q, _ in self.directions], axis=0)
+        positives = tf.concat([key_outputs[k] for _, k in self.directions], axis=0)
         weights = tf.ones(tf.shape(queries)[:1], tf.float32)
+        key_2 = key_outputs[1]
         # Every image is a valid row: MoCo needs no overlap between its two views.
         return queries, positives, weights, key_2, tf.ones(tf.shape(key_2)[:1], tf.bool)

@@ -21,6 +21,14 @@ BN group that are its query's own group-mates is `(1 + (n - 1)^2 / (G n - 1)) / 
 (chance level `1/G`): 52% at G=2, n=16 (one device, 32 images, 2 groups), so on one
 device the guard is weak; 15% at G=8, n=32 (MoCo's 8 GPUs); see docs/training.md. SyncBN would defeat the guard.
 `shuffle_bn=False` (or one group on one replica) turns it off.
+
+Directions. The symmetric step (default) trains both directions of each pair: queries of
+view 1 against keys of view 2 and queries of view 2 against keys of view 1, so both
+networks run on both views. `symmetric_loss=False` is the one-direction step of MoCo v2
+and DenseCL: queries of view 1 against keys of view 2 only, so the query network runs on
+view 1 and the key network on view 2, half the backbone work per pair (and half the loss
+rows). The queue receives keys of view 2 in both modes, the view the key network always
+sees.
 """
 
 import keras
@@ -90,6 +98,9 @@ class MomentumContrast(keras.Model):
         shuffle_bn: normalise keys per group of a permutation of the global batch
             (across replicas; see module docstring).
         seed: seed of the queue initialisation and of the BN shuffles.
+        symmetric_loss: train both directions of each pair (True) or only queries of
+            view 1 against keys of view 2 (False: half the backbone work per pair; see
+            module docstring).
     """
 
     def __init__(
@@ -105,6 +116,7 @@ class MomentumContrast(keras.Model):
         bn_groups=2,
         shuffle_bn=True,
         seed=0,
+        symmetric_loss=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -121,6 +133,7 @@ class MomentumContrast(keras.Model):
         self.bn_groups = bn_groups
         self.shuffle_bn = shuffle_bn
         self.seed = seed
+        self.symmetric_loss = symmetric_loss
         # Indices of the weights the momentum update carries over: the query's trainable
         # parameters (as in MoCo). BN moving statistics of the key network follow its own
         # batches, since it runs with BN in training mode.
@@ -179,19 +192,28 @@ class MomentumContrast(keras.Model):
 
     # --- what a subclass defines -------------------------------------------------------
 
+    @property
+    def directions(self):
+        """`(query_view, key_view)` index pairs the step trains: `((0, 1), (1, 0))` when
+        symmetric, else `((0, 1),)`. The key view of the first direction is view 2."""
+        return ((0, 1), (1, 0)) if self.symmetric_loss else ((0, 1),)
+
     def contrastive_rows(self, data, query_outputs, key_outputs):
-        """Pairs queries with positive keys.
+        """Pairs queries with positive keys, for each of `self.directions`.
 
         Args:
             data: the batch dict.
             query_outputs, key_outputs: `(view1, view2)` outputs of the query and key
-                networks.
+                networks; an entry is None for a view that network did not run on (the
+                one-direction step runs the query network on view 1 and the key network
+                on view 2 only).
 
         Returns:
             `(queries [N, D], positives [N, D], weights [N], keys_to_enqueue [M, D],
             enqueue_mask [M])`: the first four unit-norm float32 (weights: 1 for a row that
             counts, 0 for one that does not); `enqueue_mask` is True for the keys that may
-            enter the queue (keys of invalid pairs must not).
+            enter the queue (keys of invalid pairs must not). The keys to enqueue are
+            view 2's, which the key network runs on in every mode.
         """
         raise NotImplementedError
 
@@ -210,8 +232,12 @@ class MomentumContrast(keras.Model):
     def _forward_keys(self, views):
         replica = tf.distribute.get_replica_context()
         num_replicas = replica.num_replicas_in_sync
+        key_views = {k for _, k in self.directions}
         outputs = []
         for view_index, images in enumerate(views):
+            if view_index not in key_views:
+                outputs.append(None)
+                continue
             if self.shuffle_bn and num_replicas * self.bn_groups > 1:
                 permutation = self._key_permutation(
                     num_replicas * tf.shape(images)[0], view_index
@@ -230,7 +256,11 @@ class MomentumContrast(keras.Model):
         replica = tf.distribute.get_replica_context()
         queries_to_train = self.query_model.trainable_variables
         with tf.GradientTape() as tape:
-            query_outputs = [grouped_forward(self.query_model, v, self.bn_groups) for v in views]
+            query_views = {q for q, _ in self.directions}
+            query_outputs = [
+                grouped_forward(self.query_model, v, self.bn_groups) if i in query_views else None
+                for i, v in enumerate(views)
+            ]
             queries, positives, weights, keys_to_enqueue, enqueue_mask = self.contrastive_rows(
                 data, query_outputs, key_outputs
             )

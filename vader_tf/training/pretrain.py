@@ -57,7 +57,8 @@ _FLOAT_RANGES = {
 
 
 # Fields a resumed run may change: how long it runs, how it logs and checkpoints, and
-# where it runs (checkpoints do not depend on the strategy). Every other field shapes the
+# where it runs (checkpoints do not depend on the strategy), and whether decoded images
+# are cached (the stream is bitwise the same). Every other field shapes the
 # model, its optimiser state or the data stream, so it must match the stored run.
 RESUMABLE_FIELDS = (
     "model_dir",
@@ -69,6 +70,7 @@ RESUMABLE_FIELDS = (
     "strategy",
     "num_cpu_devices",
     "deterministic",
+    "cache_decoded_mb",
 )
 
 
@@ -108,7 +110,8 @@ class PretrainConfig:
     )
     # Model.
     backbone: str = option(
-        "resnet18", "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50)."
+        "resnet18",
+        "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50).",
     )
     backbone_preset: str | None = option(
         None,
@@ -136,6 +139,12 @@ class PretrainConfig:
         "Smallest accepted crop overlap (VADeR only; MoCo draws independent crops as "
         "MoCo v2).",
     )
+    # The stream is bitwise the same with and without the cache.
+    cache_decoded_mb: int = option(
+        512,
+        "Serve a source whose decoded images fit in this many MB from memory (samples, "
+        "folders; never TFRecord streams); 0 = off.",
+    )
     # Method.
     queue_size: int = option(4096, "Negatives kept in the queue (K).")
     queue_points_per_image: int = option(16, "Key pixels per image enqueued each step (VADeR).")
@@ -146,6 +155,14 @@ class PretrainConfig:
     )
     bn_groups: int = option(2, "BN groups per replica for the shuffle-BN guard (1 = off).")
     shuffle_bn: bool = option(True, "Shuffle images across BN groups for the key network.")
+    # The default stays symmetric: no quality measurement yet shows the cheaper step
+    # reaches the same features per image seen (docs/training.md). Changes the model's
+    # training, so a resumed run must keep it.
+    symmetric_loss: bool = option(
+        True,
+        "Loss both ways per pair (default); false = MoCo v2/DenseCL's one direction "
+        "(queries of view 1, keys of view 2), half the backbone work per pair.",
+    )
     # Optimisation.
     train_steps: int = option(150, "Total optimiser steps.")
     base_learning_rate: float = option(
@@ -202,8 +219,9 @@ class PretrainConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 _invalid(name, getattr(self, name), "at least 1")
-        if self.warmup_steps < 0:
-            _invalid("warmup_steps", self.warmup_steps, "at least 0")
+        for name in ("warmup_steps", "cache_decoded_mb"):
+            if getattr(self, name) < 0:
+                _invalid(name, getattr(self, name), "at least 0")
         if self.method == "vader" and self.queue_points_per_image > self.num_points:
             _invalid(
                 "queue_points_per_image",
@@ -352,6 +370,7 @@ def _build_model(config):
         bn_groups=config.bn_groups,
         shuffle_bn=config.shuffle_bn,
         seed=config.seed,
+        symmetric_loss=config.symmetric_loss,
     )
     model = methods.get_method(config.method).from_pretrain_config(encoder, config, **common)
     if model.encoder is not encoder:
@@ -389,6 +408,8 @@ def pretrain(config, strategy=None):
             f"bn_groups={config.bn_groups}."
         )
     source = sources.parse_data_spec(config.data)
+    if isinstance(source, sources.ImageSource):
+        source.cache_decoded(config.cache_decoded_mb * 2**20)
 
     def make_dataset(context, start_index):
         return training_dataset(

@@ -3,7 +3,8 @@
 A contrastive row is a matched pixel: the query is the query network's feature at a scene
 point in one view, its positive the key network's feature at the same scene point in the
 other view, and the negatives the queue of key pixels from earlier batches (other images).
-Both directions (view1 -> view2 and view2 -> view1) are used.
+Both directions (view1 -> view2 and view2 -> view1) are used, or only view1 -> view2
+with `symmetric_loss=False`.
 """
 
 import tensorflow as tf
@@ -51,16 +52,19 @@ class VADeR(MomentumContrast):
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
         points = (data["points1"], data["points2"])
-        query_1, query_2 = (_sample_unit(q, p) for q, p in zip(query_outputs, points))
-        key_1, key_2 = (_sample_unit(k, p) for k, p in zip(key_outputs, points))
-        dim = tf.shape(query_1)[-1]
-        queries = tf.reshape(tf.concat([query_1, query_2], axis=0), [-1, dim])
-        positives = tf.reshape(tf.concat([key_2, key_1], axis=0), [-1, dim])
+        sampled_queries, sampled_keys = [], []
+        for query_view, key_view in self.directions:
+            sampled_queries.append(_sample_unit(query_outputs[query_view], points[query_view]))
+            sampled_keys.append(_sample_unit(key_outputs[key_view], points[key_view]))
+        dim = tf.shape(sampled_queries[0])[-1]
+        queries = tf.reshape(tf.concat(sampled_queries, axis=0), [-1, dim])
+        positives = tf.reshape(tf.concat(sampled_keys, axis=0), [-1, dim])
         point_valid = tf.broadcast_to(
-            tf.cast(data["valid"], tf.float32)[:, None], tf.shape(query_1)[:2]
+            tf.cast(data["valid"], tf.float32)[:, None], tf.shape(sampled_queries[0])[:2]
         )
-        weights = tf.reshape(tf.concat([point_valid, point_valid], axis=0), [-1])
-        queued = key_2[:, : self.queue_points_per_image]
+        weights = tf.reshape(tf.concat([point_valid] * len(self.directions), axis=0), [-1])
+        # The first direction's keys are view 2's.
+        queued = sampled_keys[0][:, : self.queue_points_per_image]
         keys_to_enqueue = tf.reshape(queued, [-1, dim])
         # Invalid pairs' keys sit at placeholder points: keep them out of the queue.
         enqueue_mask = tf.reshape(
