@@ -24,6 +24,7 @@ can be removed. On storage shared by several machines only one of them (the chie
 clean up.
 """
 
+import io
 import json
 import os
 import re
@@ -95,6 +96,22 @@ def read_bytes(path):
         return f.read()
 
 
+def isfile(path):
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def listdir(path):
+    """The names in directory `path` (without the trailing `/` some filesystems add)."""
+    return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+
+
+def open_image(path):
+    """The image file at `path` as a `PIL.Image` (read into memory first)."""
+    from PIL import Image  # Imported here: only image readers need Pillow.
+
+    return Image.open(io.BytesIO(read_bytes(path)))  # In memory: read through gfile.
+
+
 def read_json_if_exists(path):
     """The JSON document at `path`, or None if there is no file there."""
     return read_json(path) if tf.io.gfile.exists(path) else None
@@ -141,5 +158,10 @@ def publish_directory(tmp, target):
     if is_local(target):
         tf.io.gfile.rename(tmp, target)
         return
-    copy_tree(tmp, target, last="saved_model.pb")
+    try:
+        copy_tree(tmp, target, last="saved_model.pb")
+    except Exception:
+        if tf.io.gfile.exists(target):  # A failed copy leaves no partial target behind.
+            tf.io.gfile.rmtree(target)
+        raise
     tf.io.gfile.rmtree(tmp)
