@@ -22,6 +22,8 @@ its `command`, the standalone `experiments/` command that computes the same numb
 """
 
 import dataclasses
+import glob
+import json
 import os
 import platform
 import time
@@ -31,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import storage
+from vader_tf import run_dir
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images
@@ -39,7 +41,6 @@ from vader_tf.eval.davis import evaluate_davis, list_sequences
 from vader_tf.eval.encoders import load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.reporting import write_results
-from vader_tf.run_dir import RunDir
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 METHODS = ("vader", "moco")
@@ -125,7 +126,8 @@ def read_history(model_dir):
     killed after logging but before its checkpoint) keeps the later value.
     """
     by_step = {}
-    for path in RunDir(model_dir).event_files():
+    pattern = os.path.join(model_dir, run_dir.TENSORBOARD_DIR, "events.out.tfevents.*")
+    for path in sorted(glob.glob(pattern), key=os.path.getmtime):
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
@@ -136,7 +138,8 @@ def read_history(model_dir):
 
 def completed_steps(model_dir):
     """The step of the newest checkpoint in a run directory (0 if none)."""
-    return RunDir(model_dir).latest_step()
+    latest = run_dir.latest_checkpoint(model_dir)
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
 
 
 def run_pretraining(config, method):
@@ -144,8 +147,9 @@ def run_pretraining(config, method):
     pretrain_config = config.pretrain_config(method)
     summary_path = os.path.join(config.results_dir, f"pretrain_{method}.json")
     sessions = []
-    if tf.io.gfile.exists(summary_path):
-        sessions = storage.read_json(summary_path)["metrics"]["session_seconds"]
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            sessions = json.load(f)["metrics"]["session_seconds"]
     if completed_steps(pretrain_config.model_dir) < pretrain_config.train_steps:
         started = time.perf_counter()
         _, new_history = pretrain(pretrain_config)
@@ -265,7 +269,7 @@ def run_evaluations(config):
         results[name, layer] = {}
         for evaluation, (argv, flags) in evaluations.commands(spec, layer).items():
             path = result_path(config, evaluation, name, layer)
-            if tf.io.gfile.exists(path) and not config.force:
+            if os.path.exists(path) and not config.force:
                 logging.info("Exists, skipped: %s", path)
             else:
                 if extractor is None:
@@ -278,7 +282,8 @@ def run_evaluations(config):
                     config={"layer": layer, "seed": config.seed, **flags}, argv=argv,
                 )
                 logging.info("Wrote %s", path)
-            results[name, layer][evaluation] = storage.read_json(path)["metrics"]
+            with open(path) as f:
+                results[name, layer][evaluation] = json.load(f)["metrics"]
         keras.backend.clear_session()
     return results
 
@@ -423,12 +428,12 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "```",
     ]
     for method in pretraining:
-        summary = storage.read_json(os.path.join(c.results_dir, f"pretrain_{method}.json"))
-        lines.append(" ".join(summary["command"]))
+        with open(os.path.join(c.results_dir, f"pretrain_{method}.json")) as f:
+            lines.append(" ".join(json.load(f)["command"]))
     for name, layer in results:
         for evaluation in ("linear_probe", "davis_label_propagation", "correspondence"):
-            result = storage.read_json(result_path(c, evaluation, name, layer))
-            lines.append(" ".join(result["command"]))
+            with open(result_path(c, evaluation, name, layer)) as f:
+                lines.append(" ".join(json.load(f)["command"]))
     lines += ["```", ""]
     if figures:
         lines += ["## Figures", ""]
@@ -455,10 +460,16 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "probe's training set; BSDS500 val photos are kept out of pretraining.",
         "",
     ]
-    if tf.io.gfile.exists(notes_path(c)):
-        notes = storage.read_bytes(notes_path(c)).decode()
-        lines += ["## Findings", "", notes.strip(), ""]
-    storage.write_atomic(c.report, "\n".join(lines))
+    if os.path.exists(notes_path(c)):
+        with open(notes_path(c)) as f:
+            lines += ["## Findings", "", f.read().strip(), ""]
+    directory = os.path.dirname(c.report)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = f"{c.report}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(temporary, c.report)
 
 
 def run_comparison(config, command):
@@ -466,7 +477,7 @@ def run_comparison(config, command):
     from vader_tf.eval import plots  # Needs matplotlib (the `results` extra).
 
     started = time.perf_counter()
-    storage.makedirs(config.results_dir)
+    os.makedirs(config.results_dir, exist_ok=True)
     pretraining = {method: run_pretraining(config, method) for method in METHODS}
     results = run_evaluations(config)
     picture_image = list_images(os.path.join(config.data_root, "camvid", "val"))[0]
