@@ -67,7 +67,7 @@ def command(script, **flags):
     """A pasteable command line running `script` (relative to the repository, e.g.
     "export/export_saved_model.py") with this interpreter and `--name=value` flags."""
     script_path = os.path.join(_SCRIPT_ROOT, script)
-    if os.path.isfile(script_path):  # The repository's own script: always local.
+    if os.path.isfile(script_path):
         script_path = os.path.relpath(script_path) if _is_below_cwd(script_path) else script_path
     else:
         script_path = script
