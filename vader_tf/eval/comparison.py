@@ -22,8 +22,6 @@ its `command`, the standalone `experiments/` command that computes the same numb
 """
 
 import dataclasses
-import glob
-import json
 import os
 import platform
 import time
@@ -33,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import run_dir
+from vader_tf import storage
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images
@@ -41,6 +39,7 @@ from vader_tf.eval.davis import evaluate_davis, list_sequences
 from vader_tf.eval.encoders import load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.reporting import write_results
+from vader_tf.run_dir import RunDir
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 METHODS = ("vader", "moco")
@@ -126,8 +125,7 @@ def read_history(model_dir):
     killed after logging but before its checkpoint) keeps the later value.
     """
     by_step = {}
-    pattern = os.path.join(model_dir, run_dir.TENSORBOARD_DIR, "events.out.tfevents.*")
-    for path in sorted(glob.glob(pattern), key=os.path.getmtime):
+    for path in RunDir(model_dir).event_files():
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
@@ -138,8 +136,7 @@ def read_history(model_dir):
 
 def completed_steps(model_dir):
     """The step of the newest checkpoint in a run directory (0 if none)."""
-    latest = run_dir.latest_checkpoint(model_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
+    return RunDir(model_dir).latest_step()
 
 
 def run_pretraining(config, method):
@@ -147,9 +144,8 @@ def run_pretraining(config, method):
     pretrain_config = config.pretrain_config(method)
     summary_path = os.path.join(config.results_dir, f"pretrain_{method}.json")
     sessions = []
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            sessions = json.load(f)["metrics"]["session_seconds"]
+    if tf.io.gfile.exists(summary_path):
+        sessions = storage.read_json(summary_path)["metrics"]["session_seconds"]
     if completed_steps(pretrain_config.model_dir) < pretrain_config.train_steps:
         started = time.perf_counter()
         _, new_history = pretrain(pretrain_config)
@@ -269,7 +265,7 @@ def run_evaluations(config):
         results[name, layer] = {}
         for evaluation, (argv, flags) in evaluations.commands(spec, layer).items():
             path = result_path(config, evaluation, name, layer)
-            if os.path.exists(path) and not config.force:
+            if tf.io.gfile.exists(path) and not config.force:
                 logging.info("Exists, skipped: %s", path)
             else:
                 if extractor is None:
@@ -282,8 +278,7 @@ def run_evaluations(config):
                     config={"layer": layer, "seed": config.seed, **flags}, argv=argv,
                 )
                 logging.info("Wrote %s", path)
-            with open(path) as f:
-                results[name, layer][evaluation] = json.load(f)["metrics"]
+            results[name, layer][evaluation] = storage.read_json(path)["metrics"]
         keras.backend.clear_session()
     return results
 
@@ -428,12 +423,12 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "```",
     ]
     for method in pretraining:
-        with open(os.path.join(c.results_dir, f"pretrain_{method}.json")) as f:
-            lines.append(" ".join(json.load(f)["command"]))
+        summary = storage.read_json(os.path.join(c.results_dir, f"pretrain_{method}.json"))
+        lines.append(" ".join(summary["command"]))
     for name, layer in results:
         for evaluation in ("linear_probe", "davis_label_propagation", "correspondence"):
-            with open(result_path(c, evaluation, name, layer)) as f:
-                lines.append(" ".join(json.load(f)["command"]))
+            result = storage.read_json(result_path(c, evaluation, name, layer))
+            lines.append(" ".join(result["command"]))
     lines += ["```", ""]
     if figures:
         lines += ["## Figures", ""]
@@ -460,16 +455,10 @@ def write_report(config, command, pretraining, results, figures, elapsed):
         "probe's training set; BSDS500 val photos are kept out of pretraining.",
         "",
     ]
-    if os.path.exists(notes_path(c)):
-        with open(notes_path(c)) as f:
-            lines += ["## Findings", "", f.read().strip(), ""]
-    directory = os.path.dirname(c.report)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    temporary = f"{c.report}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(temporary, c.report)
+    if tf.io.gfile.exists(notes_path(c)):
+        notes = storage.read_bytes(notes_path(c)).decode()
+        lines += ["## Findings", "", notes.strip(), ""]
+    storage.write_atomic(c.report, "\n".join(lines))
 
 
 def run_comparison(config, command):
@@ -477,7 +466,7 @@ def run_comparison(config, command):
     from vader_tf.eval import plots  # Needs matplotlib (the `results` extra).
 
     started = time.perf_counter()
-    os.makedirs(config.results_dir, exist_ok=True)
+    storage.makedirs(config.results_dir)
     pretraining = {method: run_pretraining(config, method) for method in METHODS}
     results = run_evaluations(config)
     picture_image = list_images(os.path.join(config.data_root, "camvid", "val"))[0]
