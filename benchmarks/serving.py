@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from benchmarks import common
 from vader_tf.export import export_saved_model, export_tflite
-from vader_tf.export import saved_model as saved_model_lib
 from vader_tf.export.sample_images import sample_images
 from vader_tf.export.tflite import QUANTIZATION_MODES, TFLiteRunner
 from vader_tf.models.encoder import build_encoder
+from vader_tf.serving_contract import SERVING_SIGNATURE
 
 NAME = "serving"
 TARGET_SAVED_MODEL_OVER_KERAS = 1.1
@@ -44,7 +44,7 @@ def run(quick):
     parity = {}
     with tempfile.TemporaryDirectory(prefix="vader-bench-serving-") as tmp:
         path = export_saved_model(encoder, tmp, sample_size=size, num_sample_images=2)
-        serve = tf.saved_model.load(path).signatures[saved_model_lib.SERVING_SIGNATURE]
+        serve = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
         runners = {}
         for mode in modes:
             tflite_path = os.path.join(tmp, f"encoder_{mode}.tflite")

@@ -24,8 +24,6 @@ and are shown as their own rows.
 """
 
 import dataclasses
-import glob
-import json
 import os
 import platform
 import time
@@ -35,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import run_dir
+from vader_tf import storage
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images
@@ -44,6 +42,7 @@ from vader_tf.config_flags import option
 from vader_tf.eval.encoders import LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.reporting import write_results
+from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 # The pretraining runs of one seed: name -> (method, start). `start` None is the seed's
@@ -136,7 +135,7 @@ class StudyConfig:
         if self.continue_steps < 0:
             raise ValueError(f"--continue_steps must be >= 0, got {self.continue_steps}.")
         for folder in ("camvid", "davis2016", *PRETRAINING_FOLDERS):
-            if not os.path.isdir(os.path.join(self.data_root, folder)):
+            if not tf.io.gfile.isdir(os.path.join(self.data_root, folder)):
                 raise ValueError(
                     f"--data_root={self.data_root!r} has no {folder}/ (expected the layout "
                     "of ../shared/data: bsds500/, camvid/, davis2016/)."
@@ -198,8 +197,7 @@ def read_history(model_dir):
     killed after logging but before its checkpoint) keeps the later value.
     """
     by_step = {}
-    pattern = os.path.join(model_dir, run_dir.TENSORBOARD_DIR, "events.out.tfevents.*")
-    for path in sorted(glob.glob(pattern), key=os.path.getmtime):
+    for path in RunDir(model_dir).event_files():
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
@@ -210,13 +208,7 @@ def read_history(model_dir):
 
 def completed_steps(model_dir):
     """The step of the newest checkpoint in a run directory (0 if none)."""
-    latest = run_dir.latest_checkpoint(model_dir)
-    return int(latest.rsplit("-", 1)[1]) if latest else 0
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return RunDir(model_dir).latest_step()
 
 
 def run_pretraining(config, name, seed):
@@ -224,8 +216,8 @@ def run_pretraining(config, name, seed):
     pretrain_config = config.pretrain_config(name, seed)
     summary_path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
     sessions = []
-    if os.path.exists(summary_path):
-        sessions = _read_json(summary_path)["metrics"]["session_seconds"]
+    if tf.io.gfile.exists(summary_path):
+        sessions = storage.read_json(summary_path)["metrics"]["session_seconds"]
     if completed_steps(pretrain_config.model_dir) < pretrain_config.train_steps:
         started = time.perf_counter()
         _, new_history = pretrain(pretrain_config)
@@ -262,11 +254,11 @@ def run_pretraining(config, name, seed):
 def save_start_weights(config, seed, start):
     """Writes the backbone of run `start` as the weights file continued runs load."""
     path = config.start_weights(seed, start)
-    if not os.path.exists(path):
-        encoder = run_dir.load_encoder(os.path.join(config.seed_dir(seed), start))
-        temporary = path.replace(".weights.h5", f".tmp-{os.getpid()}.weights.h5")
+    if not tf.io.gfile.exists(path):
+        encoder = load_encoder(os.path.join(config.seed_dir(seed), start))
+        temporary = storage.temporary_name(path[: -len(".weights.h5")], ".weights.h5")
         encoder.backbone.save_weights(temporary)
-        os.replace(temporary, path)
+        tf.io.gfile.rename(temporary, path, overwrite=True)
         keras.backend.clear_session()
     return path
 
@@ -350,7 +342,7 @@ def evaluate_seed(config, seed, evaluations):
             extractor = None
             for evaluation, (argv, flags) in evaluations.commands(spec, layer, seed).items():
                 path = result_path(config.seed_results(seed), evaluation, name, layer)
-                if os.path.exists(path) and not config.force:
+                if tf.io.gfile.exists(path) and not config.force:
                     continue
                 if extractor is None:
                     extractor = load_feature_extractor(spec, seed=seed, layer=layer)
@@ -390,8 +382,8 @@ def collect(results_dir, names, layers):
             row = {}
             for evaluation in EVALUATIONS:
                 path = result_path(results_dir, evaluation, name, layer)
-                if os.path.exists(path):
-                    row.update(headline(evaluation, _read_json(path)["metrics"]))
+                if tf.io.gfile.exists(path):
+                    row.update(headline(evaluation, storage.read_json(path)["metrics"]))
             if row:
                 table[name, layer] = row
     return table
@@ -502,10 +494,15 @@ def hardware_description():
     )
 
 
+def _seed_files(config, pattern):
+    """The files matching `pattern` in every seed's results folder, sorted."""
+    return sorted(tf.io.gfile.glob(os.path.join(config.results_dir, "seed*", pattern)))
+
+
 def _seconds(paths):
     total = 0.0
     for path in paths:
-        metrics = _read_json(path)["metrics"]
+        metrics = storage.read_json(path)["metrics"]
         total += metrics.get("seconds", 0.0) + sum(metrics.get("session_seconds", []))
     return total
 
@@ -515,10 +512,10 @@ def write_report(config, command, figures, elapsed):
     c = config
     aggregated = aggregate(c)
     before = None
-    if c.before_dir and os.path.isdir(c.before_dir):
+    if c.before_dir and tf.io.gfile.isdir(c.before_dir):
         before = collect(c.before_dir, ENCODER_NAMES, ("features", "decoder", "P4"))
     davis_sequences = ", ".join(list_sequences(os.path.join(c.data_root, "davis2016")))
-    done = [seed for seed in c.seeds if os.path.isdir(c.seed_results(seed))]
+    done = [seed for seed in c.seeds if tf.io.gfile.isdir(c.seed_results(seed))]
     lines = [
         "# Small-scale reproduction: VADeR vs MoCo v2 vs random init",
         "",
@@ -579,9 +576,9 @@ def write_report(config, command, figures, elapsed):
         "frames, no labels).",
         "",
         f"Hardware: {hardware_description()}. Pretraining "
-        f"{_seconds(glob.glob(os.path.join(c.results_dir, 'seed*', 'pretrain_*.json'))) / 60:.0f}"
+        f"{_seconds(_seed_files(c, 'pretrain_*.json')) / 60:.0f}"
         " min wall, evaluations "
-        f"{_seconds(glob.glob(os.path.join(c.results_dir, 'seed*', '[!p]*.json'))) / 60:.0f} min "
+        f"{_seconds(_seed_files(c, '[!p]*.json')) / 60:.0f} min "
         f"(summed from the JSONs); the last session of the command took {elapsed / 60:.1f} min.",
         "",
         "Each result JSON under `results/seed*/` holds the standalone command that computes "
@@ -589,9 +586,8 @@ def write_report(config, command, figures, elapsed):
         "",
         "```",
     ]
-    examples = sorted(glob.glob(os.path.join(c.results_dir, "seed*", "*_vader_features.json")))
-    examples += sorted(glob.glob(os.path.join(c.results_dir, "seed*", "pretrain_*.json")))[:4]
-    lines += [" ".join(_read_json(path)["command"]) for path in examples[:7]]
+    examples = _seed_files(c, "*_vader_features.json") + _seed_files(c, "pretrain_*.json")[:4]
+    lines += [" ".join(storage.read_json(path)["command"]) for path in examples[:7]]
     lines += ["```", ""]
     if figures:
         report_dir = os.path.dirname(c.report) or "."
@@ -615,16 +611,10 @@ def write_report(config, command, figures, elapsed):
         "",
     ]
     notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
-    if os.path.exists(notes):
-        with open(notes) as f:
-            lines += ["## Findings", "", f.read().strip(), ""]
-    directory = os.path.dirname(c.report)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    temporary = f"{c.report}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(temporary, c.report)
+    if tf.io.gfile.exists(notes):
+        notes_text = storage.read_bytes(notes).decode()
+        lines += ["## Findings", "", notes_text.strip(), ""]
+    storage.write_atomic(c.report, "\n".join(lines))
 
 
 def make_figures(config):
@@ -635,8 +625,8 @@ def make_figures(config):
     histories = {}
     for name in config.runs():
         path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
-        if os.path.exists(path):
-            histories[ENCODER_NAMES[name]] = _read_json(path)["metrics"]["history"]
+        if tf.io.gfile.exists(path):
+            histories[ENCODER_NAMES[name]] = storage.read_json(path)["metrics"]["history"]
     aggregated = aggregate(config)
     bars = {
         f"{ENCODER_NAMES[name]}\n{layer}": mean_std(row["mIoU"])[0]

@@ -8,12 +8,14 @@ or from a `.keras` file:
 
     python export/export_saved_model.py --encoder=encoder.keras --export_dir=serving/vader
 
-writes `serving/vader/<version>/` (see `docs/export.md` for the signatures).
+writes `serving/vader/<version>/` (see `docs/export.md` for the signatures). Every path
+may also be on a filesystem `tf.io.gfile` knows, e.g. `gs://bucket/serving/vader`.
 """
 
 from absl import app, flags, logging
 
-from vader_tf import cli, run_dir
+from vader_tf import cli
+from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.export import saved_model
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Pretraining run directory.")
@@ -41,11 +43,11 @@ def main(argv):
         raise app.UsageError("--checkpoint needs --model_dir.")
     if _ENCODER.value:
         source = {"encoder": _ENCODER.value}
-        encoder = run_dir.load_encoder(_ENCODER.value)
+        encoder = load_encoder(_ENCODER.value)
     else:
-        checkpoint = _CHECKPOINT.value or run_dir.latest_checkpoint(_MODEL_DIR.value)
+        checkpoint = _CHECKPOINT.value or RunDir(_MODEL_DIR.value).latest_checkpoint()
         source = {"model_dir": _MODEL_DIR.value, "checkpoint": checkpoint}
-        encoder = run_dir.load_encoder(_MODEL_DIR.value, checkpoint=checkpoint)
+        encoder = load_encoder(_MODEL_DIR.value, checkpoint=checkpoint)
     logging.info("Loaded encoder from %s", source)
     path = saved_model.export_saved_model(
         encoder,

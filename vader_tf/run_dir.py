@@ -1,22 +1,24 @@
 """Layout of a pretraining run directory, and loading the trained encoder from it.
 
-A run directory (`--model_dir` of `experiments/pretrain.py`) holds:
+`RunDir` is the one home of this layout; nothing else spells a file name of a run. A run
+directory (`--model_dir` of `experiments/pretrain.py`, local or on any filesystem
+`tf.io.gfile` knows, e.g. `gs://`) holds:
 
 - `encoder_config.json`: the serialized `DenseEncoder` config (architecture only);
 - `run_config.json`: the flags and method settings of the run;
 - `checkpoints/ckpt-<step>.*`: `tf.train.Checkpoint`s whose root has, among others,
   the child `encoder` (the query encoder, the network users want) and `step`;
-- `tensorboard/`: TensorBoard event files.
+- `tensorboard/events.out.tfevents.*`: TensorBoard event files;
+- `encoder.keras`: the final query encoder as a Keras file, written at the end of a run.
 
 A run killed while writing may leave `checkpoints/ckpt-<step>_temp/` (TensorFlow's
 staging folder of a checkpoint being written) or `*.tmp-<pid>*` files of an atomic
-write; `remove_stale_leftovers` deletes them when the run is restarted.
+write; `RunDir.remove_stale_leftovers` deletes them when the run is restarted.
 
 `load_encoder` rebuilds the encoder from `encoder_config.json` and restores only its
 weights from a checkpoint, so it needs neither the optimizer nor the queue.
 """
 
-import json
 import os
 import re
 
@@ -24,93 +26,155 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-ENCODER_CONFIG = "encoder_config.json"
-RUN_CONFIG = "run_config.json"
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_PREFIX = "ckpt"
-TENSORBOARD_DIR = "tensorboard"
+from vader_tf import storage
 
-
-def write_json_atomic(path, payload):
-    """Writes JSON to `path` through a temporary file and a rename."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def read_run_config(model_dir):
-    """The stored `run_config.json` of `model_dir` as a dict, or None if there is none."""
-    path = os.path.join(model_dir, RUN_CONFIG)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def process_is_running(pid):
-    """Whether a process `pid` runs on this machine (a leftover of a dead one is stale)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # It exists, under another user.
-    return True
-
-
-# `*.tmp-<pid>` (write_json_atomic) and `*.tmp-<pid>.keras` (the encoder's atomic save).
+# `*.tmp-<pid>` (JSON files) and `*.tmp-<pid>.keras` (the encoder's atomic save).
 _ATOMIC_WRITE_TMP = re.compile(r"\.tmp-(\d+)(\.keras)?$")
+_CHECKPOINT_STEP = re.compile(r"-(\d+)$")
 
 
-def remove_stale_leftovers(model_dir):
-    """Deletes what a killed run left half-written in `model_dir`, with a log line each.
+class RunDir:
+    """The paths and file formats of one pretraining run directory.
 
-    That is every `checkpoints/*_temp/` staging folder (only the chief writes
-    checkpoints into `model_dir`, and it calls this before its first save) and every
-    temporary file of an atomic write whose process is no longer running.
+    Args:
+        path: the run directory (it need not exist yet).
     """
-    leftovers = tf.io.gfile.glob(os.path.join(checkpoint_dir(model_dir), "*_temp"))
-    if tf.io.gfile.isdir(model_dir):
-        for name in tf.io.gfile.listdir(model_dir):
-            match = _ATOMIC_WRITE_TMP.search(name.rstrip("/"))
-            if match and not process_is_running(int(match.group(1))):
-                leftovers.append(os.path.join(model_dir, name.rstrip("/")))
-    for path in leftovers:
-        logging.warning("Removing %s, left half-written by a killed run.", path)
-        if tf.io.gfile.isdir(path):
-            tf.io.gfile.rmtree(path)
-        else:
-            tf.io.gfile.remove(path)
 
+    ENCODER_CONFIG = "encoder_config.json"
+    RUN_CONFIG = "run_config.json"
+    CHECKPOINT_DIR = "checkpoints"
+    CHECKPOINT_PREFIX = "ckpt"
+    TENSORBOARD_DIR = "tensorboard"
+    ENCODER_FILE = "encoder.keras"
+    EVENT_FILE_PATTERN = "events.out.tfevents.*"
 
-def save_encoder_config(encoder, model_dir):
-    """Writes the encoder's architecture to `model_dir/encoder_config.json`."""
-    os.makedirs(model_dir, exist_ok=True)
-    write_json_atomic(
-        os.path.join(model_dir, ENCODER_CONFIG), keras.saving.serialize_keras_object(encoder)
-    )
+    def __init__(self, path):
+        self.path = os.fspath(path)
 
+    def __repr__(self):
+        return f"RunDir({self.path!r})"
 
-def encoder_from_config(model_dir):
-    """A freshly initialised encoder with the architecture recorded in `model_dir`."""
-    path = os.path.join(model_dir, ENCODER_CONFIG)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: {model_dir!r} is not a vader-tf pretraining run directory."
+    def _join(self, *names):
+        return os.path.join(self.path, *names)
+
+    @property
+    def encoder_config_path(self):
+        return self._join(self.ENCODER_CONFIG)
+
+    @property
+    def run_config_path(self):
+        return self._join(self.RUN_CONFIG)
+
+    @property
+    def checkpoint_dir(self):
+        return self._join(self.CHECKPOINT_DIR)
+
+    @property
+    def tensorboard_dir(self):
+        return self._join(self.TENSORBOARD_DIR)
+
+    @property
+    def encoder_path(self):
+        return self._join(self.ENCODER_FILE)
+
+    def worker_scratch(self, task_id):
+        """Where a non-chief worker of a multi-worker run writes (deleted at its end)."""
+        return RunDir(self._join(f"worker{task_id}_scratch"))
+
+    def looks_like_run(self):
+        """Whether the directory holds a checkpoint or an encoder config."""
+        return bool(self.latest_checkpoint()) or tf.io.gfile.exists(self.encoder_config_path)
+
+    # Checkpoints.
+
+    def checkpoint_manager(self, checkpoint, max_to_keep):
+        """A `tf.train.CheckpointManager` writing `checkpoints/ckpt-<step>`."""
+        return tf.train.CheckpointManager(
+            checkpoint,
+            self.checkpoint_dir,
+            max_to_keep=max_to_keep,
+            checkpoint_name=self.CHECKPOINT_PREFIX,
         )
-    with open(path) as f:
-        return keras.saving.deserialize_keras_object(json.load(f))
+
+    def latest_checkpoint(self):
+        """Path prefix of the newest checkpoint, or None."""
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+    def latest_step(self):
+        """The step of the newest checkpoint (0 if there is none)."""
+        latest = self.latest_checkpoint()
+        return int(_CHECKPOINT_STEP.search(latest).group(1)) if latest else 0
+
+    # TensorBoard.
+
+    def event_files(self):
+        """The TensorBoard event files, oldest first.
+
+        Sorted by name, which starts with the writer's creation time in seconds (file
+        modification times are not available on every filesystem, e.g. `ram://`).
+        """
+        pattern = os.path.join(self.tensorboard_dir, self.EVENT_FILE_PATTERN)
+        return sorted(
+            tf.io.gfile.glob(pattern),
+            key=lambda path: (_event_file_time(path), os.path.basename(path)),
+        )
+
+    # Configs.
+
+    def read_run_config(self):
+        """The stored `run_config.json` as a dict, or None if there is none."""
+        return storage.read_json_if_exists(self.run_config_path)
+
+    def write_run_config(self, run_config):
+        storage.makedirs(self.path)
+        storage.write_json_atomic(self.run_config_path, run_config)
+
+    def save_encoder_config(self, encoder):
+        """Writes the encoder's architecture to `encoder_config.json`."""
+        storage.makedirs(self.path)
+        storage.write_json_atomic(
+            self.encoder_config_path, keras.saving.serialize_keras_object(encoder)
+        )
+
+    def encoder_from_config(self):
+        """A freshly initialised encoder with the architecture recorded in the run."""
+        if not tf.io.gfile.exists(self.encoder_config_path):
+            raise FileNotFoundError(
+                f"{self.encoder_config_path} not found: {self.path!r} is not a vader-tf "
+                "pretraining run directory."
+            )
+        return keras.saving.deserialize_keras_object(storage.read_json(self.encoder_config_path))
+
+    def save_encoder(self, encoder):
+        """Writes `encoder.keras` through a temporary `.tmp-<pid>.keras` and a rename."""
+        tmp = storage.temporary_name(self.encoder_path[: -len(".keras")], ".keras")
+        encoder.save(tmp)
+        tf.io.gfile.rename(tmp, self.encoder_path, overwrite=True)
+
+    # Cleanup.
+
+    def remove_stale_leftovers(self):
+        """Deletes what a killed run left half-written, with a log line each.
+
+        That is every `checkpoints/*_temp/` staging folder (only the chief writes
+        checkpoints into the run directory, and it calls this before its first save) and
+        every temporary file of an atomic write whose process is no longer running.
+        """
+        leftovers = tf.io.gfile.glob(os.path.join(self.checkpoint_dir, "*_temp"))
+        if tf.io.gfile.isdir(self.path):
+            for name in tf.io.gfile.listdir(self.path):
+                match = _ATOMIC_WRITE_TMP.search(name.rstrip("/"))
+                if match and not storage.process_is_running(int(match.group(1))):
+                    leftovers.append(self._join(name.rstrip("/")))
+        for path in leftovers:
+            logging.warning("Removing %s, left half-written by a killed run.", path)
+            storage.remove(path)
 
 
-def checkpoint_dir(model_dir):
-    return os.path.join(model_dir, CHECKPOINT_DIR)
-
-
-def latest_checkpoint(model_dir):
-    """Path prefix of the newest checkpoint in `model_dir`, or None."""
-    return tf.train.latest_checkpoint(checkpoint_dir(model_dir))
+def _event_file_time(path):
+    """The creation time in an event file name `events.out.tfevents.<time>.<host>...`."""
+    parts = os.path.basename(path).split(".")
+    return int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
 
 
 def restore_encoder_weights(encoder, checkpoint_path):
@@ -134,14 +198,16 @@ def load_encoder(path, checkpoint=None):
         The `DenseEncoder`: images in [0, 255] -> L2-normalised `[B, H/4, W/4, D]` features,
         with `encoder.pyramid_outputs` giving the backbone levels and decoder output.
     """
-    if os.path.isfile(path) and path.endswith(".keras"):
+    path = os.fspath(path)
+    if path.endswith(".keras") and not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path):
         return keras.saving.load_model(path)
-    if not os.path.isdir(path):
+    if not tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"No run directory or .keras file at {path!r}.")
-    encoder = encoder_from_config(path)
-    newest = latest_checkpoint(path)
+    run = RunDir(path)
+    encoder = run.encoder_from_config()
+    newest = run.latest_checkpoint()
     if checkpoint is None and newest is None:
-        raise FileNotFoundError(f"No checkpoint found in {checkpoint_dir(path)!r}.")
+        raise FileNotFoundError(f"No checkpoint found in {run.checkpoint_dir!r}.")
     if checkpoint is not None and not tf.io.gfile.exists(f"{checkpoint}.index"):
         raise FileNotFoundError(
             f"No checkpoint {checkpoint!r} (a path prefix such as {newest or 'RUN/checkpoints/ckpt-N'!r})."

@@ -9,7 +9,7 @@ import tensorflow as tf
 import vader_tf
 from tests.export import helpers
 from tests.export.helpers import CHECKPOINT_STEP, IMAGE_SIZE
-from vader_tf import run_dir
+from vader_tf.run_dir import RunDir
 from vader_tf.export import saved_model
 
 
@@ -23,15 +23,13 @@ def encoder():
 @pytest.fixture(scope="session")
 def model_dir(encoder, tmp_path_factory):
     """A pretraining run directory holding `encoder` at step `CHECKPOINT_STEP`."""
-    path = str(tmp_path_factory.mktemp("run"))
-    run_dir.save_encoder_config(encoder, path)
+    run = RunDir(tmp_path_factory.mktemp("run"))
+    run.save_encoder_config(encoder)
     checkpoint = tf.train.Checkpoint(
         encoder=encoder, step=tf.Variable(CHECKPOINT_STEP, dtype=tf.int64)
     )
-    tf.train.CheckpointManager(
-        checkpoint, run_dir.checkpoint_dir(path), max_to_keep=3, checkpoint_name="ckpt"
-    ).save(checkpoint_number=CHECKPOINT_STEP)
-    return path
+    run.checkpoint_manager(checkpoint, max_to_keep=3).save(checkpoint_number=CHECKPOINT_STEP)
+    return run.path
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from vader_tf import serving_contract
 from vader_tf.export import sample_images, saved_model
 
 from tests.export.helpers import EMBEDDING_DIM, IMAGE_SIZE, small_encoder
@@ -33,7 +34,7 @@ def _run_python(code, *args):
 def test_export_layout(export_base, export_dir):
     assert sorted(os.listdir(export_base)) == ["1"]
     assert os.path.isfile(os.path.join(export_dir, "saved_model.pb"))
-    with open(os.path.join(export_dir, saved_model.METADATA_FILE)) as f:
+    with open(os.path.join(export_dir, serving_contract.METADATA_FILE)) as f:
         metadata = json.load(f)
     assert metadata["embedding_dim"] == EMBEDDING_DIM
     assert metadata["signatures"] == ["encoded_images", "pyramid", "serving_default"]
@@ -46,7 +47,7 @@ def test_versions_are_never_overwritten(export_base, loaded_encoder, tmp_path):
         saved_model.export_saved_model(loaded_encoder, export_base, version=1)
     for name in ("1", "3", "not_a_version", ".tmp-9-123"):
         os.makedirs(tmp_path / name)
-    assert saved_model.existing_versions(str(tmp_path)) == [1, 3]
+    assert serving_contract.versions(str(tmp_path)) == [1, 3]
     assert saved_model.next_version(str(tmp_path)) == 4
 
 
@@ -201,7 +202,7 @@ def test_warmup_record_is_the_tensorflow_serving_message():
 def test_warmup_file_is_written_without_tensorflow_serving(tmp_path, monkeypatch):
     for name in ("tensorflow_serving", "tensorflow_serving.apis"):
         monkeypatch.setitem(sys.modules, name, None)  # `import` now raises ImportError.
-    path = str(tmp_path / saved_model.WARMUP_FILE)
+    path = str(tmp_path / serving_contract.WARMUP_FILE)
     images = np.full((1, 32, 32, 3), 7, np.uint8)
     saved_model.write_warmup_requests(path, images)
     (record,) = tf.data.TFRecordDataset(path).as_numpy_iterator()
@@ -211,7 +212,7 @@ def test_warmup_file_is_written_without_tensorflow_serving(tmp_path, monkeypatch
 def test_warmup_requests_parse(export_dir, exported):
     from tensorflow_serving.apis import prediction_log_pb2
 
-    path = os.path.join(export_dir, saved_model.WARMUP_FILE)
+    path = os.path.join(export_dir, serving_contract.WARMUP_FILE)
     records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
     assert len(records) == 1
     log = prediction_log_pb2.PredictionLog.FromString(records[0])
@@ -282,7 +283,7 @@ def test_killed_export_leaves_no_version_directory(tmp_path):
     assert result.returncode == -9, result.stderr[-3000:]
     (leftover,) = os.listdir(base)
     assert leftover.startswith(saved_model.TMP_PREFIX)
-    assert saved_model.existing_versions(base) == []
+    assert serving_contract.versions(base) == []
     assert saved_model.next_version(base) == 1
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vader_tf import losses, run_dir
+from vader_tf import losses
+from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.training import loop
 from tests.training import helpers
 from tests.training.helpers import write_smooth_photos
@@ -32,7 +33,7 @@ def small_config(model_dir, data, **overrides):
 
 
 def _encoder_weights(model_dir):
-    encoder = run_dir.load_encoder(str(model_dir))
+    encoder = load_encoder(str(model_dir))
     return [w.numpy() for w in encoder.weights]
 
 
@@ -86,7 +87,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, photo_fo
     monkeypatch.setattr(losses, "info_nce", nan_rows)
     with pytest.raises(loop.NonFiniteLossError, match="ckpt-2"):
         pretrain(small_config(tmp_path, photo_folder, train_steps=4))
-    assert run_dir.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    assert RunDir(str(tmp_path)).latest_checkpoint().endswith("ckpt-2")
     _assert_weights_close(good, _encoder_weights(tmp_path))
 
 
@@ -110,12 +111,12 @@ def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, photo_fol
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not run_dir.latest_checkpoint(str(killed_dir)) and time.time() < deadline:
+    while not RunDir(str(killed_dir)).latest_checkpoint() and time.time() < deadline:
         assert process.poll() is None, "training ended before it could be killed"
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = run_dir.latest_checkpoint(str(killed_dir))
+    interrupted_at = RunDir(str(killed_dir)).latest_checkpoint()
     assert interrupted_at is not None and not interrupted_at.endswith("ckpt-6")
 
     restarted = subprocess.run(
@@ -123,5 +124,5 @@ def test_sigkill_then_restart_continues_from_last_checkpoint(tmp_path, photo_fol
     )
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert "Resumed from" in restarted.stderr
-    assert run_dir.latest_checkpoint(str(killed_dir)).endswith("ckpt-6")
+    assert RunDir(str(killed_dir)).latest_checkpoint().endswith("ckpt-6")
     _assert_weights_close(_encoder_weights(tmp_path / "straight"), _encoder_weights(killed_dir))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.training.helpers import write_smooth_photos
-from vader_tf import run_dir
+from vader_tf.run_dir import RunDir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -67,5 +67,5 @@ def test_two_workers_finish_with_identical_weights(tmp_path):
     assert np.all(np.isfinite(chief["loss"]))
     assert int(chief["replicas"]) == 2
     # Only the chief wrote the run directory; the other worker cleaned up its scratch.
-    assert run_dir.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+    assert RunDir(str(model_dir)).latest_checkpoint().endswith("ckpt-3")
     assert not [p for p in os.listdir(model_dir) if p.endswith("_scratch")]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.training import helpers
-from vader_tf import run_dir
+from vader_tf.run_dir import RunDir
 from vader_tf.training.pretrain import RunConfigMismatchError, pretrain
 
 
@@ -77,7 +77,7 @@ def test_resume_with_safe_changes_continues_and_removes_leftovers_of_a_kill(run_
     staging = model_dir / "checkpoints" / "ckpt-4_temp"
     staging.mkdir()
     (staging / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"half")
-    stale_json = model_dir / f"{run_dir.RUN_CONFIG}.tmp-{_dead_pid()}"
+    stale_json = model_dir / f"{RunDir.RUN_CONFIG}.tmp-{_dead_pid()}"
     stale_json.write_text("{")
     with caplog.at_level("WARNING"):
         _, history = pretrain(
@@ -87,7 +87,7 @@ def test_resume_with_safe_changes_continues_and_removes_leftovers_of_a_kill(run_
             )
         )
     assert [h["step"] for h in history] == [3]
-    assert run_dir.read_run_config(str(model_dir))["train_steps"] == 3
-    assert run_dir.latest_checkpoint(str(model_dir)).endswith("ckpt-3")
+    assert RunDir(str(model_dir)).read_run_config()["train_steps"] == 3
+    assert RunDir(str(model_dir)).latest_checkpoint().endswith("ckpt-3")
     assert not staging.exists() and not stale_json.exists()
     assert str(staging) in caplog.text and "killed run" in caplog.text

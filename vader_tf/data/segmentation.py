@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
+from vader_tf import storage
 from vader_tf.models.encoder import INPUT_MULTIPLE
 
 
@@ -28,14 +28,14 @@ def read_split(root, split):
         ValueError: naming the file and line of a line that is not a pair.
     """
     list_path = os.path.join(root, f"{split}.txt")
-    if not os.path.isfile(list_path):
-        listing = os.listdir(root) if os.path.isdir(root) else []
+    if not storage.isfile(list_path):
+        listing = storage.listdir(root) if tf.io.gfile.isdir(root) else []
         available = sorted(name[: -len(".txt")] for name in listing if name.endswith(".txt"))
         raise FileNotFoundError(
             f"Split {split!r} not found: no {list_path}. Available splits: {available}."
         )
     pairs = []
-    with open(list_path) as f:
+    with tf.io.gfile.GFile(list_path) as f:
         for line_number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
@@ -46,7 +46,7 @@ def read_split(root, split):
                 )
             pair = tuple(os.path.join(root, field) for field in fields)
             for path in pair:
-                if not os.path.isfile(path):
+                if not storage.isfile(path):
                     raise FileNotFoundError(
                         f"{path} (listed in {list_path}:{line_number}) not found."
                     )
@@ -58,14 +58,14 @@ def read_split(root, split):
 
 def load_image(path):
     """An RGB image file as uint8 `[H, W, 3]`."""
-    with Image.open(path) as image:
+    with storage.open_image(path) as image:
         return np.asarray(image.convert("RGB"))
 
 
 def load_label(path):
     """A single-channel label PNG as an integer `[H, W]` array (palette PNGs give their
     indices; for RGB files the first channel is used)."""
-    with Image.open(path) as image:
+    with storage.open_image(path) as image:
         label = np.asarray(image)
     return label[..., 0] if label.ndim == 3 else label
 

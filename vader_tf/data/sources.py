@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.data import ordering
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -442,13 +443,10 @@ def samples_source():
 
     folder = os.path.join(os.path.dirname(skimage.__file__), "data")
     paths = [os.path.join(folder, name) for name in SAMPLE_IMAGE_FILES]
-    missing = [path for path in paths if not os.path.isfile(path)]
+    missing = [path for path in paths if not storage.isfile(path)]
     if missing:
         raise FileNotFoundError(f"scikit-image sample images missing: {missing}")
-    contents = []
-    for path in paths:
-        with open(path, "rb") as f:
-            contents.append(_without_icc_profile(f.read()))
+    contents = [_without_icc_profile(storage.read_bytes(path)) for path in paths]
     content_table = tf.constant(contents, dtype=tf.string)
     return ImageSource(
         paths,

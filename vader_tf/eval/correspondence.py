@@ -19,6 +19,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from vader_tf import storage
 from vader_tf.eval import metrics
 from vader_tf.ops.grid import FEATURE_STRIDE, grid_to_image
 
@@ -28,11 +29,11 @@ WARP_KINDS = ("crop_flip", "homography")
 
 def list_images(folder, limit=None):
     """Sorted paths of the image files below `folder` (recursively)."""
-    if not os.path.isdir(folder):
+    if not tf.io.gfile.isdir(folder):
         raise FileNotFoundError(f"Image folder {folder!r} not found.")
     paths = sorted(
         os.path.join(directory, name)
-        for directory, _, names in os.walk(folder)
+        for directory, _, names in tf.io.gfile.walk(folder)
         for name in names
         if name.lower().endswith(IMAGE_EXTENSIONS)
     )

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.data.segmentation import load_image, load_label, resize_image
 from vader_tf.eval import metrics
 from vader_tf.eval.label_propagation import propagate_labels
@@ -36,10 +37,10 @@ ANNOTATIONS_DIR = "Annotations"
 def list_sequences(root, resolution="480p"):
     """Sorted sequence names under `<root>/JPEGImages/<resolution>`."""
     images_dir = os.path.join(root, IMAGES_DIR, resolution)
-    if not os.path.isdir(images_dir):
+    if not tf.io.gfile.isdir(images_dir):
         raise FileNotFoundError(f"{images_dir} not found: {root!r} is not in the DAVIS layout.")
     return sorted(
-        name for name in os.listdir(images_dir) if os.path.isdir(os.path.join(images_dir, name))
+        name for name in storage.listdir(images_dir) if tf.io.gfile.isdir(os.path.join(images_dir, name))
     )
 
 
@@ -47,10 +48,10 @@ def sequence_files(root, sequence, resolution="480p"):
     """(frame paths, annotation paths or None per frame) of one sequence, in order."""
     images_dir = os.path.join(root, IMAGES_DIR, resolution, sequence)
     annotations_dir = os.path.join(root, ANNOTATIONS_DIR, resolution, sequence)
-    if not os.path.isdir(images_dir):
+    if not tf.io.gfile.isdir(images_dir):
         raise FileNotFoundError(f"Sequence {sequence!r} not found: no {images_dir}.")
     frames = sorted(
-        name for name in os.listdir(images_dir) if name.lower().endswith((".jpg", ".jpeg", ".png"))
+        name for name in storage.listdir(images_dir) if name.lower().endswith((".jpg", ".jpeg", ".png"))
     )
     if not frames:
         raise ValueError(f"{images_dir} holds no frames.")
@@ -58,7 +59,7 @@ def sequence_files(root, sequence, resolution="480p"):
     annotation_paths = []
     for name in frames:
         path = os.path.join(annotations_dir, os.path.splitext(name)[0] + ".png")
-        annotation_paths.append(path if os.path.isfile(path) else None)
+        annotation_paths.append(path if storage.isfile(path) else None)
     if annotation_paths[0] is None:
         raise FileNotFoundError(
             f"First-frame annotation of {sequence!r} not found in {annotations_dir}."

@@ -3,8 +3,8 @@
 An encoder spec names where the features come from:
 
 - a pretraining run directory or a `.keras` file (loaded with `vader_tf.load_encoder`);
-- a SavedModel directory whose `serving_default` signature takes `images` (uint8
-  `[N, H, W, 3]`) and returns `features` (float32 `[N, H/4, W/4, D]`), or an export
+- a SavedModel directory following `vader_tf.serving_contract` (`serving_default`:
+  uint8 `images` `[N, H, W, 3]` -> float32 `features` `[N, H/4, W/4, D]`), or an export
   directory holding numbered versions of one (`EXPORT_DIR/<version>/`, newest used);
 - `random:<backbone>` (e.g. `random:resnet18`): a randomly initialised encoder, the
   lower-bound baseline; its weights are fixed by the `seed` argument.
@@ -17,7 +17,8 @@ decoder does, so cell centres stay put), and taps other than `"features"` are
 L2-normalised per pixel, so every tap is a stride-4 map of unit vectors. Tapping the
 backbone makes frozen evaluation fair to encoders whose decoder and head were never
 trained (a MoCo run, a random encoder). SavedModels are tapped through their `pyramid`
-signature (see `vader_tf.export.saved_model`).
+signature (see `vader_tf.serving_contract`). Every path may be on any filesystem
+`tf.io.gfile` knows (e.g. `gs://`).
 
 Every spec becomes a `FeatureExtractor`: a frozen callable mapping float32 images in
 [0, 255] of any size to stride-4 features. Images are padded at the bottom and right to
@@ -26,23 +27,29 @@ cell `j` keeps its centre at input coordinate `4 * j + 0.5` (see `vader_tf.ops.g
 """
 
 import math
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
-from vader_tf.ops.grid import FEATURE_STRIDE, resize_grid
+from vader_tf.models.encoder import build_encoder
+from vader_tf.ops.grid import resize_grid
 from vader_tf.run_dir import load_encoder
+from vader_tf.serving_contract import (
+    FEATURES_OUTPUT,
+    IMAGES_INPUT,
+    INPUT_DTYPE,
+    INPUT_MULTIPLE,
+    OUTPUT_STRIDE,
+    PYRAMID_OUTPUTS,
+    PYRAMID_SIGNATURE,
+    SERVING_SIGNATURE,
+    find_saved_model,
+)
 
 RANDOM_PREFIX = "random:"
-SERVING_SIGNATURE = "serving_default"
-SERVING_INPUT = "images"
-SERVING_OUTPUT = "features"
-PYRAMID_SIGNATURE = "pyramid"
-FEATURES_LAYER = "features"
-LAYERS = (FEATURES_LAYER, "decoder", "P2", "P3", "P4", "P5")
+FEATURES_LAYER = FEATURES_OUTPUT
+LAYERS = PYRAMID_OUTPUTS
 
 
 def check_layer(layer):
@@ -61,7 +68,7 @@ def tap_to_grid(tapped, images, layer):
     if layer == FEATURES_LAYER:
         return tapped
     tapped = tf.cast(tapped, tf.float32)
-    grid = (tf.shape(images)[1] // FEATURE_STRIDE, tf.shape(images)[2] // FEATURE_STRIDE)
+    grid = (tf.shape(images)[1] // OUTPUT_STRIDE, tf.shape(images)[2] // OUTPUT_STRIDE)
     if layer != "decoder":
         tapped = resize_grid(tapped, grid)
     return tf.math.l2_normalize(tapped, axis=-1)
@@ -73,24 +80,6 @@ def load_keras_encoder(spec, seed=0):
         keras.utils.set_random_seed(seed)
         return build_encoder(spec[len(RANDOM_PREFIX) :])
     return load_encoder(spec)
-
-
-def saved_model_path(path):
-    """The SavedModel directory `path` names, or None if it names none.
-
-    `path` may be a SavedModel directory or a TF-Serving style export directory of
-    numbered versions, in which case the highest version is returned.
-    """
-    if not os.path.isdir(path):
-        return None
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [
-        int(name)
-        for name in os.listdir(path)
-        if name.isdigit() and os.path.exists(os.path.join(path, name, "saved_model.pb"))
-    ]
-    return os.path.join(path, str(max(versions))) if versions else None
 
 
 def pad_to_multiple(images, multiple=INPUT_MULTIPLE):
@@ -126,7 +115,7 @@ class FeatureExtractor:
         height, width = images.shape[1], images.shape[2]
         features = self._forward(pad_to_multiple(images))
         return features[
-            :, : math.ceil(height / FEATURE_STRIDE), : math.ceil(width / FEATURE_STRIDE)
+            :, : math.ceil(height / OUTPUT_STRIDE), : math.ceil(width / OUTPUT_STRIDE)
         ]
 
     def extract(self, images, batch_size=8, dtype=np.float32):
@@ -159,11 +148,11 @@ def _saved_model_forward(path, layer=FEATURES_LAYER):
             f"(it has {sorted(loaded.signatures)})."
         )
     signature = loaded.signatures[name]
-    output = SERVING_OUTPUT if layer == FEATURES_LAYER else layer
+    output = FEATURES_OUTPUT if layer == FEATURES_LAYER else layer
 
     def forward(images):
-        pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.uint8)
-        tapped = signature(**{SERVING_INPUT: pixels})[output]
+        pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), INPUT_DTYPE)
+        tapped = signature(**{IMAGES_INPUT: pixels})[output]
         return tf.cast(tap_to_grid(tapped, images, layer), tf.float32)
 
     forward.saved_model = loaded  # Keeps the loaded object alive with the signature.
@@ -182,7 +171,7 @@ def load_feature_extractor(spec, seed=0, layer=FEATURES_LAYER):
         A `FeatureExtractor` in inference mode, returning unit-norm stride-4 features.
     """
     check_layer(layer)
-    saved_model = saved_model_path(spec)
+    saved_model = find_saved_model(spec)
     if saved_model is not None:
         forward = _saved_model_forward(saved_model, layer)
     else:

@@ -4,7 +4,9 @@ Needs matplotlib, an optional dependency: `pip install vader-tf[results]`. Every
 writes one small PNG (non-interactive Agg backend) and returns its path.
 """
 
-import os
+import io
+
+from vader_tf import storage
 
 try:
     import matplotlib
@@ -20,13 +22,10 @@ DPI = 100
 
 
 def _save(figure, path):
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}.png"
-    figure.savefig(temporary, dpi=DPI, bbox_inches="tight")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     pyplot.close(figure)
-    os.replace(temporary, path)
+    storage.write_atomic(path, buffer.getvalue())
     return path
 
 

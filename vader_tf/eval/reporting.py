@@ -12,13 +12,12 @@ Format (JSON, written atomically through a temporary file and a rename)::
 """
 
 import math
-import os
 import sys
 
 import numpy as np
 from absl import flags
 
-from vader_tf.run_dir import write_json_atomic
+from vader_tf.storage import write_json_atomic
 
 
 def to_json_value(value):
@@ -47,9 +46,6 @@ def write_results(path, evaluation, encoder_spec, metrics, config=None, argv=Non
             "metrics": metrics,
         }
     )
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
     write_json_atomic(path, payload)
     return payload
 

@@ -6,11 +6,12 @@ the input size (each pixel takes the value of its nearest cell centre, per
 writes a PNG atomically (temporary file + rename).
 """
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
 
+from vader_tf import storage
 from vader_tf.ops.grid import FEATURE_STRIDE, image_to_grid
 
 
@@ -64,9 +65,6 @@ def upsample_nearest(picture, stride=FEATURE_STRIDE):
 
 def save_png(path, picture):
     """Writes a uint8 `[H, W, 3]` picture to `path` as PNG, atomically."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(picture).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    storage.write_atomic(path, buffer.getvalue())

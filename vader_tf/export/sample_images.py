@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from vader_tf import storage
 from vader_tf.data import sources
 
 # RGB photographs shipped in scikit-image's data directory.
@@ -116,7 +117,7 @@ def sample_images(count, height, width=None, folder=None, start=0):
         return load_images(photos, count, height, width, start), folder
     paths = _skimage_photo_paths()
     if paths:
-        photos = [Image.open(path).convert("RGB") for path in paths]
+        photos = [storage.open_image(path).convert("RGB") for path in paths]
         return load_images(photos, count, height, width, start), "skimage"
     logging.warning("scikit-image sample photos not found; using random images.")
     return random_images(count, height, width), "random"

@@ -1,45 +1,47 @@
 """Export of the dense encoder as a versioned SavedModel for TensorFlow Serving.
 
 The export holds only the query encoder's weights and plain TensorFlow functions, so it
-loads with `tf.saved_model.load` without vader_tf or Keras. Signatures:
+loads with `tf.saved_model.load` without vader_tf or Keras. Its signatures, input and
+output names are those of `vader_tf.serving_contract`.
 
-- `serving_default`: `images` uint8 `[N, H, W, 3]` RGB (H, W multiples of 32) ->
-  `features` float32 `[N, H/4, W/4, D]`, unit L2 norm per pixel.
-- `pyramid`: the same input -> `features`, the backbone levels `P2`..`P5` (strides
-  4..32) and `decoder` (the FPN output the projection head reads, stride 4).
-- `encoded_images`: `image_bytes` string `[N]` of JPEG/PNG/BMP/GIF files, all of the same
-  size with H, W multiples of 32 -> `features`, as for `serving_default`.
-
-An export is written to a temporary directory next to its target, checked against the
-Keras model on sample images, and only then renamed to `EXPORT_DIR/<version>/`, so a
-failed or interrupted export never leaves a version directory behind. A killed export
-leaves its temporary directory (`.tmp-<version>-<pid>`); the next export to the same
-directory removes it once that process is no longer running.
+An export is written to a temporary directory, checked against the Keras model on
+sample images, and only then moved to `EXPORT_DIR/<version>/`, so a failed export never
+leaves a version directory behind. `EXPORT_DIR` may be on any filesystem `tf.io.gfile`
+knows (e.g. `gs://`). On the local filesystem the temporary directory
+(`.tmp-<version>-<pid>`) is next to the target and renamed to it; a killed export leaves
+it behind, and the next export to the same directory removes it once that process is no
+longer running. Elsewhere it is a local temporary directory, copied to the target with
+`saved_model.pb` last (see `vader_tf.storage` for what readers may see meanwhile).
 """
 
 import os
 import re
-import shutil
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import cli, run_dir
+from vader_tf import cli, storage
 from vader_tf.export import sample_images as sample_images_lib
-from vader_tf.models.encoder import INPUT_MULTIPLE
-from vader_tf.run_dir import process_is_running, write_json_atomic
+from vader_tf.run_dir import RunDir
+from vader_tf.serving_contract import (
+    ENCODED_IMAGES_SIGNATURE,
+    FEATURES_OUTPUT,
+    IMAGE_BYTES_INPUT,
+    IMAGES_INPUT,
+    INPUT_DTYPE,
+    INPUT_MULTIPLE,
+    METADATA_FILE,
+    OUTPUT_DTYPE,
+    OUTPUT_STRIDE,
+    PYRAMID_SIGNATURE,
+    SERVING_SIGNATURE,
+    WARMUP_FILE,
+    find_saved_model,
+    versions,
+)
 
-SERVING_SIGNATURE = "serving_default"
-PYRAMID_SIGNATURE = "pyramid"
-ENCODED_IMAGES_SIGNATURE = "encoded_images"
-IMAGES_INPUT = "images"
-IMAGE_BYTES_INPUT = "image_bytes"
-FEATURES_OUTPUT = "features"
-
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-METADATA_FILE = os.path.join("assets.extra", "vader_export.json")
 TMP_PREFIX = ".tmp-"
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-(\d+)$")
 
@@ -152,7 +154,7 @@ class EncoderServingModule(tf.Module):
         # Tracked so that `tf.saved_model.save` serialises the weights.
         self.encoder_variables = list(encoder.variables)
 
-        image_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)
+        image_spec = tf.TensorSpec([None, None, None, 3], INPUT_DTYPE, name=IMAGES_INPUT)
         bytes_spec = tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)
         self.serve = tf.function(self._serve, input_signature=[image_spec])
         self.serve_pyramid = tf.function(self._serve_pyramid, input_signature=[image_spec])
@@ -162,7 +164,7 @@ class EncoderServingModule(tf.Module):
 
     def _features(self, images):
         images = tf.cast(_check_images(images), tf.float32)
-        return tf.cast(self._encoder(images, training=False), tf.float32)
+        return tf.cast(self._encoder(images, training=False), OUTPUT_DTYPE)
 
     def _serve(self, images):
         return {FEATURES_OUTPUT: self._features(images)}
@@ -170,7 +172,7 @@ class EncoderServingModule(tf.Module):
     def _serve_pyramid(self, images):
         images = tf.cast(_check_images(images), tf.float32)
         outputs = self._pyramid_model(images, training=False)
-        return {name: tf.cast(value, tf.float32) for name, value in outputs.items()}
+        return {name: tf.cast(value, OUTPUT_DTYPE) for name, value in outputs.items()}
 
     def _serve_encoded_images(self, image_bytes):
         return {FEATURES_OUTPUT: self._features(_decode_same_size_images(image_bytes))}
@@ -183,17 +185,6 @@ class EncoderServingModule(tf.Module):
         }
 
 
-def existing_versions(export_dir):
-    """The integer version directories in `export_dir`, sorted."""
-    if not os.path.isdir(export_dir):
-        return []
-    return sorted(
-        int(name)
-        for name in os.listdir(export_dir)
-        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
-    )
-
-
 def resolve_version_dir(path):
     """The SavedModel directory `path` means: `path` itself if it holds a SavedModel, else
     the newest version directory of the model base directory `path` (logged).
@@ -202,18 +193,12 @@ def resolve_version_dir(path):
         FileNotFoundError: `path` is neither, e.g. a pretraining run directory (the
             message says how to export it) or a missing directory.
     """
-    if tf.saved_model.contains_saved_model(path):
-        return path
-    versions = [
-        version
-        for version in existing_versions(path)
-        if tf.saved_model.contains_saved_model(os.path.join(path, str(version)))
-    ]
-    if versions:
-        newest = os.path.join(path, str(versions[-1]))
-        logging.info("%s is a model base directory; using its newest version, %s.", path, newest)
-        return newest
-    if run_dir.latest_checkpoint(path) or os.path.isfile(os.path.join(path, run_dir.ENCODER_CONFIG)):
+    found = find_saved_model(path)
+    if found is not None:
+        if found != path:
+            logging.info("%s is a model base directory; using its newest version, %s.", path, found)
+        return found
+    if RunDir(path).looks_like_run():
         export = cli.command(
             "export/export_saved_model.py", model_dir=path, export_dir="exports/vader"
         )
@@ -224,6 +209,8 @@ def resolve_version_dir(path):
         f"No SavedModel at {path!r}: expected a version directory written by "
         "export/export_saved_model.py (EXPORT_DIR/<version>) or its EXPORT_DIR."
     )
+
+
 def remove_stale_temporaries(export_dir):
     """Deletes the temporary directories of killed exports in `export_dir`, logging each.
 
@@ -234,7 +221,7 @@ def remove_stale_temporaries(export_dir):
         return
     for name in tf.io.gfile.listdir(export_dir):
         match = _TMP_NAME.match(name.rstrip("/"))
-        if match and not process_is_running(int(match.group(2))):
+        if match and not storage.process_is_running(int(match.group(2))):
             path = os.path.join(export_dir, name.rstrip("/"))
             logging.warning("Removing %s, left by a killed export.", path)
             tf.io.gfile.rmtree(path)
@@ -242,8 +229,8 @@ def remove_stale_temporaries(export_dir):
 
 def next_version(export_dir):
     """1 for an empty `export_dir`, else one more than its largest version."""
-    versions = existing_versions(export_dir)
-    return versions[-1] + 1 if versions else 1
+    existing = versions(export_dir)
+    return existing[-1] + 1 if existing else 1
 
 
 def _length_delimited(field_number, payload):
@@ -289,7 +276,7 @@ def write_warmup_requests(path, images, model_name="vader"):
         images: uint8 `[N, H, W, 3]` batch sent as the request's `images` input.
         model_name: `model_spec.name` of the request (TF Serving ignores it for warmup).
     """
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    storage.makedirs(os.path.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(predict_warmup_record(images, model_name))
 
@@ -357,7 +344,7 @@ def _version_path(export_dir, version):
     if version < 0:
         raise ValueError(f"The version must be a non-negative integer, got {version}.")
     path = os.path.join(export_dir, str(version))
-    if os.path.exists(path):
+    if tf.io.gfile.exists(path):
         raise FileExistsError(
             f"Version {version} already exists at {path!r}; exports are never overwritten. "
             "Pick another --version or omit it to use the next free one."
@@ -394,11 +381,11 @@ def export_saved_model(
     """
     if sample_size % INPUT_MULTIPLE:
         raise ValueError(f"sample_size must be a multiple of {INPUT_MULTIPLE}, got {sample_size}.")
-    os.makedirs(export_dir, exist_ok=True)
+    storage.makedirs(export_dir)
     version, final_path = _version_path(export_dir, version)
     remove_stale_temporaries(export_dir)
-    tmp_path = os.path.join(export_dir, f"{TMP_PREFIX}{version}-{os.getpid()}")
     images, image_source = sample_images_lib.sample_images(num_sample_images, sample_size)
+    tmp_path = storage.staging_directory(final_path, f"{TMP_PREFIX}{version}-{os.getpid()}")
     try:
         logging.info("Writing SavedModel to %s", tmp_path)
         module = EncoderServingModule(encoder)
@@ -406,13 +393,12 @@ def export_saved_model(
         write_warmup_requests(os.path.join(tmp_path, WARMUP_FILE), images[:warmup_batch_size])
         verification = verify_export(tmp_path, encoder, images)
         logging.info("Export verified on %d %s images: %s", len(images), image_source, verification)
-        os.makedirs(os.path.join(tmp_path, "assets.extra"), exist_ok=True)
-        run_dir.write_json_atomic(
+        storage.write_json_atomic(
             os.path.join(tmp_path, METADATA_FILE),
             {
                 **(metadata or {}),
                 "embedding_dim": int(encoder.output.shape[-1]),
-                "output_stride": 4,
+                "output_stride": OUTPUT_STRIDE,
                 "input_multiple": INPUT_MULTIPLE,
                 "signatures": sorted(module.signatures()),
                 "verification": {**verification, "images": image_source},
@@ -420,8 +406,9 @@ def export_saved_model(
         )
         # Re-checked right before the rename: another export may have taken the version.
         _version_path(export_dir, version)
-        os.rename(tmp_path, final_path)
+        storage.publish_directory(tmp_path, final_path)
     finally:
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        if tf.io.gfile.exists(tmp_path):
+            tf.io.gfile.rmtree(tmp_path)
     logging.info("Exported version %d to %s", version, final_path)
     return final_path

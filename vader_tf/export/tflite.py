@@ -15,6 +15,11 @@ Quantization modes:
   float (for the encoder only the initial uint8 -> float32 cast does).
 
 `parity_report` measures how close a converted model is to the SavedModel.
+
+The SavedModel and the output may be on any filesystem `tf.io.gfile` knows (e.g.
+`gs://`): the converter works on a local temporary copy of the re-saved signature, the
+interpreter reads the model from memory, and the `.tflite` file and its report are
+written through `vader_tf.storage`.
 """
 
 import os
@@ -27,9 +32,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.export import saved_model as saved_model_lib
-from vader_tf.models.encoder import INPUT_MULTIPLE
-from vader_tf.run_dir import write_json_atomic
+from vader_tf.serving_contract import (
+    FEATURES_OUTPUT,
+    IMAGES_INPUT,
+    INPUT_DTYPE,
+    INPUT_MULTIPLE,
+    SERVING_SIGNATURE,
+)
 
 QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
 
@@ -46,20 +57,16 @@ def _resave_serving_signature(saved_model_dir, input_shape, output_dir):
     the loaded model converts with the weights frozen in.
     """
     loaded = tf.saved_model.load(saved_model_dir)
-    serve = loaded.signatures[saved_model_lib.SERVING_SIGNATURE]
+    serve = loaded.signatures[SERVING_SIGNATURE]
     module = tf.Module()
     module.exported = loaded
 
-    @tf.function(
-        input_signature=[tf.TensorSpec(input_shape, tf.uint8, name=saved_model_lib.IMAGES_INPUT)]
-    )
+    @tf.function(input_signature=[tf.TensorSpec(input_shape, INPUT_DTYPE, name=IMAGES_INPUT)])
     def serve_images(images):
-        return serve(**{saved_model_lib.IMAGES_INPUT: images})
+        return serve(**{IMAGES_INPUT: images})
 
     module.serve = serve_images
-    tf.saved_model.save(
-        module, output_dir, signatures={saved_model_lib.SERVING_SIGNATURE: serve_images}
-    )
+    tf.saved_model.save(module, output_dir, signatures={SERVING_SIGNATURE: serve_images})
     return output_dir
 
 
@@ -102,11 +109,12 @@ def convert(
     if quantization == "int8" and representative_images is None:
         raise ValueError("int8 quantization needs representative_images for calibration.")
 
+    # Local on purpose: the converter reads the SavedModel with local file access.
     with tempfile.TemporaryDirectory(prefix="vader-tflite-") as tmp:
         input_shape = [None, None, None, 3] if dynamic_size else [1, input_size, input_size, 3]
         source = _resave_serving_signature(saved_model_dir, input_shape, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            source, signature_keys=[saved_model_lib.SERVING_SIGNATURE]
+            source, signature_keys=[SERVING_SIGNATURE]
         )
         supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization == "float16":
@@ -138,7 +146,7 @@ def convert(
 def _representative_dataset(images):
     def generate():
         for image in images:
-            yield {saved_model_lib.IMAGES_INPUT: np.asarray(image[None], np.uint8)}
+            yield {IMAGES_INPUT: np.asarray(image[None], np.uint8)}
 
     return generate
 
@@ -147,15 +155,16 @@ class TFLiteRunner:
     """Runs a converted model's `serving_default` with the LiteRT interpreter.
 
     Args:
-        model_path: path of the `.tflite` file.
+        model: path of the `.tflite` file (on any `tf.io.gfile` filesystem) or its bytes.
         num_threads: interpreter threads.
     """
 
-    def __init__(self, model_path, num_threads=1):
+    def __init__(self, model, num_threads=1):
         # Imported here: ai-edge-litert is an optional dependency (extra "tflite").
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=model_path, num_threads=num_threads)
+        content = model if isinstance(model, bytes) else storage.read_bytes(model)
+        self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._shape = None
@@ -201,11 +210,11 @@ class TFLiteRunner:
         return statistics.median(times)
 
 
-def parity_report(tflite_path, saved_model_dir, images, num_threads=1, latency_runs=10):
+def parity_report(tflite_model, saved_model_dir, images, num_threads=1, latency_runs=10):
     """Compares a converted model with the SavedModel it came from.
 
     Args:
-        tflite_path: the `.tflite` file.
+        tflite_model: the `.tflite` model as bytes.
         saved_model_dir: the SavedModel version directory it was converted from.
         images: uint8 `[N, H, W, 3]` evaluation images of the TFLite input size.
         num_threads: interpreter threads (latency depends on it).
@@ -215,15 +224,13 @@ def parity_report(tflite_path, saved_model_dir, images, num_threads=1, latency_r
         A dict with the per-pixel cosine similarity (mean and worst), the maximum
         absolute error, the file size and the median latency of one image.
     """
-    serve = tf.saved_model.load(saved_model_dir).signatures[saved_model_lib.SERVING_SIGNATURE]
-    runner = TFLiteRunner(tflite_path, num_threads=num_threads)
+    serve = tf.saved_model.load(saved_model_dir).signatures[SERVING_SIGNATURE]
+    runner = TFLiteRunner(tflite_model, num_threads=num_threads)
     expected, actual = [], []
     for image in images:  # One at a time: fixed-size models take a batch of one.
         batch = image[None]
         expected.append(
-            serve(**{saved_model_lib.IMAGES_INPUT: tf.constant(batch)})[
-                saved_model_lib.FEATURES_OUTPUT
-            ].numpy()
+            serve(**{IMAGES_INPUT: tf.constant(batch)})[FEATURES_OUTPUT].numpy()
         )
         actual.append(runner(batch))
     expected, actual = np.concatenate(expected), np.concatenate(actual)
@@ -231,14 +238,13 @@ def parity_report(tflite_path, saved_model_dir, images, num_threads=1, latency_r
         np.linalg.norm(expected, axis=-1) * np.linalg.norm(actual, axis=-1), 1e-12
     )
     return {
-        "tflite": os.path.abspath(tflite_path),
-        "saved_model": os.path.abspath(saved_model_dir),
+        "saved_model": storage.absolute(saved_model_dir),
         "num_images": int(len(images)),
         "image_shape": list(images.shape[1:]),
         "cosine_mean": float(np.mean(cosine)),
         "cosine_worst": float(np.min(cosine)),
         "max_abs_error": float(np.max(np.abs(expected - actual))),
-        "file_size_bytes": os.path.getsize(tflite_path),
+        "file_size_bytes": len(tflite_model),
         "median_latency_ms": runner.median_latency_ms(images[:1], runs=latency_runs),
         "num_threads": num_threads,
     }
@@ -286,28 +292,19 @@ def export_tflite(
         representative_images=calibration_images,
         allow_flex=allow_flex,
     )
-    output_dir = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(output_dir, exist_ok=True)
-    tmp_path = f"{output_path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp_path, "wb") as f:
-            f.write(model)
-        report = parity_report(tmp_path, saved_model_dir, evaluation_images, num_threads)
-        report.update(
-            tflite=os.path.abspath(output_path),
-            quantization=quantization,
-            input_size=None if dynamic_size else input_size,
-            dynamic_size=dynamic_size,
+    report = parity_report(model, saved_model_dir, evaluation_images, num_threads)
+    report.update(
+        tflite=storage.absolute(output_path),
+        quantization=quantization,
+        input_size=None if dynamic_size else input_size,
+        dynamic_size=dynamic_size,
+    )
+    logging.info("TFLite parity: %s", report)
+    if min_cosine is not None and not report["cosine_worst"] >= min_cosine:
+        raise ValueError(
+            f"Worst per-pixel cosine similarity {report['cosine_worst']:.6f} is below "
+            f"the required {min_cosine}; nothing written."
         )
-        logging.info("TFLite parity: %s", report)
-        if min_cosine is not None and not report["cosine_worst"] >= min_cosine:
-            raise ValueError(
-                f"Worst per-pixel cosine similarity {report['cosine_worst']:.6f} is below "
-                f"the required {min_cosine}; nothing written."
-            )
-        os.replace(tmp_path, output_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    write_json_atomic(report_path(output_path), report)
+    storage.write_atomic(output_path, model)
+    storage.write_json_atomic(report_path(output_path), report)
     return report

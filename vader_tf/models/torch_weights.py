@@ -28,14 +28,16 @@ PyTorch is only needed to read the checkpoint (`pip install vader-tf[torch]`);
 """
 
 import dataclasses
+import io
 import os
 import re
-import tempfile
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.models import backbone as backbone_lib
 
 # Batch-norm epsilon of `torch.nn.BatchNorm2d`, which torchvision's ResNet uses.
@@ -172,7 +174,11 @@ def load_torch_checkpoint(path, allow_pickle=False):
     """
     torch = _import_torch()
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        checkpoint = torch.load(
+            io.BytesIO(storage.read_bytes(path)),
+            map_location="cpu",
+            weights_only=not allow_pickle,
+        )
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, ...
         if allow_pickle:
             raise
@@ -431,23 +437,20 @@ def convert_state_dict(state_dict, backbone="resnet50", prefix=None):
 def save_backbone_weights(keras_backbone, output_path):
     """Writes `keras_backbone.save_weights` to `output_path` atomically.
 
-    The weights go to a temporary `*.weights.h5` beside `output_path` that is renamed
-    into place, so a failed write never leaves a partial file under the final name.
+    The weights go to a temporary `*.tmp-<pid>.weights.h5` beside `output_path` that is
+    renamed into place (see `vader_tf.storage`), so a failed write never leaves a partial
+    file under the final name. `output_path` may be on any `tf.io.gfile` filesystem.
     """
     if not output_path.endswith(".weights.h5"):
         raise ValueError(f"Output must end with '.weights.h5', got {output_path!r}.")
-    directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(
-        dir=directory, prefix=".tmp-", suffix=".weights.h5"
-    )
-    os.close(handle)
+    storage.makedirs(os.path.dirname(output_path))
+    temp_path = storage.temporary_name(output_path[: -len(".weights.h5")], ".weights.h5")
     try:
         keras_backbone.save_weights(temp_path)
-        os.replace(temp_path, output_path)
+        tf.io.gfile.rename(temp_path, output_path, overwrite=True)
     finally:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
+        if tf.io.gfile.exists(temp_path):
+            tf.io.gfile.remove(temp_path)
 
 
 def convert_checkpoint(

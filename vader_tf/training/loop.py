@@ -10,15 +10,13 @@ next checkpoint, so the last good checkpoint stays the newest.
 
 import importlib.util
 import math
-import os
-import shutil
 import time
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import run_dir
+from vader_tf.run_dir import RunDir
 from vader_tf.training.distribution import is_chief
 
 
@@ -26,11 +24,11 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-def _worker_dir(model_dir, strategy):
-    """Where this worker writes: `model_dir` on the chief, a scratch dir elsewhere."""
+def _worker_run(run, strategy):
+    """Where this worker writes: the run directory on the chief, a scratch dir elsewhere."""
     if is_chief(strategy):
-        return model_dir
-    return os.path.join(model_dir, f"worker{strategy.cluster_resolver.task_id}_scratch")
+        return run
+    return run.worker_scratch(strategy.cluster_resolver.task_id)
 
 
 def _summary_writer(summary_dir, chief):
@@ -49,12 +47,6 @@ def _summary_writer(summary_dir, chief):
         )
         return None
     return tf.summary.create_file_writer(summary_dir)
-
-
-def _save_keras_atomic(model, path):
-    tmp = path[: -len(".keras")] + f".tmp-{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def train(
@@ -78,7 +70,8 @@ def train(
         make_dataset: `(input_context, start_index) -> tf.data.Dataset` of per-replica
             batches, starting after `start_index` images of the global stream.
         strategy: the `tf.distribute.Strategy`.
-        model_dir: run directory (see `vader_tf.run_dir`).
+        model_dir: run directory (see `vader_tf.run_dir.RunDir`), local or on any
+            filesystem `tf.io.gfile` knows (e.g. `gs://`).
         train_steps: total optimiser steps of the run (a resumed run does the rest).
         global_batch_size: images per step over all replicas.
         checkpoint_every: steps between checkpoints (a final one is always written).
@@ -99,23 +92,18 @@ def train(
             encoder=model.encoder, model=model, optimizer=model.optimizer
         )
     chief = is_chief(strategy)
-    worker_dir = _worker_dir(model_dir, strategy)
-    checkpoint_path = os.path.join(worker_dir, run_dir.CHECKPOINT_DIR)
-    manager = tf.train.CheckpointManager(
-        checkpoint,
-        checkpoint_path,
-        max_to_keep=keep_checkpoints,
-        checkpoint_name=run_dir.CHECKPOINT_PREFIX,
-    )
-    latest = run_dir.latest_checkpoint(model_dir)
+    run = RunDir(model_dir)
+    worker_run = _worker_run(run, strategy)
+    manager = worker_run.checkpoint_manager(checkpoint, max_to_keep=keep_checkpoints)
+    latest = run.latest_checkpoint()
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Resumed from %s.", latest)
     if chief:
-        run_dir.remove_stale_leftovers(model_dir)
-        run_dir.save_encoder_config(model.encoder, model_dir)
+        run.remove_stale_leftovers()
+        run.save_encoder_config(model.encoder)
         if run_config is not None:
-            run_dir.write_json_atomic(os.path.join(model_dir, run_dir.RUN_CONFIG), run_config)
+            run.write_run_config(run_config)
 
     step = int(model.optimizer.iterations.numpy())
     if step >= train_steps:
@@ -132,8 +120,7 @@ def train(
         for _ in tf.range(num_steps):
             strategy.run(model.train_step, args=(next(iterator),))
 
-    summary_dir = os.path.join(worker_dir, run_dir.TENSORBOARD_DIR)
-    writer = _summary_writer(summary_dir, chief)
+    writer = _summary_writer(worker_run.tensorboard_dir, chief)
     progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
     progbar.update(step)
     history = []
@@ -150,7 +137,7 @@ def train(
         if not math.isfinite(metrics["loss"]):
             raise NonFiniteLossError(
                 f"Loss became {metrics['loss']} by step {step}; stopped without saving. "
-                f"The newest checkpoint, {run_dir.latest_checkpoint(model_dir)}, is the last good one."
+                f"The newest checkpoint, {run.latest_checkpoint()}, is the last good one."
             )
         metrics["images/s"] = num_steps * global_batch_size / elapsed
         history.append({"step": step, **metrics})
@@ -165,7 +152,7 @@ def train(
     if writer is not None:
         writer.flush()
     if chief:
-        _save_keras_atomic(model.encoder, os.path.join(model_dir, "encoder.keras"))
-    else:
-        shutil.rmtree(worker_dir, ignore_errors=True)
+        run.save_encoder(model.encoder)
+    elif tf.io.gfile.exists(worker_run.path):
+        tf.io.gfile.rmtree(worker_run.path)
     return model, history

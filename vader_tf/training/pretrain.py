@@ -11,11 +11,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from vader_tf import run_dir
 from vader_tf.config_flags import option
 from vader_tf.data import pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
+from vader_tf.run_dir import RunDir
 from vader_tf.training import distribution, loop, methods
 from vader_tf.training import moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
@@ -247,8 +247,9 @@ class PretrainConfig:
         Raises:
             RunConfigMismatchError: naming every differing field and its stored value.
         """
-        stored = run_dir.read_run_config(self.model_dir)
-        if stored is None or run_dir.latest_checkpoint(self.model_dir) is None:
+        run = RunDir(self.model_dir)
+        stored = run.read_run_config()
+        if stored is None or run.latest_checkpoint() is None:
             return
         defaults = dataclasses.asdict(PretrainConfig())
         differing = [

@@ -1,0 +1,167 @@
+"""File access through `tf.io.gfile`, so every path may live on any filesystem TensorFlow
+knows: local paths, `gs://` buckets, `ram://` (in-memory, one process) and others.
+
+What is guaranteed where:
+
+- Local filesystem (a path without `scheme://`, or `file://`): `write_atomic` and
+  `publish_directory` write a temporary name next to the target and rename it, so readers
+  see either the old content or the complete new one, never a partial file or directory.
+- Object stores such as GCS have no atomic rename: `tf.io.gfile.rename` of a file is a
+  copy and a delete, and a directory cannot be renamed at all. A single object is still
+  never seen half-written (an upload becomes visible only once complete), so
+  `write_atomic` keeps its guarantee per file. A directory is staged locally
+  (`staging_directory`) and `publish_directory` copies it file by file, `saved_model.pb`
+  last: while it runs, or if it is killed, the target may exist without its
+  `saved_model.pb`, which `tf.saved_model.contains_saved_model` (and TF Serving, which
+  retries) treat as not (yet) a SavedModel.
+- `ram://` behaves like an object store here: its directory rename drops the
+  directory's content, and its listings mix up siblings whose names share a prefix
+  (`assets` lists `assets.extra`'s files), so directories are never walked there.
+
+Temporary names carry the writer's process id (`*.tmp-<pid>*`); `process_is_running`
+tells whether such a writer still runs on this machine, so leftovers of killed writers
+can be removed. On storage shared by several machines only one of them (the chief) may
+clean up.
+"""
+
+import io
+import json
+import os
+import re
+import tempfile
+
+import tensorflow as tf
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_local(path):
+    """Whether `path` is on the local filesystem (no `scheme://`, or `file://`)."""
+    return not _SCHEME.match(path) or path.startswith("file://")
+
+
+def absolute(path):
+    """`path` made absolute if local; other filesystems' paths are returned as they are."""
+    return os.path.abspath(path) if not _SCHEME.match(path) else path
+
+
+def temporary_name(path, suffix=""):
+    """A sibling of `path` for an atomic write by this process: `<path>.tmp-<pid><suffix>`."""
+    return f"{path}.tmp-{os.getpid()}{suffix}"
+
+
+def process_is_running(pid):
+    """Whether a process `pid` runs on this machine (a leftover of a dead one is stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # It exists, under another user.
+    return True
+
+
+def makedirs(path):
+    """Creates directory `path` and its parents if missing (a no-op for an empty path)."""
+    if path:
+        tf.io.gfile.makedirs(path)
+
+
+def write_atomic(path, content):
+    """Writes `content` (str or bytes) to `path` through a temporary name and a rename."""
+    makedirs(os.path.dirname(path))
+    tmp = temporary_name(path)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+
+
+def write_json_atomic(path, payload):
+    """Writes `payload` as indented, key-sorted JSON to `path` (see `write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    """The JSON document at `path`."""
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def read_bytes(path):
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def isfile(path):
+    return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def listdir(path):
+    """The names in directory `path` (without the trailing `/` some filesystems add)."""
+    return [name.rstrip("/") for name in tf.io.gfile.listdir(path)]
+
+
+def open_image(path):
+    """The image file at `path` as a `PIL.Image` (read into memory first)."""
+    from PIL import Image  # Imported here: only image readers need Pillow.
+
+    return Image.open(io.BytesIO(read_bytes(path)))  # In memory: read through gfile.
+
+
+def read_json_if_exists(path):
+    """The JSON document at `path`, or None if there is no file there."""
+    return read_json(path) if tf.io.gfile.exists(path) else None
+
+
+def remove(path):
+    """Deletes the file or directory tree `path`."""
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    else:
+        tf.io.gfile.remove(path)
+
+
+def copy_tree(source, target, last=None):
+    """Copies the directory tree `source` to `target` file by file; `last` (a file name
+    relative to `source`) is copied after every other file."""
+    files = []
+    for root, _, names in tf.io.gfile.walk(source):
+        relative_root = root[len(source.rstrip("/")) :].strip("/")
+        files += [os.path.join(relative_root, name) for name in names]
+    files.sort(key=lambda name: (name == last, name))
+    for name in files:
+        makedirs(os.path.dirname(os.path.join(target, name)))
+        tf.io.gfile.copy(os.path.join(source, name), os.path.join(target, name))
+
+
+def staging_directory(target, name):
+    """Where to write a directory before `publish_directory(staging, target)`: `name`
+    next to `target` on the local filesystem (not created), a new local temporary
+    directory otherwise."""
+    if is_local(target):
+        return os.path.join(os.path.dirname(target), name)
+    # Local on purpose: other filesystems get a copy (see the module docstring).
+    return tempfile.mkdtemp(prefix=f"vader{name}-")
+
+
+def publish_directory(tmp, target):
+    """Moves the finished directory `tmp` (from `staging_directory`) to `target`, which
+    must not exist.
+
+    A rename on the local filesystem; elsewhere a copy with `saved_model.pb` last and a
+    deletion of `tmp` (see the module docstring for what readers may see meanwhile).
+    """
+    if is_local(target):
+        tf.io.gfile.rename(tmp, target)
+        return
+    try:
+        copy_tree(tmp, target, last="saved_model.pb")
+    except Exception:
+        if tf.io.gfile.exists(target):  # A failed copy leaves no partial target behind.
+            tf.io.gfile.rmtree(target)
+        raise
+    tf.io.gfile.rmtree(tmp)
