@@ -4,7 +4,6 @@ stride-4 grid, from Keras encoders and from SavedModel exports (`pyramid` signat
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from vader_tf.eval.encoders import LAYERS, load_feature_extractor, load_keras_encoder
 from vader_tf.export.saved_model import export_saved_model

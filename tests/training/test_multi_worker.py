@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tests.training.helpers import write_smooth_photos
 from vader_tf.run_dir import RunDir

@@ -14,31 +14,25 @@ the fraction of scored points with error <= k pixels; note cell centres are 4 pi
 apart, so errors of up to 2*sqrt(2) pixels are quantisation.
 """
 
-import os
 
 import numpy as np
 import tensorflow as tf
 
-from vader_tf import storage
+from vader_tf.data.sources import IMAGE_EXTENSIONS, list_image_files
 from vader_tf.eval import metrics
 from vader_tf.ops.grid import FEATURE_STRIDE, grid_to_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 WARP_KINDS = ("crop_flip", "homography")
 
 
 def list_images(folder, limit=None):
-    """Sorted paths of the image files below `folder` (recursively)."""
-    if not tf.io.gfile.isdir(folder):
-        raise FileNotFoundError(f"Image folder {folder!r} not found.")
-    paths = sorted(
-        os.path.join(directory, name)
-        for directory, _, names in tf.io.gfile.walk(folder)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    """The first `limit` (default: all) image files below `folder`, as
+    `vader_tf.data.sources.list_image_files` lists them (the lister of `--data`)."""
+    paths = list_image_files(folder)
     if not paths:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found below {folder!r}.")
+        raise ValueError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) found below {folder!r}."
+        )
     return paths[:limit]
 
 

@@ -17,7 +17,6 @@ TFDS `nyu_depth_v2` dataset if it is already prepared locally (never downloaded 
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from vader_tf.data.segmentation import resize_pair
 from vader_tf.eval import metrics
