@@ -420,40 +420,37 @@ def format_cell(values, digits=3):
 
 
 def tap_description(name, layer):
-    if layer in ("features", "decoder"):
-        trained = "trained" if name.startswith("vader") else "untrained decoder"
-        if name == "random":
-            trained = "untrained"
-        return f"`{layer}` ({trained})"
-    return f"`{layer}` (backbone)"
+    if layer not in ("features", "decoder"):
+        return f"`{layer}` (backbone)"
+    if name == "random":
+        return f"`{layer}` (untrained)"
+    return f"`{layer}` ({'trained' if name.startswith('vader') else 'untrained decoder'})"
+
+
+def _table_row(label, tap, row):
+    """One Markdown row: `row` is `{column: [value per seed]}`."""
+    seeds = max(len(values) for values in row.values())
+    cells = [
+        format_cell(row.get(column, []), 1 if column == "err px" else 3) for column in COLUMNS
+    ]
+    return f"| {label} | {tap} | {seeds} | " + " | ".join(cells) + " |"
 
 
 def results_table(aggregated, before=None, before_label="before"):
-    """Markdown table: mean ± std (sample std over seeds) per encoder tap."""
+    """Markdown table: mean ± std (sample std over seeds) per encoder tap, then the rows of
+    `before` (`{(name, layer): {column: value}}`, one seed)."""
     lines = [
         "| Encoder | Tap | seeds | CamVid mIoU | DAVIS J | DAVIS F | DAVIS J&F "
         "| PCK@8 | PCK@16 | mean err (px) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, layer), row in aggregated.items():
-        seeds = max(len(values) for values in row.values())
-        cells = [
-            format_cell(row.get(column, []), 1 if column == "err px" else 3)
-            for column in COLUMNS
-        ]
-        lines.append(
-            f"| {ENCODER_NAMES[name]} | {tap_description(name, layer)} | {seeds} | "
-            + " | ".join(cells) + " |"
-        )
+        lines.append(_table_row(ENCODER_NAMES[name], tap_description(name, layer), row))
     for (name, layer), row in (before or {}).items():
-        cells = [
-            format_cell([row[column]] if column in row else [], 1 if column == "err px" else 3)
-            for column in COLUMNS
-        ]
-        lines.append(
-            f"| {ENCODER_NAMES[name]} ({before_label}) | {tap_description(name, layer)} | 1 | "
-            + " | ".join(cells) + " |"
-        )
+        lines.append(_table_row(
+            f"{ENCODER_NAMES[name]} ({before_label})", tap_description(name, layer),
+            {column: [value] for column, value in row.items()},
+        ))
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ tuples of int or str (comma-separated lists on the command line).
 """
 
 import dataclasses
+import types
 import typing
 
 from absl import flags
@@ -20,7 +21,7 @@ def option(default, help, **kwargs):
 
 
 def _base_type(kind):
-    if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
     return kind
 
