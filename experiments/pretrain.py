@@ -1,4 +1,4 @@
-"""Pretrains dense features with VADeR (or the MoCo v2 baseline).
+"""Pretrains dense features with VADeR (or the MoCo v2 or DenseCL baselines, `--method`).
 
 With no flags this is the README's main job: a few minutes of VADeR on the photos that ship
 with scikit-image, on the CPU, into ./runs/vader_samples.

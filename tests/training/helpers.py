@@ -9,6 +9,7 @@ import tensorflow as tf
 from vader_tf.models import build_encoder
 from vader_tf.training.optimizers import TorchSGD
 from vader_tf.training.pretrain import PretrainConfig
+from vader_tf.training.densecl import DenseCL
 from vader_tf.training.moco import MoCo
 from vader_tf.training.vader import VADeR
 
@@ -85,8 +86,8 @@ def build_small_model(
 ):
     keras.utils.set_random_seed(seed)
     encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
-    cls = {"vader": VADeR, "moco": MoCo}[method]
-    extra = {"embedding_dim": 8} if method == "moco" else {"queue_points_per_image": 4}
+    cls = {"vader": VADeR, "moco": MoCo, "densecl": DenseCL}[method]
+    extra = {"queue_points_per_image": 4} if method == "vader" else {"embedding_dim": 8}
     model = cls(
         encoder,
         queue_size=queue_size,

@@ -1,9 +1,10 @@
 """Pretraining methods by name: the registry `pretrain.build_model` builds from.
 
 A method is a `MomentumContrast` subclass that implements its hooks
-(`contrastive_rows`, `from_pretrain_config`) and sets `encoder`; decorating it with
-`@register_method("name")` makes `--method=name` build it. Importing the method's module
-registers it (`vader_tf.training.pretrain` imports the built-in `vader` and `moco`), so a
+(`contrastive_rows`, returning one `ContrastiveTerm` per declared `TermSpec`, and
+`from_pretrain_config`) and sets `encoder`; decorating it with `@register_method("name")`
+makes `--method=name` build it. Importing the method's module registers it
+(`vader_tf.training.pretrain` imports the built-in `vader`, `moco` and `densecl`), so a
 new method is one new file plus that import.
 
 Example:

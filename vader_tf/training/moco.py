@@ -17,7 +17,7 @@ import tensorflow as tf
 from vader_tf.models.encoder import DenseEncoder
 from vader_tf.models.layers import L2Normalize
 from vader_tf.training.methods import register_method
-from vader_tf.training.momentum_contrast import MomentumContrast
+from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast
 
 
 def image_embedding_model(encoder, hidden_dim=None, embedding_dim=128, name="image_embedder"):
@@ -47,9 +47,23 @@ class MoCo(MomentumContrast):
         return cls(encoder, embedding_dim=config.embedding_dim, **common)
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
-        queries = tf.concat([query_outputs[q] for q, _ in self.directions], axis=0)
-        positives = tf.concat([key_outputs[k] for _, k in self.directions], axis=0)
-        weights = tf.ones(tf.shape(queries)[:1], tf.float32)
-        key_2 = key_outputs[1]
-        # Every image is a valid row: MoCo needs no overlap between its two views.
-        return queries, positives, weights, key_2, tf.ones(tf.shape(key_2)[:1], tf.bool)
+        return (image_term(self.terms[0].name, self.directions, query_outputs, key_outputs),)
+
+
+def image_term(name, directions, query_embeddings, key_embeddings):
+    """MoCo's term: each image's query embedding against the other view's key embedding.
+
+    Args:
+        name: the term's name.
+        directions: the model's `(query_view, key_view)` pairs.
+        query_embeddings, key_embeddings: per view, `[B, D]` unit-norm embeddings (or
+            None for a view the network did not run on).
+    """
+    queries = tf.concat([query_embeddings[q] for q, _ in directions], axis=0)
+    positives = tf.concat([key_embeddings[k] for _, k in directions], axis=0)
+    weights = tf.ones(tf.shape(queries)[:1], tf.float32)
+    key_2 = key_embeddings[1]
+    # Every image is a valid row: MoCo needs no overlap between its two views.
+    return ContrastiveTerm(
+        name, queries, positives, weights, key_2, tf.ones(tf.shape(key_2)[:1], tf.bool)
+    )

@@ -1,10 +1,22 @@
-"""What VADeR and its MoCo baseline share: a query network trained by InfoNCE against
-keys from its momentum copy and a queue of earlier keys.
+"""What VADeR, MoCo and DenseCL share: a query network trained by InfoNCE against keys
+from its momentum copy and queues of earlier keys.
 
-Subclasses say what a contrastive row is (a matched pixel for VADeR, an image for MoCo)
-by implementing `contrastive_rows`; everything else lives here once: key and query forward
-passes with the batch-norm guard, the loss scaled for the replica count, the optimiser
-step, the momentum update and the all-gathered enqueue.
+Subclasses say what a contrastive row is (a matched pixel for VADeR, an image for MoCo,
+an image and a matched C5 cell for DenseCL) by implementing `contrastive_rows`;
+everything else lives here once: key and query forward passes with the batch-norm guard,
+the loss scaled for the replica count, the optimiser step, the momentum update and the
+all-gathered enqueue.
+
+Contrastive terms. A method has one or more terms (`TermSpec`: name, queue size, key
+width, loss weight), each with its own queue of negatives. `contrastive_rows` returns one
+`ContrastiveTerm` of rows per declared term; the loss is the weighted sum over terms of
+each term's weighted-mean InfoNCE, every term scaled for the replica count and enqueued
+(masked, all-gathered) on its own. The first term's queue keeps the variable names of a
+single-queue model, `queue` and `queue_pointer`, so older checkpoints still load; a
+further term `name` holds `{name}_queue` and `{name}_queue_pointer`. With one term the
+metrics are `loss`, `positive_similarity`, `negative_similarity` and `accuracy`; with
+several, each term's are prefixed by its name (`dense_loss`, ...) and `loss` is the
+weighted total.
 
 Batch-norm leakage guard ("shuffle BN"): BN computes its statistics over the images that
 go through the network together. If the query and its positive key are normalised with
@@ -31,6 +43,8 @@ rows). The queue receives keys of view 2 in both modes, the view the key network
 sees.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
@@ -40,11 +54,14 @@ from vader_tf.training import queue as queue_lib
 
 
 def grouped_forward(model, images, num_groups, training=True):
-    """Runs `model` on `num_groups` contiguous slices of the batch so BN sees each alone."""
+    """Runs `model` on `num_groups` contiguous slices of the batch so BN sees each alone.
+
+    `model` may have several outputs (any nest of batch-major tensors)."""
     if num_groups == 1:
         return model(images, training=training)
-    return tf.concat(
-        [model(chunk, training=training) for chunk in tf.split(images, num_groups)], axis=0
+    return tf.nest.map_structure(
+        lambda *chunks: tf.concat(chunks, axis=0),
+        *[model(chunk, training=training) for chunk in tf.split(images, num_groups)],
     )
 
 
@@ -60,8 +77,8 @@ def shuffled_forward(model, images, num_groups, permutation, replica_context=Non
         replica_context: the `tf.distribute` replica context (default: the current one).
 
     Returns:
-        `model`'s outputs for `images`, in their order, each computed in the BN group of
-        the permuted global batch that the image fell into.
+        `model`'s outputs (any nest) for `images`, in their order, each computed in the
+        BN group of the permuted global batch that the image fell into.
     """
     replica = replica_context or tf.distribute.get_replica_context()
     num_replicas = replica.num_replicas_in_sync
@@ -77,7 +94,72 @@ def shuffled_forward(model, images, num_groups, permutation, replica_context=Non
     outputs = grouped_forward(model, tf.gather(gather_replicas(images), mine), num_groups)
     # Outputs of all replicas, in permuted order; take back this replica's images.
     inverse = tf.math.invert_permutation(permutation)
-    return tf.gather(gather_replicas(outputs), inverse[start : start + local_size])
+    return tf.nest.map_structure(
+        lambda x: tf.gather(gather_replicas(x), inverse[start : start + local_size]), outputs
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TermSpec:
+    """One contrastive term a method declares: its queue and its weight in the loss.
+
+    Attributes:
+        name: the term's name (prefix of its metrics when a method has several terms;
+            `{name}_queue` names the queue of every term but the first, see module
+            docstring).
+        queue_size: K, negatives kept in the term's queue.
+        embedding_dim: channels of the term's keys.
+        loss_weight: the term's weight in the total loss.
+    """
+
+    name: str
+    queue_size: int
+    embedding_dim: int
+    loss_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveTerm:
+    """The rows of one term in one step, as `contrastive_rows` returns them.
+
+    Attributes:
+        name: the `TermSpec.name` these rows belong to.
+        queries: `[N, D]` unit-norm float32 queries.
+        positives: `[N, D]` unit-norm float32 positive keys (row i for query i).
+        weights: `[N]` float32; 1 for a row that counts, 0 for one that does not.
+        keys_to_enqueue: `[M, D]` unit-norm float32 keys for the term's queue (view 2's,
+            which the key network runs on in every mode).
+        enqueue_mask: `[M]` bool, True for the keys that may enter the queue (keys of
+            invalid pairs must not).
+    """
+
+    name: str
+    queries: tf.Tensor
+    positives: tf.Tensor
+    weights: tf.Tensor
+    keys_to_enqueue: tf.Tensor
+    enqueue_mask: tf.Tensor
+
+
+class _WeightedSum(keras.metrics.Metric):
+    """`sum_i weight_i * metric_i.result()`: the total loss over terms, read like a metric.
+
+    Holds no state of its own: the term metrics accumulate (weighted by their own row
+    counts, so each reads as its global mean) and are reset by the loop.
+    """
+
+    def __init__(self, weighted_metrics, name="loss"):
+        super().__init__(name=name)
+        self._weighted = tuple(weighted_metrics)
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def result(self):
+        return tf.add_n([weight * metric.result() for weight, metric in self._weighted])
+
+    def reset_state(self):
+        pass
 
 
 class MomentumContrast(keras.Model):
@@ -87,8 +169,8 @@ class MomentumContrast(keras.Model):
         query_model: the network trained by gradient descent.
         key_model: a network of identical architecture; becomes the momentum copy (its
             weights are overwritten with the query's and never receive gradients).
-        embedding_dim: channels of the keys held in the queue.
-        queue_size: K, number of negative keys kept.
+        embedding_dim: channels of the keys held in the queue (single-term methods).
+        queue_size: K, number of negative keys kept (single-term methods).
         temperature: InfoNCE temperature.
         momentum: EMA momentum of the key network.
         momentum_schedule: "constant" or "cosine" (momentum -> 1 over `total_steps`).
@@ -101,6 +183,8 @@ class MomentumContrast(keras.Model):
         symmetric_loss: train both directions of each pair (True) or only queries of
             view 1 against keys of view 2 (False: half the backbone work per pair; see
             module docstring).
+        terms: the method's `TermSpec`s, in the order `contrastive_rows` returns them;
+            default: one term of weight 1 over `queue_size` keys of `embedding_dim`.
     """
 
     def __init__(
@@ -117,6 +201,7 @@ class MomentumContrast(keras.Model):
         shuffle_bn=True,
         seed=0,
         symmetric_loss=True,
+        terms=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -144,28 +229,61 @@ class MomentumContrast(keras.Model):
             # its variables is: it is never seen by the optimiser or the gradient tape.
             key_weight.trainable = False
 
-        self.queue = self.add_weight(
-            shape=(queue_size, embedding_dim),
-            initializer=lambda shape, dtype: queue_lib.random_unit_rows(shape, dtype, seed),
-            trainable=False,
-            name="queue",
+        self.terms = tuple(terms or (TermSpec("contrast", queue_size, embedding_dim),))
+        names = [term.name for term in self.terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Contrastive term names must be distinct, got {names}.")
+        self._term_metrics = []
+        for index, term in enumerate(self.terms):
+            name = self._queue_name(index)
+            # Attributes named as the variables: a checkpoint tracks them by attribute.
+            queue = self.add_weight(
+                shape=(term.queue_size, term.embedding_dim),
+                initializer=lambda shape, dtype, s=seed + index: queue_lib.random_unit_rows(
+                    shape, dtype, s
+                ),
+                trainable=False,
+                name=name,
+            )
+            setattr(self, name, queue)
+            setattr(
+                self,
+                f"{name}_pointer",
+                self.add_weight(
+                    shape=(), initializer="zeros", dtype="int64", trainable=False,
+                    name=f"{name}_pointer",
+                ),
+            )
+            prefix = f"{term.name}_" if len(self.terms) > 1 else ""
+            self._term_metrics.append(
+                {
+                    key: keras.metrics.Mean(name=prefix + key)
+                    for key in ("loss", "positive_similarity", "negative_similarity", "accuracy")
+                }
+            )
+        self.loss_tracker = (
+            self._term_metrics[0]["loss"]
+            if len(self.terms) == 1
+            else _WeightedSum(
+                [(t.loss_weight, m["loss"]) for t, m in zip(self.terms, self._term_metrics)]
+            )
         )
-        self.queue_pointer = self.add_weight(
-            shape=(), initializer="zeros", dtype="int64", trainable=False, name="queue_pointer"
-        )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.positive_similarity_tracker = keras.metrics.Mean(name="positive_similarity")
-        self.negative_similarity_tracker = keras.metrics.Mean(name="negative_similarity")
-        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    def _queue_name(self, index):
+        """Term `index`'s queue variable (and attribute); its pointer adds `_pointer`."""
+        return "queue" if index == 0 else f"{self.terms[index].name}_queue"
+
+    def _queue_of(self, index):
+        """The `(queue, pointer)` variables of term `index`."""
+        name = self._queue_name(index)
+        return getattr(self, name), getattr(self, f"{name}_pointer")
 
     @property
     def metrics(self):
-        return [
-            self.loss_tracker,
-            self.positive_similarity_tracker,
-            self.negative_similarity_tracker,
-            self.accuracy_tracker,
-        ]
+        term_metrics = [m for metrics in self._term_metrics for m in metrics.values()]
+        if len(self.terms) == 1:
+            return term_metrics
+        return [self.loss_tracker, *term_metrics]
 
     def call(self, images, training=False):
         return self.query_model(images, training=training)
@@ -199,7 +317,7 @@ class MomentumContrast(keras.Model):
         return ((0, 1), (1, 0)) if self.symmetric_loss else ((0, 1),)
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
-        """Pairs queries with positive keys, for each of `self.directions`.
+        """Pairs queries with positive keys, for each of `self.directions` and each term.
 
         Args:
             data: the batch dict.
@@ -209,11 +327,7 @@ class MomentumContrast(keras.Model):
                 on view 2 only).
 
         Returns:
-            `(queries [N, D], positives [N, D], weights [N], keys_to_enqueue [M, D],
-            enqueue_mask [M])`: the first four unit-norm float32 (weights: 1 for a row that
-            counts, 0 for one that does not); `enqueue_mask` is True for the keys that may
-            enter the queue (keys of invalid pairs must not). The keys to enqueue are
-            view 2's, which the key network runs on in every mode.
+            One `ContrastiveTerm` per entry of `self.terms`, in that order.
         """
         raise NotImplementedError
 
@@ -247,7 +361,7 @@ class MomentumContrast(keras.Model):
                 )
             else:
                 keys = grouped_forward(self.key_model, images, self.bn_groups)
-            outputs.append(tf.stop_gradient(keys))
+            outputs.append(tf.nest.map_structure(tf.stop_gradient, keys))
         return outputs
 
     def train_step(self, data):
@@ -261,16 +375,31 @@ class MomentumContrast(keras.Model):
                 grouped_forward(self.query_model, v, self.bn_groups) if i in query_views else None
                 for i, v in enumerate(views)
             ]
-            queries, positives, weights, keys_to_enqueue, enqueue_mask = self.contrastive_rows(
-                data, query_outputs, key_outputs
-            )
-            rows = losses.info_nce(queries, positives, self.queue, self.temperature)
-            weights = tf.cast(weights, tf.float32)
-            local_count = tf.reduce_sum(weights)
+            terms = tuple(self.contrastive_rows(data, query_outputs, key_outputs))
+            names = [term.name for term in terms]
+            if names != [spec.name for spec in self.terms]:
+                raise ValueError(
+                    f"{type(self).__name__}.contrastive_rows returned terms {names}; "
+                    f"declared: {[spec.name for spec in self.terms]}."
+                )
+            rows = [
+                losses.info_nce(t.queries, t.positives, self._queue_of(i)[0], self.temperature)
+                for i, t in enumerate(terms)
+            ]
+            weights = [tf.cast(term.weights, tf.float32) for term in terms]
+            local_counts = tf.stack([tf.reduce_sum(w) for w in weights])
             # Keras sums gradients over replicas, so each replica's loss is its share of
-            # the global mean: its own sum divided by the count over all replicas.
-            global_count = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
-            loss = tf.reduce_sum(weights * rows["loss"]) / tf.maximum(global_count, 1.0)
+            # the global mean: its own sum divided by the count over all replicas (per
+            # term; one collective for all terms).
+            global_counts = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_counts)
+            loss = tf.add_n(
+                [
+                    spec.loss_weight
+                    * tf.reduce_sum(w * r["loss"])
+                    / tf.maximum(global_counts[i], 1.0)
+                    for i, (spec, w, r) in enumerate(zip(self.terms, weights, rows))
+                ]
+            )
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, queries_to_train)
         # The step this update belongs to, read before `apply` increments it.
@@ -288,26 +417,26 @@ class MomentumContrast(keras.Model):
             [query_weights[i] for i in self._ema_indices],
             momentum,
         )
-        # Every replica enqueues the valid keys of all replicas, so all hold the same queue.
+        # Every replica enqueues the valid keys of all replicas, so all hold the same queues.
         # (The mask travels as float: collectives such as NCCL do not gather bools.)
-        all_mask = replica.all_gather(tf.cast(enqueue_mask, tf.float32), axis=0)
-        queue_lib.enqueue(
-            self.queue,
-            self.queue_pointer,
-            replica.all_gather(keys_to_enqueue, axis=0),
-            all_mask > 0.5,
-        )
+        for index, term in enumerate(terms):
+            all_mask = replica.all_gather(tf.cast(term.enqueue_mask, tf.float32), axis=0)
+            queue_lib.enqueue(
+                *self._queue_of(index),
+                replica.all_gather(term.keys_to_enqueue, axis=0),
+                all_mask > 0.5,
+            )
 
         # Metrics weighted by each replica's count of rows, so that the value read across
         # replicas (sum of weighted totals / sum of counts) is the global mean.
-        def weighted_mean(values):
-            return tf.reduce_sum(weights * values) / tf.maximum(local_count, 1.0)
-
-        for tracker, values in (
-            (self.loss_tracker, rows["loss"]),
-            (self.positive_similarity_tracker, rows["positive_similarity"]),
-            (self.negative_similarity_tracker, rows["negative_similarity"]),
-            (self.accuracy_tracker, rows["correct"]),
-        ):
-            tracker.update_state(weighted_mean(values), sample_weight=local_count)
+        for index, (w, r, trackers) in enumerate(zip(weights, rows, self._term_metrics)):
+            local_count = local_counts[index]
+            for key, values in (
+                ("loss", r["loss"]),
+                ("positive_similarity", r["positive_similarity"]),
+                ("negative_similarity", r["negative_similarity"]),
+                ("accuracy", r["correct"]),
+            ):
+                mean = tf.reduce_sum(w * values) / tf.maximum(local_count, 1.0)
+                trackers[key].update_state(mean, sample_weight=local_count)
         return {m.name: m.result() for m in self.metrics}

@@ -17,7 +17,7 @@ from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.run_dir import RunDir
 from vader_tf.training import distribution, loop, methods
-from vader_tf.training import moco, vader  # noqa: F401  (registers the built-in methods)
+from vader_tf.training import densecl, moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
 
 MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
@@ -53,6 +53,7 @@ _FLOAT_RANGES = {
     "base_learning_rate": (0.0, math.inf, True),
     "weight_decay": (0.0, math.inf, True),
     "sgd_momentum": (0.0, 1.0, True),
+    "densecl_loss_weight": (0.0, 1.0, True),
 }
 
 
@@ -105,8 +106,9 @@ class PretrainConfig:
     )
     method: str = option(
         "vader",
-        "'vader' (pixel-level), 'moco' (image-level MoCo v2 baseline) or another method "
-        "registered with vader_tf.training.methods.register_method.",
+        "'vader' (pixel-level), 'moco' (image-level MoCo v2 baseline), 'densecl' (DenseCL: "
+        "global + dense terms) or another method registered with "
+        "vader_tf.training.methods.register_method.",
     )
     # Model.
     backbone: str = option(
@@ -136,8 +138,8 @@ class PretrainConfig:
     flip_prob: float = option(0.5, "Probability of a horizontal flip.")
     min_overlap: float = option(
         0.1,
-        "Smallest accepted crop overlap (VADeR only; MoCo draws independent crops as "
-        "MoCo v2).",
+        "Smallest accepted crop overlap (VADeR only; MoCo and DenseCL draw independent "
+        "crops as MoCo v2).",
     )
     # The stream is bitwise the same with and without the cache.
     cache_decoded_mb: int = option(
@@ -146,9 +148,12 @@ class PretrainConfig:
         "folders; never TFRecord streams); 0 = off.",
     )
     # Method.
-    queue_size: int = option(4096, "Negatives kept in the queue (K).")
+    queue_size: int = option(4096, "Negatives kept in the queue (K; each of DenseCL's two).")
     queue_points_per_image: int = option(16, "Key pixels per image enqueued each step (VADeR).")
     temperature: float = option(0.2, "InfoNCE temperature.")
+    densecl_loss_weight: float = option(
+        0.5, "DenseCL: weight lambda of the dense term; the global term gets 1 - lambda."
+    )
     ema_momentum: float = option(0.99, "Momentum of the key network's EMA.")
     momentum_schedule: str = option(
         "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
@@ -268,8 +273,8 @@ class PretrainConfig:
 
     @property
     def pair_min_overlap(self):
-        """The view pairs' minimum-overlap rule: VADeR's, or none for MoCo v2, whose two
-        views are independent crops."""
+        """The view pairs' minimum-overlap rule: VADeR's, or none for MoCo v2 and DenseCL,
+        whose two views are independent crops."""
         method = methods.get_method(self.method)
         return self.min_overlap if method.needs_overlapping_views else None
 
@@ -341,7 +346,7 @@ def dtype_policy(mixed_precision):
 
 
 def build_model(config):
-    """The compiled VADeR or MoCo model of `config` (call under the strategy's scope).
+    """The compiled model of `config.method` (call under the strategy's scope).
 
     Initialisation is seeded by `config.seed`, so two runs of one config start equal.
     Layers compute in `config.mixed_precision` (weights, embeddings, loss, queue and EMA

@@ -12,7 +12,7 @@ import tensorflow as tf
 from vader_tf.models.encoder import DenseEncoder
 from vader_tf.ops.sampling import sample_points
 from vader_tf.training.methods import register_method
-from vader_tf.training.momentum_contrast import MomentumContrast
+from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast
 
 
 def _sample_unit(feature_map, points):
@@ -70,4 +70,8 @@ class VADeR(MomentumContrast):
         enqueue_mask = tf.reshape(
             tf.broadcast_to(tf.cast(data["valid"], tf.bool)[:, None], tf.shape(queued)[:2]), [-1]
         )
-        return queries, positives, weights, keys_to_enqueue, enqueue_mask
+        return (
+            ContrastiveTerm(
+                self.terms[0].name, queries, positives, weights, keys_to_enqueue, enqueue_mask
+            ),
+        )
