@@ -97,6 +97,7 @@ def test_record_is_json_and_names_the_protocol():
         (protocols.DavisProtocol, dict(context_frames=-1), "--context_frames"),
         (protocols.CorrespondenceProtocol, dict(perspective=-0.1), "--perspective"),
         (protocols.CorrespondenceProtocol, dict(min_scale=1.5), "--min_scale"),
+        (protocols.CorrespondenceProtocol, dict(thresholds=()), "--thresholds"),
         (protocols.CamVidProbeProtocol, dict(steps=0), "--steps"),
         (protocols.DepthProtocol, dict(pixels_per_image=-1), "--pixels_per_image"),
         (protocols.FinetuneProtocol, dict(batch_size=0), "--batch_size"),

@@ -78,11 +78,10 @@ class CorrespondenceProtocol:
     def __post_init__(self):
         _check(self, positive=("image_size", "warps_per_image", "point_stride", "min_scale"))
         _check(self, non_negative=("perspective",))
-        if not self.thresholds or self.min_scale > 1:
-            raise ValueError(
-                "--thresholds must name at least one distance and --min_scale be at most 1, "
-                f"got {self.thresholds} and {self.min_scale}."
-            )
+        if self.min_scale > 1:
+            raise ValueError(f"--min_scale must be at most 1, got {self.min_scale}.")
+        if not self.thresholds:
+            raise ValueError("--thresholds must name at least one distance in pixels.")
 
     @property
     def scale_range(self):
