@@ -60,11 +60,11 @@ def test_finetune_script(tmp_path, segmentation_root):
     results = run_script(
         "finetune_segmentation", tmp_path, "--encoder=random:resnet18",
         f"--data_root={segmentation_root}", "--num_classes=2", "--ignore_label=255",
-        "--image_size=64", "--steps=2", "--batch_size=8", "--head_channels=4",
+        "--image_size=64", "--steps=2", "--batch_size=8", "--head_channels=4", "--limit=2",
     )
     assert 0 <= results["metrics"]["mean_iou"] <= 1
-    # Batches are capped at the 4 training images, and the protocol records what was used.
-    assert results["protocol"]["batch_size"] == 4
+    # Batches are capped at the 2 training images, and the protocol records what was used.
+    assert results["protocol"]["batch_size"] == 2
     assert results["protocol"]["head_channels"] == 4
 
 
