@@ -17,10 +17,12 @@ then writes mean +- std over the seeds done so far. BSDS500 val photos are kept 
 pretraining because the correspondence protocol uses them.
 
 Every step is resumable: pretraining resumes from its run directory and an evaluation
-whose result JSON exists is skipped (unless `force`). Each result JSON records, as its
-`command`, the standalone `experiments/` command that computes the same numbers. Results
-of an earlier version of the code can be kept in `before_dir` (same file names, one seed)
-and are shown as their own rows.
+whose result JSON exists is skipped (unless `force`) if the JSON records the study's
+protocol (`vader_tf.eval.protocols`, shrunk by `StudyConfig.protocols`) or none (files
+written before protocols were recorded). Each result JSON records, as its `command`, the
+standalone `experiments/` command that computes the same numbers. Results of an earlier
+version of the code can be kept in `before_dir` (same file names, one seed) and are shown
+as their own rows.
 """
 
 import dataclasses
@@ -34,14 +36,15 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf import storage
+from vader_tf.config_flags import option, to_argv
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
-from vader_tf.eval.correspondence import evaluate_correspondence, list_images
+from vader_tf.eval.correspondence import evaluate_correspondence, list_images, load_images
 from vader_tf.eval.davis import evaluate_davis, list_sequences
-from vader_tf.config_flags import option
 from vader_tf.eval.encoders import LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
-from vader_tf.eval.reporting import write_results
+from vader_tf.eval.protocols import CamVidProbeProtocol, CorrespondenceProtocol, DavisProtocol
+from vader_tf.eval.reporting import same_protocol, write_results
 from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
@@ -67,10 +70,6 @@ PRETRAIN_FLAGS = (
     "model_dir", "data", "method", "backbone", "image_size", "batch_size", "train_steps",
     "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
 )
-CAMVID_CLASSES = 11
-CAMVID_IGNORE = 11
-PCK_THRESHOLDS = (4, 8, 16, 32)
-DAVIS_PROTOCOL = dict(context_frames=3, topk=10, temperature=0.07, radius=12.0)
 # Hand-written findings in the results folder, included in the report when present.
 FINDINGS_FILE = "findings.md"
 PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
@@ -110,12 +109,14 @@ class StudyConfig:
     layers: tuple[str, ...] = option(
         ("features", "decoder", "P4"), f"Taps evaluated for every encoder, from {LAYERS}."
     )
-    probe_image_size: int = option(224, "CamVid short side.")
+    probe_image_size: int = option(CamVidProbeProtocol.image_size, "CamVid short side.")
     probe_steps: int = option(1000, "Linear-probe optimisation steps.")
     probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
     davis_image_size: int = option(192, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
-    correspondence_image_size: int = option(256, "BSDS500 short side.")
+    correspondence_image_size: int = option(
+        CorrespondenceProtocol.image_size, "BSDS500 short side."
+    )
     correspondence_images: int = option(100, "BSDS500 val photos warped.")
     force: bool = option(False, "Recompute evaluations whose result JSON exists.")
     report_only: bool = option(
@@ -132,6 +133,7 @@ class StudyConfig:
         for name in ("train_steps", "batch_size", "image_size", "probe_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
+        self.protocols()  # Validates the evaluation settings.
         if self.continue_steps < 0:
             raise ValueError(f"--continue_steps must be >= 0, got {self.continue_steps}.")
         for folder in ("camvid", "davis2016", *PRETRAINING_FOLDERS):
@@ -140,6 +142,17 @@ class StudyConfig:
                     f"--data_root={self.data_root!r} has no {folder}/ (expected the layout "
                     "of ../shared/data: bsds500/, camvid/, davis2016/)."
                 )
+
+    def protocols(self):
+        """`{evaluation: protocol}`: the protocols of `vader_tf.eval.protocols` with the
+        study's image sizes and probe steps; every other setting at its default."""
+        return {
+            "linear_probe": CamVidProbeProtocol(
+                image_size=self.probe_image_size, steps=self.probe_steps
+            ),
+            "davis_label_propagation": DavisProtocol(image_size=self.davis_image_size),
+            "correspondence": CorrespondenceProtocol(image_size=self.correspondence_image_size),
+        }
 
     def seed_dir(self, seed):
         return os.path.join(self.run_dir, f"seed{seed}")
@@ -272,10 +285,12 @@ class Evaluations:
         self.davis = os.path.join(config.data_root, "davis2016")
         self.bsds_val = os.path.join(config.data_root, "bsds500", "images", "val")
         self._probe_data = None
+        self.protocols = config.protocols()
 
     def probe_data(self):
         if self._probe_data is None:
-            size, limit = self.config.probe_image_size, self.config.probe_limit
+            size = self.protocols["linear_probe"].image_size
+            limit = self.config.probe_limit
             self._probe_data = (
                 load_segmentation_split(self.camvid, "train", size, limit=limit),
                 load_segmentation_split(self.camvid, "val", size, limit=limit),
@@ -283,27 +298,26 @@ class Evaluations:
         return self._probe_data
 
     def commands(self, spec, layer, seed):
-        """`{evaluation: (script argv, settings)}` for one encoder tap."""
+        """`{evaluation: (script argv, data settings)}` for one encoder tap; the argv sets
+        every field of the evaluation's protocol."""
         c = self.config
         common = [f"--encoder={spec}", f"--layer={layer}", f"--seed={seed}"]
         settings = {
             "linear_probe": ("eval_linear_probe", dict(
-                data_root=self.camvid, num_classes=CAMVID_CLASSES, ignore_label=CAMVID_IGNORE,
-                image_size=c.probe_image_size, steps=c.probe_steps, limit=c.probe_limit,
+                data_root=self.camvid, limit=c.probe_limit,
             )),
             "davis_label_propagation": ("eval_davis", dict(
-                davis_root=self.davis, image_size=c.davis_image_size,
-                max_frames=c.davis_max_frames,
+                davis_root=self.davis, max_frames=c.davis_max_frames,
             )),
             "correspondence": ("eval_correspondence", dict(
-                image_dir=self.bsds_val, image_size=c.correspondence_image_size,
-                num_images=c.correspondence_images,
+                image_dir=self.bsds_val, num_images=c.correspondence_images,
             )),
         }
         return {
             evaluation: (
                 [f"experiments/{script}.py", *common]
-                + [f"--{key}={value}" for key, value in flags.items() if value is not None],
+                + [f"--{key}={value}" for key, value in flags.items() if value is not None]
+                + to_argv(self.protocols[evaluation]),
                 flags,
             )
             for evaluation, (script, flags) in settings.items()
@@ -311,24 +325,29 @@ class Evaluations:
 
     def run(self, evaluation, extractor, seed):
         c = self.config
+        protocol = self.protocols[evaluation]
         if evaluation == "linear_probe":
             (train_images, train_labels), (val_images, val_labels) = self.probe_data()
             return run_linear_probe(
-                extractor, train_images, train_labels, val_images, val_labels,
-                num_classes=CAMVID_CLASSES, ignore_label=CAMVID_IGNORE, steps=c.probe_steps,
+                extractor, train_images, train_labels, val_images, val_labels, protocol,
                 seed=seed,
             )
         if evaluation == "davis_label_propagation":
             return evaluate_davis(
-                extractor, self.davis, short_side=c.davis_image_size,
-                max_frames=c.davis_max_frames, **DAVIS_PROTOCOL,
+                extractor, self.davis, protocol, max_frames=c.davis_max_frames
             )
-        paths = list_images(self.bsds_val, limit=c.correspondence_images)
-        images = (
-            resize_and_crop_image(load_image(path), c.correspondence_image_size)
-            for path in paths
-        )
-        return evaluate_correspondence(extractor, images, thresholds=PCK_THRESHOLDS, seed=seed)
+        images = load_images(self.bsds_val, protocol.image_size, c.correspondence_images)
+        return evaluate_correspondence(extractor, images, protocol, seed=seed)
+
+    def is_done(self, path, evaluation):
+        """Whether the result JSON `path` exists and records this study's protocol for
+        `evaluation` (or none: written before protocols were recorded)."""
+        if not tf.io.gfile.exists(path):
+            return False
+        if same_protocol(storage.read_json(path), self.protocols[evaluation]):
+            return True
+        logging.info("Recomputing %s: it records another protocol.", path)
+        return False
 
 
 def result_path(results_dir, evaluation, name, layer):
@@ -342,7 +361,7 @@ def evaluate_seed(config, seed, evaluations):
             extractor = None
             for evaluation, (argv, flags) in evaluations.commands(spec, layer, seed).items():
                 path = result_path(config.seed_results(seed), evaluation, name, layer)
-                if tf.io.gfile.exists(path) and not config.force:
+                if not config.force and evaluations.is_done(path, evaluation):
                     continue
                 if extractor is None:
                     extractor = load_feature_extractor(spec, seed=seed, layer=layer)
@@ -352,6 +371,7 @@ def evaluate_seed(config, seed, evaluations):
                 write_results(
                     path, evaluation, spec, metrics,
                     config={"layer": layer, "seed": seed, **flags}, argv=argv,
+                    protocol=evaluations.protocols[evaluation],
                 )
                 logging.info("Wrote %s", path)
             keras.backend.clear_session()
@@ -512,6 +532,10 @@ def write_report(config, command, figures, elapsed):
     if c.before_dir and tf.io.gfile.isdir(c.before_dir):
         before = collect(c.before_dir, ENCODER_NAMES, ("features", "decoder", "P4"))
     davis_sequences = ", ".join(list_sequences(os.path.join(c.data_root, "davis2016")))
+    protocols = c.protocols()
+    probe = protocols["linear_probe"]
+    davis = protocols["davis_label_propagation"]
+    correspondence = protocols["correspondence"]
     done = [seed for seed in c.seeds if tf.io.gfile.isdir(c.seed_results(seed))]
     lines = [
         "# Small-scale reproduction: VADeR vs MoCo v2 vs random init",
@@ -544,16 +568,18 @@ def write_report(config, command, figures, elapsed):
         "### Protocols",
         "",
         f"- Linear probe: CamVid train ({'all' if c.probe_limit is None else c.probe_limit} "
-        f"frames) -> val, short side {c.probe_image_size}, {c.probe_steps} Adam steps, "
-        f"{CAMVID_CLASSES} classes, void ignored.",
-        f"- DAVIS-2016 ({davis_sequences}): short side {c.davis_image_size}, "
+        f"frames) -> val, short side {probe.image_size}, {probe.steps} Adam steps, "
+        f"{probe.num_classes} classes, void ignored.",
+        f"- DAVIS-2016 ({davis_sequences}): short side {davis.image_size}, "
         f"{'all' if c.davis_max_frames is None else c.davis_max_frames} frames, first-frame "
-        f"mask propagated ({DAVIS_PROTOCOL['context_frames']} context frames, "
-        f"top-{DAVIS_PROTOCOL['topk']}, temperature {DAVIS_PROTOCOL['temperature']}, radius "
-        f"{DAVIS_PROTOCOL['radius']:g} cells).",
+        f"mask propagated ({davis.context_frames} context frames, "
+        f"top-{davis.topk}, temperature {davis.temperature}, radius "
+        f"{davis.radius:g} cells).",
         f"- Correspondence: first {c.correspondence_images} BSDS500 val photos, short side "
-        f"{c.correspondence_image_size}, one crop+flip and one homography warp each; PCK over "
+        f"{correspondence.image_size}, one crop+flip and one homography warp each; PCK over "
         "both warp kinds.",
+        "- Every other setting is its protocol's default (`vader_tf/eval/protocols.py`); each "
+        "result JSON records its protocol in full.",
         "",
         "## Budget",
         "",

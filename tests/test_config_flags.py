@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from absl import flags
 
-from vader_tf.config_flags import define_flags, from_flags, option
+from vader_tf.config_flags import define_flags, from_flags, option, to_argv
 from vader_tf.training.pretrain import PretrainConfig
 
 
@@ -18,6 +18,7 @@ class _Config:
     path: str | None = option(None, "An optional path.")
     seeds: tuple[int, ...] = option((0, 1), "Seeds.")
     plain: int = 7
+    scales: tuple[float, ...] = option((0.5, 2.0), "Scales.")
 
 
 def _parse(*argv):
@@ -35,10 +36,22 @@ def test_defaults_round_trip():
 
 
 def test_parsed_values_have_the_field_types():
-    values = _parse("--name=b", "--count=4", "--rate=0.25", "--on", "--path=/x", "--seeds=5,6,7")
+    values = _parse(
+        "--name=b", "--count=4", "--rate=0.25", "--on", "--path=/x", "--seeds=5,6,7",
+        "--scales=1.5,3",
+    )
     config = from_flags(_Config, values)
-    assert config == _Config("b", 4, 0.25, True, "/x", (5, 6, 7))
+    assert config == _Config("b", 4, 0.25, True, "/x", (5, 6, 7), 7, (1.5, 3.0))
     assert isinstance(config.seeds, tuple) and all(isinstance(s, int) for s in config.seeds)
+    assert all(isinstance(s, float) for s in config.scales)
+
+
+def test_to_argv_rebuilds_the_config():
+    config = _Config("b", 4, 0.1 + 0.2, True, None, (5, 6), 8, (1e-7, 2.5))
+    argv = to_argv(config)
+    assert "--seeds=5,6" in argv and not any(a.startswith("--path") for a in argv)
+    assert from_flags(_Config, _parse(*argv)) == config
+    assert to_argv(config, ["count", "on"]) == ["--count=4", "--on=True"]
 
 
 def test_bad_list_item_names_the_flag():

@@ -2,8 +2,9 @@
 
 A config field declared with `option(default, help)` becomes a flag of the same name, type
 and default, with `help` as its help text; `from_flags` builds the config back from the
-parsed flags. Supported field types: bool, int, float, str, their `X | None` forms, and
-tuples of int or str (comma-separated lists on the command line).
+parsed flags, and `to_argv` writes a config back as the command-line flags that make it.
+Supported field types: bool, int, float, str, their `X | None` forms, and tuples of int,
+float or str (comma-separated lists on the command line).
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ def _base_type(kind):
 
 
 def _element_type(field):
-    """int or str for a tuple field, from its annotation or its default."""
+    """int, float or str for a tuple field, from its annotation or its default."""
     args = typing.get_args(field.type)
     if args:
         return args[0]
@@ -74,3 +75,18 @@ def from_flags(config_class, flag_values=flags.FLAGS, **overrides):
                 ) from None
         values[field.name] = value
     return config_class(**values, **overrides)
+
+
+def _flag_text(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def to_argv(config, fields=None):
+    """`["--name=value", ...]` setting `fields` (default: all) of a config instance, for a
+    command line that rebuilds it with `from_flags`; fields that are None are left out."""
+    names = fields or [field.name for field in dataclasses.fields(config)]
+    return [
+        f"--{name}={_flag_text(getattr(config, name))}"
+        for name in names
+        if getattr(config, name) is not None
+    ]

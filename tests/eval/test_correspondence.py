@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from vader_tf.eval import correspondence
 from vader_tf.eval.encoders import FeatureExtractor
+from vader_tf.eval.protocols import CorrespondenceProtocol
 
 
 def test_flip_and_integer_shift_warps_are_exact():
@@ -19,7 +20,7 @@ def test_flip_and_integer_shift_warps_are_exact():
 
 def test_homography_from_points_maps_corners():
     rng = np.random.default_rng(0)
-    matrix = correspondence.random_homography(64, 96, rng, perspective=0.1, flip=True)
+    matrix = correspondence.random_homography(64, 96, rng, (0.6, 1.0), perspective=0.1, flip=True)
     corners_yx = np.array([[0, 0], [0, 96], [64, 96], [64, 0]], np.float64)
     mapped = correspondence.apply_homography(matrix, corners_yx)
     back = correspondence.apply_homography(np.linalg.inv(matrix), mapped)
@@ -43,7 +44,9 @@ def test_position_oracle_matches_within_a_few_pixels():
     rows, cols = np.meshgrid(np.arange(64), np.arange(96), indexing="ij")
     image = np.stack([cols / 96 * 255, rows / 64 * 255, np.full_like(rows, 128.0)], axis=-1)
     results = correspondence.evaluate_correspondence(
-        _position_extractor(), [image.astype(np.float32)] * 2, thresholds=(3, 8), point_stride=1
+        _position_extractor(),
+        [image.astype(np.float32)] * 2,
+        CorrespondenceProtocol(thresholds=(3, 8), point_stride=1),
     )
     assert results["num_pairs"] == 4
     for kind in ("crop_flip", "homography", "all"):

@@ -8,6 +8,7 @@ from tests.eval.conftest import cell_mean
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
 from vader_tf.eval.encoders import FeatureExtractor
+from vader_tf.eval.protocols import DepthProtocol
 
 
 def _log_depth_oracle():
@@ -45,9 +46,7 @@ def test_probe_recovers_depth_from_an_oracle(depth_root):
         depth.depths_in_metres(depth_mm),
         val_images,
         depth.depths_in_metres(val_depth_mm),
-        steps=300,
-        batch_size=256,
-        learning_rate=0.05,
+        DepthProtocol(steps=300, batch_size=256, learning_rate=0.05),
     )
     assert results["num_images"] == 2
     assert results["delta1"] > 0.99, results

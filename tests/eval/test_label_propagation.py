@@ -5,6 +5,7 @@ import pytest
 
 from vader_tf.eval import davis
 from vader_tf.eval.label_propagation import propagate_frame, propagate_labels
+from vader_tf.eval.protocols import DavisProtocol
 
 
 def _oracle_video(num_frames=6, size=16):
@@ -32,7 +33,9 @@ def test_oracle_features_recover_masks(radius, context_frames):
     masks, features = _oracle_video()
     first_labels = np.eye(2)[masks[0]]
     predictions = list(
-        propagate_labels(features, first_labels, context_frames, topk=5, radius=radius)
+        propagate_labels(
+            features, first_labels, context_frames, topk=5, temperature=0.07, radius=radius
+        )
     )
     assert len(predictions) == len(masks) - 1
     for prediction, mask in zip(predictions, masks[1:]):
@@ -44,7 +47,7 @@ def test_davis_sequence_with_color_oracle(davis_root, color_extractor):
     assert davis.list_sequences(davis_root) == ["square"]
     frames, annotations = davis.sequence_files(davis_root, "square")
     result = davis.evaluate_sequence(
-        color_extractor, frames, annotations, short_side=72, topk=5, radius=4
+        color_extractor, frames, annotations, DavisProtocol(image_size=72, topk=5, radius=4)
     )
     assert result["num_frames"] == 5 and result["num_objects"] == 1
     assert len(result["J_per_frame"]) == 4

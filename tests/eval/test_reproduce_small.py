@@ -18,6 +18,12 @@ sys.path.insert(0, EXPERIMENTS)
 import small_study  # noqa: E402
 
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
+# The protocols of TINY_BUDGET: the study's shrunk sizes and steps, other fields default.
+PROTOCOLS = {
+    "linear_probe": {"name": "CamVidProbeProtocol", "image_size": 32, "steps": 3},
+    "davis_label_propagation": {"name": "DavisProtocol", "image_size": 32, "radius": 12.0},
+    "correspondence": {"name": "CorrespondenceProtocol", "image_size": 64},
+}
 ENCODERS = ("vader", "moco", "random", "vader_from_moco", "moco_continued")
 FIGURES = ("pretraining_curves.png", "camvid_miou.png", "feature_pca.png")
 
@@ -75,7 +81,9 @@ def run_reproduce(tmp_path, data_root, *extra, expect_ok=True):
     return completed
 
 
-def check_outputs(paths, seeds, layers, continued=True):
+def check_outputs(paths, seeds, layers, continued=True, unrecorded=()):
+    """Checks the result JSONs, figures and report; `unrecorded` are result JSONs written
+    (by the test) as before protocols were recorded."""
     results_dir = paths["results_dir"]
     encoders = ENCODERS if continued else ENCODERS[:3]
     runs = (("vader", 2), ("moco", 2), ("vader_from_moco", 1), ("moco_continued", 1))
@@ -84,11 +92,21 @@ def check_outputs(paths, seeds, layers, continued=True):
         for name in encoders:
             for layer in layers:
                 for evaluation in EVALUATIONS:
-                    with open(os.path.join(seed_dir, f"{evaluation}_{name}_{layer}.json")) as f:
+                    path = os.path.join(seed_dir, f"{evaluation}_{name}_{layer}.json")
+                    with open(path) as f:
                         result = json.load(f)
                     assert result["config"]["layer"] == layer
                     assert result["config"]["seed"] == seed
                     assert result["command"][0].endswith(".py")
+                    if path in unrecorded:
+                        assert "protocol" not in result
+                        continue
+                    protocol = result["protocol"]
+                    assert protocol.items() >= PROTOCOLS[evaluation].items(), protocol
+                    # The recorded command sets every field of the protocol.
+                    for key, value in protocol.items():
+                        if key != "name" and not isinstance(value, list):
+                            assert f"--{key}={value}" in result["command"], key
         for name, steps in runs if continued else runs[:2]:
             with open(os.path.join(seed_dir, f"pretrain_{name}.json")) as f:
                 summary = json.load(f)
@@ -155,15 +173,31 @@ def test_generated_data_end_to_end_and_resume(tmp_path):
     assert f"| VADeR | `P4` (backbone) | 2 | {mean:.3f} ± {std:.3f} |" in report
     assert not os.path.exists(os.path.join(paths["run_dir"], "seed1"))
 
-    # A rerun resumes: pretraining is complete and existing evaluations are skipped.
+    # A rerun resumes: pretraining is complete and existing evaluations are skipped,
+    # also those written before protocols were recorded (no "protocol" key); one made
+    # with another protocol is recomputed.
     probe = os.path.join(seed0, "linear_probe_moco_P4.json")
     os.remove(os.path.join(seed0, "correspondence_random_P4.json"))
     modified = os.path.getmtime(probe)
+    old_davis = os.path.join(seed0, "davis_label_propagation_vader_P4.json")
+    with open(old_davis) as f:
+        result = json.load(f)
+    del result["protocol"]
+    with open(old_davis, "w") as f:
+        json.dump(result, f)
+    stale = os.path.join(seed0, "linear_probe_random_P4.json")
+    with open(stale) as f:
+        result = json.load(f)
+    result["protocol"]["steps"] = 999
+    with open(stale, "w") as f:
+        json.dump(result, f)
     notes = tmp_path / "notes.md"
     notes.write_text("Nothing to see at this budget.\n")
     run_reproduce(tmp_path, data_root, "--seeds=0", "--layers=P4", f"--notes={notes}")
-    report = check_outputs(paths, seeds=(0,), layers=("P4",))
+    report = check_outputs(paths, seeds=(0,), layers=("P4",), unrecorded=(old_davis,))
     assert os.path.getmtime(probe) == modified
+    with open(stale) as f:
+        assert json.load(f)["protocol"]["steps"] == 3
     assert "## Findings\n\nNothing to see at this budget." in report
 
 

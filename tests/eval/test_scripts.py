@@ -1,5 +1,6 @@
 """Every evaluation script end to end on tiny generated data (random resnet18), and on
-the real data when `VADER_SHARED_DATA` is set."""
+the real data when `VADER_SHARED_DATA` is set. Protocol flags (generated from
+`vader_tf.eval.protocols`) reach the evaluation and are recorded in the result JSON."""
 
 import json
 import os
@@ -9,6 +10,13 @@ import sys
 import pytest
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
+PROTOCOLS = {
+    "eval_linear_probe": "CamVidProbeProtocol",
+    "finetune_segmentation": "FinetuneProtocol",
+    "eval_davis": "DavisProtocol",
+    "eval_correspondence": "CorrespondenceProtocol",
+    "eval_depth": "DepthProtocol",
+}
 
 
 def run_script(name, tmp_path, *flags):
@@ -25,6 +33,11 @@ def run_script(name, tmp_path, *flags):
         results = json.load(f)
     assert results["command"][1:] == command[2:]
     assert results["encoder"] == "random:resnet18"
+    if name in PROTOCOLS:
+        assert results["protocol"]["name"] == PROTOCOLS[name]
+        # The script's other settings, without repeating the protocol's.
+        assert "seed" in results["config"]
+        assert not set(results["protocol"]) & set(results["config"])
     return results
 
 
@@ -32,27 +45,35 @@ def test_linear_probe_script(tmp_path, segmentation_root):
     results = run_script(
         "eval_linear_probe", tmp_path, "--encoder=random:resnet18",
         f"--data_root={segmentation_root}", "--num_classes=2", "--ignore_label=255",
-        "--image_size=64", "--steps=20",
+        "--image_size=64", "--steps=20", "--pixels_per_image=7",
     )
     assert 0 <= results["metrics"]["mean_iou"] <= 1
     assert len(results["metrics"]["per_class_iou"]) == 2
-    assert results["config"]["num_classes"] == 2
+    assert results["metrics"]["num_train_cells"] == 4 * 7  # 4 training images.
+    assert results["protocol"] == {
+        "name": "CamVidProbeProtocol", "image_size": 64, "steps": 20, "batch_size": 4096,
+        "learning_rate": 0.01, "pixels_per_image": 7, "num_classes": 2, "ignore_label": 255,
+    }
 
 
 def test_finetune_script(tmp_path, segmentation_root):
     results = run_script(
         "finetune_segmentation", tmp_path, "--encoder=random:resnet18",
         f"--data_root={segmentation_root}", "--num_classes=2", "--ignore_label=255",
-        "--image_size=64", "--steps=2", "--batch_size=2",
+        "--image_size=64", "--steps=2", "--batch_size=8", "--head_channels=4", "--limit=2",
     )
     assert 0 <= results["metrics"]["mean_iou"] <= 1
+    # Batches are capped at the 2 training images, and the protocol records what was used.
+    assert results["protocol"]["batch_size"] == 2
+    assert results["protocol"]["head_channels"] == 4
 
 
 def test_davis_script(tmp_path, davis_root):
     results = run_script(
         "eval_davis", tmp_path, "--encoder=random:resnet18", f"--davis_root={davis_root}",
-        "--image_size=72",
+        "--image_size=72", "--radius=0",
     )
+    assert results["protocol"]["radius"] == 0 and results["protocol"]["topk"] == 10
     assert set(results["metrics"]["sequences"]) == {"square"}
     assert 0 <= results["metrics"]["JF_mean"] <= 1
 
@@ -61,17 +82,23 @@ def test_correspondence_script(tmp_path, davis_root):
     results = run_script(
         "eval_correspondence", tmp_path, "--encoder=random:resnet18",
         f"--image_dir={davis_root}/JPEGImages", "--num_images=2", "--image_size=64",
+        "--thresholds=3,5.5",
     )
     assert results["metrics"]["num_pairs"] == 4
-    assert 0 <= results["metrics"]["all"]["pck@8"] <= 1
+    scores = results["metrics"]["all"]
+    assert {key for key in scores if key.startswith("pck@")} == {"pck@3", "pck@5.5"}
+    assert 0 <= scores["pck@3"] <= scores["pck@5.5"] <= 1
+    assert results["protocol"]["thresholds"] == [3.0, 5.5]
 
 
 def test_depth_script(tmp_path, depth_root):
     results = run_script(
         "eval_depth", tmp_path, "--encoder=random:resnet18", f"--data_root={depth_root}",
-        "--image_size=64", "--steps=20",
+        "--image_size=64", "--steps=20", "--pixels_per_image=5",
     )
     assert results["metrics"]["rmse"] > 0
+    assert results["metrics"]["num_train_cells"] == 4 * 5  # 4 training images.
+    assert results["protocol"]["pixels_per_image"] == 5
 
 
 def test_visualize_script(tmp_path, davis_root):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.models.encoder_checks import check_saved_model_with_dynamic_shapes, random_images
 from tests.training.helpers import run_steps, synthetic_batch
 from vader_tf.models import DenseEncoder, build_backbone, build_encoder
 from vader_tf.models.backbone import backbone_name
@@ -50,16 +51,12 @@ def encoder():
     return tiny_csp_encoder()
 
 
-def _images(batch, height, width, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
-
-
 def test_csp_encoder_has_stride_4_unit_norm_features_and_pyramid_strides(encoder):
     assert isinstance(encoder.backbone, keras_hub.models.CSPNetBackbone)
-    features = encoder(_images(2, 64, 96)).numpy()
+    features = encoder(random_images(2, 64, 96)).numpy()
     assert features.shape == (2, 16, 24, 8)
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-5)
-    outputs = keras.Model(encoder.input, encoder.pyramid_outputs)(_images(1, 64, 128))
+    outputs = keras.Model(encoder.input, encoder.pyramid_outputs)(random_images(1, 64, 128))
     for level, stride in {"P2": 4, "P3": 8, "P4": 16, "P5": 32, "decoder": 4}.items():
         assert tuple(outputs[level].shape[1:3]) == (64 // stride, 128 // stride), level
 
@@ -73,24 +70,12 @@ def test_csp_encoder_keras_file_round_trip(encoder, tmp_path):
     assert json.loads(json.dumps(restored.get_config())) == json.loads(
         json.dumps(encoder.get_config())
     )
-    images = _images(1, 64, 96, seed=1)
+    images = random_images(1, 64, 96, seed=1)
     np.testing.assert_allclose(restored(images).numpy(), encoder(images).numpy(), atol=1e-6)
 
 
 def test_csp_encoder_saved_model_with_dynamic_shapes(encoder, tmp_path):
-    module = tf.Module()
-    module.encoder = encoder
-    module.serve = tf.function(
-        lambda images: encoder(images, training=False),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-    )
-    tf.saved_model.save(module, str(tmp_path))
-    loaded = tf.saved_model.load(str(tmp_path))
-    for height, width in [(96, 64), (32, 160)]:
-        images = _images(1, height, width)
-        served = loaded.serve(images).numpy()
-        assert served.shape == (1, height // 4, width // 4, 8)
-        np.testing.assert_allclose(served, encoder(images, training=False).numpy(), atol=1e-5)
+    check_saved_model_with_dynamic_shapes(encoder, tmp_path, [(96, 64), (32, 160)])
 
 
 def test_vader_trains_a_csp_encoder():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.models.encoder_checks import check_saved_model_with_dynamic_shapes, random_images
 from vader_tf.models import DenseEncoder, build_backbone, build_encoder
 from vader_tf.models.backbone import backbone_name
 
@@ -17,13 +18,9 @@ def encoder():
     return build_encoder("resnet18", decoder_channels=32, head_hidden_dim=32, embedding_dim=16)
 
 
-def _images(batch, height, width, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, height, width, 3)).astype("float32")
-
-
 @pytest.mark.parametrize("height,width", [(32, 32), (64, 96), (160, 128)])
 def test_output_is_stride_4_and_unit_norm(encoder, height, width):
-    features = encoder(_images(2, height, width)).numpy()
+    features = encoder(random_images(2, height, width)).numpy()
     assert features.shape == (2, height // 4, width // 4, 16)
     assert features.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-5)
@@ -31,7 +28,7 @@ def test_output_is_stride_4_and_unit_norm(encoder, height, width):
 
 def test_pyramid_outputs_have_their_strides(encoder):
     model = keras.Model(encoder.input, encoder.pyramid_outputs)
-    outputs = model(_images(1, 64, 128))
+    outputs = model(random_images(1, 64, 128))
     expected = {"P2": (16, 32, 64), "P3": (8, 16, 128), "P4": (4, 8, 256), "P5": (2, 4, 512), "decoder": (16, 32, 32)}
     for name, shape in expected.items():
         assert tuple(outputs[name].shape[1:]) == shape, name
@@ -44,7 +41,7 @@ def test_keras_file_round_trip(encoder, tmp_path):
     assert isinstance(restored, DenseEncoder)
     # JSON turns tuples into lists; compare the configs as JSON would write them.
     assert json.loads(json.dumps(restored.get_config())) == json.loads(json.dumps(encoder.get_config()))
-    images = _images(1, 64, 64, seed=1)
+    images = random_images(1, 64, 64, seed=1)
     np.testing.assert_allclose(restored(images).numpy(), encoder(images).numpy(), atol=1e-6)
 
 
@@ -60,30 +57,21 @@ def test_dynamic_shapes_trace_once_and_run_at_any_multiple_of_32(encoder):
         return encoder(images, training=False)
 
     for height, width in [(32, 64), (96, 32), (128, 160)]:
-        eager = encoder(_images(1, height, width), training=False).numpy()
-        traced = serve(_images(1, height, width)).numpy()
+        eager = encoder(random_images(1, height, width), training=False).numpy()
+        traced = serve(random_images(1, height, width)).numpy()
         np.testing.assert_allclose(traced, eager, atol=1e-5)
     assert len(serve._list_all_concrete_functions()) == 1
 
 
 def test_saved_model_with_dynamic_shapes(encoder, tmp_path):
-    module = tf.Module()
-    module.encoder = encoder
-    module.serve = tf.function(
-        lambda images: encoder(images, training=False),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
-    )
-    tf.saved_model.save(module, str(tmp_path))
-    loaded = tf.saved_model.load(str(tmp_path))
-    images = _images(1, 96, 64)
-    np.testing.assert_allclose(loaded.serve(images).numpy(), encoder(images).numpy(), atol=1e-5)
+    check_saved_model_with_dynamic_shapes(encoder, tmp_path, [(96, 64), (32, 160)])
 
 
 def test_resnet50_encoder_builds_with_the_paper_layout():
     encoder = build_encoder("resnet50")
     assert encoder.backbone.block_type == "bottleneck_block"
     assert encoder.output_shape == (None, None, None, 128)
-    assert encoder(_images(1, 64, 64)).shape == (1, 16, 16, 128)
+    assert encoder(random_images(1, 64, 64)).shape == (1, 16, 16, 128)
 
 
 def test_unknown_backbone_is_a_clear_error():

@@ -1,8 +1,9 @@
 """Geometric correspondence accuracy of dense features under known warps of real photos.
 
-Each photo (resized to short side `short_side`, centre-cropped to multiples of 32) is
-warped by a random homography with a known matrix: a random crop of relative scale in
-`scale_range` (so a zoom), an optional horizontal flip, and, for the "homography" kind,
+Settings: `vader_tf.eval.protocols.CorrespondenceProtocol`. Each photo (resized to short
+side `image_size`, centre-cropped to multiples of 32; `load_images`) is warped by a
+random homography with a known matrix: a random crop of relative scale in `scale_range`
+(so a zoom), an optional horizontal flip, and, for the "homography" kind,
 independent random shifts of the crop's four corners by up to `perspective` of its size.
 Features of the source and the warped image are computed; each source feature cell (every
 `point_stride`-th cell in each direction) is matched to its most similar target cell
@@ -18,8 +19,10 @@ apart, so errors of up to 2*sqrt(2) pixels are quantisation.
 import numpy as np
 import tensorflow as tf
 
+from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.data.sources import IMAGE_EXTENSIONS, list_image_files
 from vader_tf.eval import metrics
+from vader_tf.eval.protocols import CorrespondenceProtocol
 from vader_tf.ops.grid import FEATURE_STRIDE, grid_to_image
 
 WARP_KINDS = ("crop_flip", "homography")
@@ -34,6 +37,13 @@ def list_images(folder, limit=None):
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) found below {folder!r}."
         )
     return paths[:limit]
+
+
+def load_images(folder, image_size, limit=None):
+    """The photos of `list_images(folder, limit)`, each resized to short side
+    `image_size` and centre-cropped to multiples of 32, loaded lazily."""
+    paths = list_images(folder, limit)
+    return (resize_and_crop_image(load_image(path), image_size) for path in paths)
 
 
 def homography_from_points(source_points, target_points):
@@ -51,7 +61,7 @@ def homography_from_points(source_points, target_points):
     return np.append(solution, 1.0).reshape(3, 3)
 
 
-def random_homography(height, width, rng, scale_range=(0.6, 1.0), perspective=0.0, flip=None):
+def random_homography(height, width, rng, scale_range, perspective=0.0, flip=None):
     """A random crop (+ flip, + corner jitter) as a target -> source homography.
 
     Coordinates are continuous (x, y) input pixels (pixel k covers [k, k + 1)); the
@@ -149,27 +159,20 @@ def pair_errors(extractor, image, target_to_source, point_stride=1):
     return matched_points[inside], true_points[inside]
 
 
-def evaluate_correspondence(
-    extractor,
-    images,
-    thresholds=(4, 8, 16, 32),
-    warps_per_image=1,
-    scale_range=(0.6, 1.0),
-    perspective=0.15,
-    point_stride=2,
-    seed=0,
-):
+def evaluate_correspondence(extractor, images, protocol=CorrespondenceProtocol(), seed=0):
     """PCK of nearest-neighbour feature matching under random warps.
 
     Args:
         extractor: a `FeatureExtractor`.
         images: iterable of float `[H, W, 3]` images in [0, 255] (H, W multiples of
-            `FEATURE_STRIDE` so the feature grid covers them exactly).
-        thresholds: PCK distances in pixels.
-        warps_per_image: warps of each kind per image.
-        scale_range, perspective: see `random_homography`; `perspective` is used only
-            for the "homography" kind ("crop_flip" has none).
-        point_stride: source cells sampled every `point_stride` cells.
+            `FEATURE_STRIDE` so the feature grid covers them exactly), e.g. from
+            `load_images`.
+        protocol: a `CorrespondenceProtocol`: `thresholds` (PCK distances in pixels),
+            `warps_per_image` (warps of each kind per image), `scale_range` and
+            `perspective` (see `random_homography`; `perspective` is used only for the
+            "homography" kind, "crop_flip" has none), `point_stride` (source cells
+            sampled every `point_stride` cells). Its `image_size` is applied by whoever
+            loads the images.
         seed: seed of the warps.
 
     Returns:
@@ -184,11 +187,11 @@ def evaluate_correspondence(
         height, width = image.shape[:2]
         if height % FEATURE_STRIDE or width % FEATURE_STRIDE:
             raise ValueError(f"Image size {height}x{width} is not a multiple of {FEATURE_STRIDE}.")
-        for _ in range(warps_per_image):
+        for _ in range(protocol.warps_per_image):
             for kind in WARP_KINDS:
-                jitter = perspective if kind == "homography" else 0.0
-                matrix = random_homography(height, width, rng, scale_range, jitter)
-                predicted, true = pair_errors(extractor, image, matrix, point_stride)
+                jitter = protocol.perspective if kind == "homography" else 0.0
+                matrix = random_homography(height, width, rng, protocol.scale_range, jitter)
+                predicted, true = pair_errors(extractor, image, matrix, protocol.point_stride)
                 matched[kind].append(predicted)
                 truth[kind].append(true)
                 num_pairs += 1
@@ -197,7 +200,7 @@ def evaluate_correspondence(
         kinds = WARP_KINDS if kind == "all" else (kind,)
         predicted = np.concatenate([p for k in kinds for p in matched[k]])
         true = np.concatenate([t for k in kinds for t in truth[k]])
-        pck = metrics.pck(predicted, true, thresholds)
+        pck = metrics.pck(predicted, true, protocol.thresholds)
         scores = {f"pck@{k:g}": value for k, value in pck.items()}
         errors = np.linalg.norm(predicted - true, axis=-1)
         scores["mean_error"] = float(errors.mean()) if errors.size else float("nan")

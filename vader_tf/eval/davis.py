@@ -5,7 +5,8 @@ Layout (DAVIS 2016/2017): `<root>/JPEGImages/<resolution>/<sequence>/<frame>.jpg
 Masks are either binary (0 background, 255 object; DAVIS 2016) or object ids (palette
 PNGs; DAVIS 2017). Only the first frame's mask is given to the method.
 
-Protocol (`evaluate_sequence`): frames are resized so their short side is `short_side`
+Protocol (`evaluate_sequence`, settings in `vader_tf.eval.protocols.DavisProtocol`):
+frames are resized so their short side is `image_size`
 (sides rounded to multiples of 4, so the stride-4 feature grid covers the frame exactly);
 the first mask's one-hot is resized to the frame size (area averaging, as the frame was
 resized) and pooled onto the feature grid (`vader_tf.ops.grid.pool_to_grid`), giving
@@ -28,6 +29,7 @@ from vader_tf import storage
 from vader_tf.data.segmentation import load_image, load_label, resize_image
 from vader_tf.eval import metrics
 from vader_tf.eval.label_propagation import propagate_labels
+from vader_tf.eval.protocols import DavisProtocol
 from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid, upsample_to_pixels
 
 IMAGES_DIR = "JPEGImages"
@@ -107,17 +109,15 @@ def score_frame(cell_labels, annotation, object_ids, frame_size):
 
 
 def evaluate_sequence(
-    extractor, frame_paths, annotation_paths, short_side=480, max_frames=None, **propagation
+    extractor, frame_paths, annotation_paths, protocol=DavisProtocol(), max_frames=None
 ):
     """J and F of label propagation on one sequence.
 
     Args:
         extractor: a `FeatureExtractor` (frozen).
         frame_paths, annotation_paths: as returned by `sequence_files`.
-        short_side: short side of the frames fed to the encoder.
+        protocol: a `DavisProtocol` (frame short side and propagation settings).
         max_frames: optional number of leading frames to use.
-        **propagation: keyword arguments of `propagate_labels` (`context_frames`,
-            `topk`, `temperature`, `radius`).
 
     Returns:
         dict with `J`, `F` (means over scored frames), `J_per_frame`, `F_per_frame`,
@@ -127,7 +127,7 @@ def evaluate_sequence(
     annotation_paths = annotation_paths[: len(frame_paths)]
     first_mask = load_mask(annotation_paths[0])
     object_ids = [int(i) for i in np.unique(first_mask) if i != 0]
-    size = frame_size(*first_mask.shape, short_side)
+    size = frame_size(*first_mask.shape, protocol.image_size)
 
     def features():
         for path in frame_paths:
@@ -136,7 +136,14 @@ def evaluate_sequence(
 
     first_labels = mask_to_cell_labels(first_mask, max(object_ids, default=0) + 1, size)
     j_per_frame, f_per_frame = [], []
-    predictions = propagate_labels(features(), first_labels, **propagation)
+    predictions = propagate_labels(
+        features(),
+        first_labels,
+        context_frames=protocol.context_frames,
+        topk=protocol.topk,
+        temperature=protocol.temperature,
+        radius=protocol.search_radius,
+    )
     for cell_labels, annotation_path in zip(predictions, annotation_paths[1:]):
         if annotation_path is None:
             continue
@@ -154,22 +161,17 @@ def evaluate_sequence(
 
 
 def evaluate_davis(
-    extractor,
-    root,
-    sequences=None,
-    resolution="480p",
-    short_side=480,
-    max_frames=None,
-    **propagation,
+    extractor, root, protocol=DavisProtocol(), sequences=None, resolution="480p", max_frames=None
 ):
     """Label propagation on DAVIS sequences.
 
     Args:
         extractor: a `FeatureExtractor`.
         root: DAVIS root folder.
+        protocol: a `DavisProtocol`.
         sequences: names to evaluate (default: all in the folder).
         resolution: resolution folder name ("480p").
-        short_side, max_frames, **propagation: see `evaluate_sequence`.
+        max_frames: see `evaluate_sequence`.
 
     Returns:
         dict with `J_mean`, `F_mean`, `JF_mean` (means over sequences) and `sequences`
@@ -180,7 +182,7 @@ def evaluate_davis(
     for sequence in sequences:
         frame_paths, annotation_paths = sequence_files(root, sequence, resolution)
         results[sequence] = evaluate_sequence(
-            extractor, frame_paths, annotation_paths, short_side, max_frames, **propagation
+            extractor, frame_paths, annotation_paths, protocol, max_frames
         )
         logging.info(
             "DAVIS %s: J %.4f F %.4f", sequence, results[sequence]["J"], results[sequence]["F"]

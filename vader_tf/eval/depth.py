@@ -1,6 +1,7 @@
 """Linear depth probe on frozen dense features, scored with the NYU-v2 metrics.
 
-Protocol (mirrors `vader_tf.eval.linear_probe`): each feature cell's target is the mean
+Protocol (mirrors `vader_tf.eval.linear_probe`; settings:
+`vader_tf.eval.protocols.DepthProtocol`): each feature cell's target is the mean
 log depth of the valid (> 0) pixels it covers; a standardisation + 1x1 linear layer is
 fitted to these targets with a squared loss on frozen features of up to
 `pixels_per_image` random valid cells per image; predictions are upsampled bilinearly
@@ -21,6 +22,7 @@ import numpy as np
 from vader_tf.data.segmentation import resize_pair
 from vader_tf.eval import metrics
 from vader_tf.eval.linear_probe import apply_per_cell, fit_linear_head, sample_training_cells
+from vader_tf.eval.protocols import DepthProtocol
 from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid, upsample_to_pixels
 
 MILLIMETRES_PER_METRE = 1000.0
@@ -75,10 +77,7 @@ def run_depth_probe(
     train_depths,
     val_images,
     val_depths,
-    steps,
-    pixels_per_image=1000,
-    batch_size=4096,
-    learning_rate=1e-2,
+    protocol=DepthProtocol(),
     seed=0,
 ):
     """Fits the linear depth probe on the training images and scores it on validation.
@@ -87,25 +86,19 @@ def run_depth_probe(
         extractor: a `FeatureExtractor` (frozen).
         train_images, val_images: `[N, H, W, 3]` images in [0, 255], H, W multiples of 4.
         train_depths, val_depths: `[N, H, W]` depths (metres; <= 0 invalid).
-        steps, pixels_per_image, batch_size, learning_rate, seed: see
-            `vader_tf.eval.linear_probe.run_linear_probe`.
+        protocol: a `DepthProtocol` (see `vader_tf.eval.linear_probe.run_linear_probe`).
+        seed: seed of the cell sampling and the probe initialisation.
 
     Returns:
         dict of the per-image-averaged depth metrics plus `num_images` and
         `num_train_cells`.
     """
     features, targets = sample_training_cells(
-        extractor, train_images, train_depths, cell_log_depth, pixels_per_image, seed=seed
+        extractor, train_images, train_depths, cell_log_depth, protocol.pixels_per_image,
+        seed=seed,
     )
     head = fit_linear_head(
-        features,
-        targets[:, None],
-        1,
-        keras.losses.MeanSquaredError(),
-        steps,
-        batch_size,
-        learning_rate,
-        seed,
+        features, targets[:, None], 1, keras.losses.MeanSquaredError(), protocol, seed
     )
     per_image = []
     for image, depth in zip(val_images, val_depths):

@@ -6,7 +6,8 @@ L2-normalised features, with the cells of a set of reference frames: the first f
 predicted). Optionally only reference cells within `radius` cells of the query's
 position are candidates. The query's label distribution is the softmax-weighted
 (`temperature`) average of the labels of its `topk` most similar candidates. Labels are
-soft (per-cell distributions over the labels), both given and predicted.
+soft (per-cell distributions over the labels), both given and predicted. The DAVIS
+protocol's values of these settings are `vader_tf.eval.protocols.DavisProtocol`.
 """
 
 import collections
@@ -45,9 +46,9 @@ def propagate_frame(
     query_features,
     reference_features,
     reference_labels,
-    topk=10,
-    temperature=0.07,
-    radius=None,
+    topk,
+    temperature,
+    radius,
     chunk_size=1024,
 ):
     """Labels of one frame from the labelled cells of its reference frames.
@@ -58,7 +59,7 @@ def propagate_frame(
         reference_labels: `[R, h, w, C]` label distributions of the reference frames.
         topk: number of most similar reference cells averaged per query cell.
         temperature: softmax temperature applied to the top-k similarities.
-        radius: if set, only reference cells within this distance (in cells, Euclidean)
+        radius: if not None, only reference cells within this distance (in cells, Euclidean)
             of the query cell's position are candidates.
         chunk_size: query cells handled at once (bounds the affinity matrix memory).
 
@@ -87,10 +88,10 @@ def propagate_frame(
 def propagate_labels(
     frame_features,
     first_labels,
-    context_frames=3,
-    topk=10,
-    temperature=0.07,
-    radius=None,
+    context_frames,
+    topk,
+    temperature,
+    radius,
     chunk_size=1024,
 ):
     """Propagates first-frame labels through a video.

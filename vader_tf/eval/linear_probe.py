@@ -1,6 +1,6 @@
 """Linear probe for semantic segmentation on frozen dense features.
 
-Protocol:
+Protocol (settings: `vader_tf.eval.protocols.CamVidProbeProtocol`):
 
 1. Training targets live at feature resolution (stride 4): each feature cell gets the
    majority class of the non-ignored label pixels in its footprint (`majority_downsample`,
@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vader_tf.eval.protocols import CamVidProbeProtocol
 from vader_tf.eval.segmentation import score_segmentation
 from vader_tf.ops.grid import FEATURE_STRIDE, pool_to_grid
 
@@ -81,10 +82,10 @@ def sample_training_cells(
     return np.concatenate(sampled_features), np.concatenate(sampled_targets)
 
 
-def fit_linear_head(
-    features, targets, units, loss, steps, batch_size=4096, learning_rate=1e-2, seed=0
-):
-    """Fits standardisation + a linear layer on `[M, D]` features and `[M]` targets.
+def fit_linear_head(features, targets, units, loss, protocol, seed=0):
+    """Fits standardisation + a linear layer on `[M, D]` features and `[M]` targets, for
+    `protocol.steps` Adam steps (`learning_rate`) of `batch_size` cells (a
+    `LinearHeadProtocol`).
 
     Returns:
         A `keras.Model` mapping `[M, D]` features to `[M, units]` outputs; use
@@ -99,14 +100,16 @@ def fit_linear_head(
     head = keras.Sequential(
         [standardize, keras.layers.Dense(units, name="linear")], name="linear_probe"
     )
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    head.compile(optimizer=keras.optimizers.Adam(protocol.learning_rate), loss=loss)
     dataset = (
         tf.data.Dataset.from_tensor_slices((features, targets))
         .shuffle(min(len(targets), 200_000), seed=seed)
         .repeat()
-        .batch(batch_size)
+        .batch(protocol.batch_size)
     )
-    history = head.fit(dataset, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
+    history = head.fit(
+        dataset, steps_per_epoch=protocol.steps, epochs=1, shuffle=False, verbose=0
+    )
     logging.info("Linear probe: final training loss %.4f", history.history["loss"][-1])
     return head
 
@@ -124,12 +127,7 @@ def run_linear_probe(
     train_labels,
     val_images,
     val_labels,
-    num_classes,
-    ignore_label,
-    steps,
-    pixels_per_image=1000,
-    batch_size=4096,
-    learning_rate=1e-2,
+    protocol=CamVidProbeProtocol(),
     seed=0,
 ):
     """Trains a linear probe on the training split and scores it on the validation split.
@@ -138,23 +136,23 @@ def run_linear_probe(
         extractor: a `vader_tf.eval.encoders.FeatureExtractor` (frozen).
         train_images, val_images: uint8/float `[N, H, W, 3]` arrays (or lists) in [0, 255].
         train_labels, val_labels: `[N, H, W]` class-id arrays (or lists).
-        num_classes: number of classes (ids 0..num_classes-1).
-        ignore_label: label id excluded from training and scoring.
-        steps: optimisation steps.
-        pixels_per_image: labelled cells sampled per training image (0 = all).
-        batch_size: cells per optimisation step.
-        learning_rate: Adam learning rate.
+        protocol: a `CamVidProbeProtocol`: classes (ids 0..num_classes-1), the label
+            excluded from training and scoring, labelled cells sampled per training
+            image, optimisation steps, cells per step and Adam learning rate (its
+            `image_size` is applied by whoever loads the images).
         seed: seed of the cell sampling and the classifier initialisation.
 
     Returns:
         dict of `score_segmentation` metrics plus `num_train_cells`.
     """
+    num_classes, ignore_label = protocol.num_classes, protocol.ignore_label
+
     def cell_labels(label):
         labels = majority_downsample(label, num_classes, ignore_label)
         return labels, labels != ignore_label
 
     features, labels = sample_training_cells(
-        extractor, train_images, train_labels, cell_labels, pixels_per_image, seed=seed
+        extractor, train_images, train_labels, cell_labels, protocol.pixels_per_image, seed=seed
     )
     logging.info("Linear probe: %d training cells of dimension %d", *features.shape)
     classifier = fit_linear_head(
@@ -162,9 +160,7 @@ def run_linear_probe(
         labels,
         num_classes,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        steps,
-        batch_size,
-        learning_rate,
+        protocol,
         seed,
     )
     scores = score_segmentation(

@@ -6,9 +6,14 @@ Format (JSON, written atomically through a temporary file and a rename)::
       "evaluation": "linear_probe",          # which protocol
       "encoder": "runs/vader_r18",           # the encoder spec evaluated
       "command": ["experiments/eval_linear_probe.py", "--encoder=...", ...],  # sys.argv
-      "config": {...},                       # protocol settings (flag values)
+      "config": {...},                       # the other settings: data, tap, seed, limits
+      "protocol": {"name": "CamVidProbeProtocol", "steps": 2000, ...},  # every field
       "metrics": {...}                       # the numbers; NaN is written as null
     }
+
+`protocol` is `vader_tf.eval.protocols.record` of the protocol object the numbers were
+computed with (null for files without one, e.g. pretraining summaries). Files written
+before it existed lack the key: readers use `result.get("protocol")` (`same_protocol`).
 """
 
 import math
@@ -17,6 +22,7 @@ import sys
 import numpy as np
 from absl import flags
 
+from vader_tf.eval.protocols import record
 from vader_tf.storage import write_json_atomic
 
 
@@ -35,7 +41,9 @@ def to_json_value(value):
     return value
 
 
-def write_results(path, evaluation, encoder_spec, metrics, config=None, argv=None):
+def write_results(
+    path, evaluation, encoder_spec, metrics, config=None, argv=None, protocol=None
+):
     """Writes the result JSON (see the module docstring) to `path` and returns its dict."""
     payload = to_json_value(
         {
@@ -43,6 +51,7 @@ def write_results(path, evaluation, encoder_spec, metrics, config=None, argv=Non
             "encoder": encoder_spec,
             "command": list(sys.argv if argv is None else argv),
             "config": config or {},
+            "protocol": None if protocol is None else record(protocol),
             "metrics": metrics,
         }
     )
@@ -50,6 +59,15 @@ def write_results(path, evaluation, encoder_spec, metrics, config=None, argv=Non
     return payload
 
 
+def same_protocol(result, protocol):
+    """Whether a result (a dict read from a result JSON) records `protocol`; a result
+    without the key (written before protocols were recorded) counts as the same."""
+    recorded = result.get("protocol")
+    return recorded is None or recorded == to_json_value(record(protocol))
+
+
 def script_flags():
-    """`{name: value}` of the flags defined by the running script (`sys.argv[0]`)."""
+    """`{name: value}` of the flags defined by the running script (`sys.argv[0]`) itself;
+    the flags `config_flags.define_flags` generates from a protocol are not among them
+    (they are recorded as the protocol)."""
     return {flag.name: flag.value for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0])}
