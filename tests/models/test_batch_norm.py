@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vader_tf.models import build_encoder
-from vader_tf.models.layers import FusedBatchNormalization
+from vader_tf.models import build_backbone, build_encoder
+from vader_tf.models.layers import BatchNormalization as FusedBatchNormalization
 from vader_tf.training.pretrain import dtype_policy
 
 
@@ -65,7 +65,7 @@ def test_bfloat16_gradients_match_keras_float32_layer():
     gradients = {}
     for name, cls, policy in (
         ("fused", FusedBatchNormalization, "mixed_bfloat16"),
-        ("keras", keras.layers.BatchNormalization, "float32"),
+        ("keras", keras.layers.BatchNormalization, "none"),
     ):
         layer = _layer(cls, policy)
         inputs = tf.constant(x, tf.bfloat16 if name == "fused" else tf.float32)
@@ -81,8 +81,8 @@ def test_bfloat16_gradients_match_keras_float32_layer():
 
 
 def test_float32_inputs_take_keras_path_unchanged():
-    keras_layer = _layer(keras.layers.BatchNormalization, "float32")
-    fused_layer = _layer(FusedBatchNormalization, "float32")
+    keras_layer = _layer(keras.layers.BatchNormalization, "none")
+    fused_layer = _layer(FusedBatchNormalization, "none")
     x = tf.constant(_inputs())
     np.testing.assert_array_equal(
         fused_layer(x, training=True).numpy(), keras_layer(x, training=True).numpy()
@@ -118,3 +118,24 @@ def test_bfloat16_encoder_step_keeps_batch_norm_in_bfloat16():
     assert not batch_norm_casts, batch_norm_casts[:5]
     fused = [op for op in ops if op.type.startswith("FusedBatchNorm")]
     assert fused and all(op.inputs[0].dtype == tf.bfloat16 for op in fused)
+
+
+def test_weights_files_load_across_keras_and_our_batch_norm(tmp_path):
+    """Backbone weights saved from an encoder (our batch norm) load into a plain keras-hub
+    backbone (Keras' batch norm), and back: weights files name layers by class."""
+    keras.utils.set_random_seed(0)
+    encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
+    ours = str(tmp_path / "ours.weights.h5")
+    encoder.backbone.save_weights(ours)
+    keras.utils.set_random_seed(1)
+    plain = build_backbone("resnet18", weights=ours)
+    assert not any(isinstance(l, FusedBatchNormalization) for l in plain._flatten_layers())
+    for a, b in zip(plain.weights, encoder.backbone.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    theirs = str(tmp_path / "theirs.weights.h5")
+    plain.save_weights(theirs)
+    keras.utils.set_random_seed(2)
+    other = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
+    other.backbone.load_weights(theirs)
+    for a, b in zip(other.backbone.weights, plain.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -10,7 +10,7 @@ import keras
 
 from vader_tf.models import backbone as backbone_lib
 from vader_tf.models.layers import (
-    FusedBatchNormalization,
+    BatchNormalization,
     ImageNormalization,
     L2Normalize,
     ResizeToReference,
@@ -29,7 +29,7 @@ class DenseEncoder(keras.Model):
     upsampling of the coarser sum, addition, then a 3x3 convolution (BN, ReLU) on the
     stride-4 result. The head is two 1x1 convolutions (the per-pixel analogue of MoCo v2's
     MLP head) followed by L2 normalisation. Every batch norm, the backbone's included, is
-    a `FusedBatchNormalization`: under mixed precision it keeps activations in bfloat16.
+    our `layers.BatchNormalization`: under mixed precision it keeps activations in bfloat16.
 
     Args:
         backbone: a keras-hub `FeaturePyramidBackbone` whose `pyramid_outputs` hold
@@ -76,7 +76,7 @@ class DenseEncoder(keras.Model):
         self.smooth_conv = keras.layers.Conv2D(
             decoder_channels, 3, padding="same", use_bias=False, name="decoder_smooth_conv"
         )
-        self.smooth_bn = FusedBatchNormalization(
+        self.smooth_bn = BatchNormalization(
             epsilon=1e-5, momentum=0.9, name="decoder_smooth_bn"
         )
         self.head_hidden = keras.layers.Conv2D(

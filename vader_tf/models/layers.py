@@ -69,19 +69,25 @@ class L2Normalize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="vader_tf")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """`BatchNormalization` that keeps half-precision activations in half precision.
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that keeps half-precision activations in half
+    precision.
 
     Under `mixed_bfloat16` (or `mixed_float16`) Keras' `BatchNormalization` casts its
     input up to float32, normalises with a dozen separate element-wise ops, and casts
-    the result back down: on a CPU with bfloat16 kernels that left the batch norms of a
-    ResNet step costing more than its convolutions. This layer runs TensorFlow's fused
+    the result back down: in the bfloat16 VADeR step on a CPU with bfloat16 kernels that
+    made batch norm 12-17% of the time, a quarter of the convolutions' share
+    (`benchmarks/README.md`). This layer runs TensorFlow's fused
     batch-norm kernel instead, which reads and writes the activations in their own dtype
     and computes the statistics in float32 inside the kernel, forward and backward. The
     parameters and moving statistics stay float32 variables, updated exactly as Keras'
     layer updates them (biased batch variance). Same variables, arguments and config as
     `keras.layers.BatchNormalization`; float32 inputs, masks, renorm, synchronised BN
     and other than 4-D channels-last inputs take Keras' own path unchanged.
+
+    It keeps Keras' class name on purpose: Keras names a layer's entry in weights files
+    (`*.weights.h5`) after its class, so weights saved from either class load into the
+    other (backbone weights files, run directories written before this layer existed).
     """
 
     def _fused(self, inputs, mask):
@@ -128,13 +134,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
 
 def use_fused_batch_norm(model):
-    """Makes every plain `BatchNormalization` layer of `model` a `FusedBatchNormalization`.
+    """Makes every `keras.layers.BatchNormalization` of `model` our `BatchNormalization`.
 
     For networks built by code we do not own (keras-hub backbones create their own batch
     norms): the layers keep their variables, arguments and config; only how they compute
-    half-precision inputs changes (see `FusedBatchNormalization`). Returns `model`.
+    half-precision inputs changes (see `BatchNormalization`). Returns `model`.
     """
     for layer in model._flatten_layers(include_self=False):
         if type(layer) is keras.layers.BatchNormalization:
-            layer.__class__ = FusedBatchNormalization
+            layer.__class__ = BatchNormalization
     return model
