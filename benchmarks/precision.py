@@ -13,22 +13,13 @@ be only the loss' similarity matmuls, which are float32 by design.
 """
 
 from benchmarks import common
+from vader_tf.training.precision import cpu_bfloat16_flags
 
 NAME = "precision"
 # `PretrainConfig.mixed_precision` values, and the dtype their convolutions run in.
 PRECISIONS = {"none": "float32", "mixed_bfloat16": "bfloat16"}
 METHODS = ("vader", "moco")
 TARGET = 0.6
-
-
-def cpu_bfloat16_flags():
-    """The CPU's bfloat16 instruction-set flags (Linux), e.g. avx512_bf16, amx_bf16."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return []
-    return sorted({flag for flag in flags if "bf16" in flag or flag.startswith("amx")})
 
 
 def step_name(method, mixed_precision):

@@ -226,8 +226,17 @@ def completed_steps(model_dir):
 
 def run_pretraining(config, name, seed):
     """Pretrains (or resumes) one run; returns its summary, also written as JSON."""
-    pretrain_config = config.pretrain_config(name, seed)
-    summary_path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
+    return pretrain_and_summarize(
+        config.pretrain_config(name, seed),
+        os.path.join(config.seed_results(seed), f"pretrain_{name}.json"),
+    )
+
+
+def pretrain_and_summarize(pretrain_config, summary_path, command_flags=PRETRAIN_FLAGS):
+    """Pretrains (or resumes) `pretrain_config`'s run; returns its summary (final loss,
+    seconds in training steps, session wall times, logged history), also written as
+    JSON to `summary_path` with the equivalent `experiments/pretrain.py` command (its
+    `command_flags`)."""
     sessions = []
     if tf.io.gfile.exists(summary_path):
         sessions = storage.read_json(summary_path)["metrics"]["session_seconds"]
@@ -241,7 +250,7 @@ def run_pretraining(config, name, seed):
     # Time spent in training steps, from the logged throughput of each log interval.
     steps = [0] + [entry["step"] for entry in history]
     train_seconds = sum(
-        (step - previous) * config.batch_size / entry["images_per_s"]
+        (step - previous) * pretrain_config.batch_size / entry["images_per_s"]
         for previous, step, entry in zip(steps, steps[1:], history)
         if entry.get("images_per_s")
     )
@@ -254,7 +263,7 @@ def run_pretraining(config, name, seed):
     }
     command = ["experiments/pretrain.py"] + [
         f"--{flag}={getattr(pretrain_config, flag)}"
-        for flag in PRETRAIN_FLAGS
+        for flag in command_flags
         if getattr(pretrain_config, flag) is not None
     ]
     write_results(

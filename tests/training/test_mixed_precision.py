@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.training import reference
 from tests.training.helpers import build_small_model, run_steps, synthetic_batch
 from vader_tf.training.pretrain import PretrainConfig, build_model, dtype_policy
 
@@ -96,3 +97,41 @@ def test_bfloat16_vader_step_is_finite_and_close_to_float32():
     newest = model.queue.numpy()[: int(model.queue_pointer.numpy())]
     assert len(newest) and model.queue.dtype == "float32"
     np.testing.assert_allclose(np.linalg.norm(newest, axis=1), 1.0, atol=1e-5)
+
+
+def test_bfloat16_loss_and_queue_are_float32_functions_of_the_embeddings():
+    """The network computes in bfloat16, but InfoNCE and the queue must not: given the
+    bfloat16 networks' own (float32) embeddings, the step's loss and enqueued keys match
+    a float64 NumPy InfoNCE to float32 precision. A loss, logits or queue rounded to
+    bfloat16 (8 significant bits: relative errors ~4e-3) fails the 1e-5 tolerances."""
+    # One direction, one BN group, no shuffle: the reference can run each network on one
+    # view alone, exactly as the step does.
+    batch = synthetic_batch(4, seed=5)
+    with dtype_policy("mixed_bfloat16"):
+        model = build_small_model("vader", queue_size=48, symmetric_loss=False)
+    assert model.query_model.compute_dtype == "bfloat16"
+    queue = model.queue.numpy()
+    # Keep the embeddings the step itself computes (graph-mode bfloat16 kernels round
+    # differently from eager calls, so a separate forward pass would not reproduce them).
+    maps = {name: tf.Variable(tf.zeros((4, 16, 16, 8))) for name in ("query", "key")}
+    contrastive_rows = model.contrastive_rows
+
+    def recording_rows(data, query_outputs, key_outputs):
+        maps["query"].assign(query_outputs[0])
+        maps["key"].assign(key_outputs[1])
+        return contrastive_rows(data, query_outputs, key_outputs)
+
+    model.contrastive_rows = recording_rows
+    (metrics,) = run_steps(model, tf.distribute.get_strategy(), [batch])
+    query_maps, key_maps = maps["query"].numpy(), maps["key"].numpy()
+    assert model.query_model.output.dtype == model.key_model.output.dtype == "float32"
+    losses, enqueued = [], []
+    for image in range(4):
+        q = reference.unit(reference.bilinear(query_maps[image], batch["points1"][image]))
+        k = reference.unit(reference.bilinear(key_maps[image], batch["points2"][image]))
+        losses.extend(reference.info_nce(q, k, queue, 0.2)[0])
+        enqueued.append(k[:4])  # queue_points_per_image=4
+    enqueued = np.concatenate(enqueued)
+    assert metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
+    assert model.queue.dtype == "float32"
+    np.testing.assert_allclose(model.queue.numpy()[: len(enqueued)], enqueued, atol=1e-5)

@@ -9,7 +9,13 @@ raw pixels.
 import keras
 
 from vader_tf.models import backbone as backbone_lib
-from vader_tf.models.layers import ImageNormalization, L2Normalize, ResizeToReference
+from vader_tf.models.layers import (
+    BatchNormalization,
+    ImageNormalization,
+    L2Normalize,
+    ResizeToReference,
+    use_fused_batch_norm,
+)
 
 # Input height and width must be multiples of this (the C5 stride).
 INPUT_MULTIPLE = 32
@@ -22,7 +28,8 @@ class DenseEncoder(keras.Model):
     The decoder merges C2..C5 top-down: a 1x1 lateral convolution per level, bilinear
     upsampling of the coarser sum, addition, then a 3x3 convolution (BN, ReLU) on the
     stride-4 result. The head is two 1x1 convolutions (the per-pixel analogue of MoCo v2's
-    MLP head) followed by L2 normalisation.
+    MLP head) followed by L2 normalisation. Every batch norm, the backbone's included, is
+    our `layers.BatchNormalization`: under mixed precision it keeps activations in bfloat16.
 
     Args:
         backbone: a keras-hub `FeaturePyramidBackbone` whose `pyramid_outputs` hold
@@ -54,7 +61,8 @@ class DenseEncoder(keras.Model):
     ):
         backbone_lib.check_pyramid(backbone)
         # === Layers ===
-        self.backbone = backbone
+        # Batch norms that stay in bfloat16/float16 under mixed precision (float32 as is).
+        self.backbone = use_fused_batch_norm(backbone)
         self.pyramid = backbone_lib.pyramid_model(backbone)
         self.normalization = ImageNormalization(name="image_normalization")
         self.laterals = {
@@ -68,7 +76,7 @@ class DenseEncoder(keras.Model):
         self.smooth_conv = keras.layers.Conv2D(
             decoder_channels, 3, padding="same", use_bias=False, name="decoder_smooth_conv"
         )
-        self.smooth_bn = keras.layers.BatchNormalization(
+        self.smooth_bn = BatchNormalization(
             epsilon=1e-5, momentum=0.9, name="decoder_smooth_bn"
         )
         self.head_hidden = keras.layers.Conv2D(

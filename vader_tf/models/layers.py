@@ -66,3 +66,81 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="vader_tf")
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` that keeps half-precision activations in half
+    precision.
+
+    Under `mixed_bfloat16` (or `mixed_float16`) Keras' `BatchNormalization` casts its
+    input up to float32, normalises with a dozen separate element-wise ops, and casts
+    the result back down: in the bfloat16 VADeR step on a CPU with bfloat16 kernels that
+    made batch norm 12-17% of the time, a quarter of the convolutions' share
+    (`benchmarks/README.md`). This layer runs TensorFlow's fused
+    batch-norm kernel instead, which reads and writes the activations in their own dtype
+    and computes the statistics in float32 inside the kernel, forward and backward. The
+    parameters and moving statistics stay float32 variables, updated exactly as Keras'
+    layer updates them (biased batch variance). Same variables, arguments and config as
+    `keras.layers.BatchNormalization`; float32 inputs, masks, renorm, synchronised BN
+    and other than 4-D channels-last inputs take Keras' own path unchanged.
+
+    It keeps Keras' class name on purpose: Keras names a layer's entry in weights files
+    (`*.weights.h5`) after its class, so weights saved from either class load into the
+    other (backbone weights files, run directories written before this layer existed).
+    """
+
+    def _fused(self, inputs, mask):
+        return (
+            mask is None
+            and not self.renorm
+            and not getattr(self, "synchronized", False)
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and inputs.dtype in (tf.bfloat16, tf.float16)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fused(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = tf.convert_to_tensor(self.gamma) if self.scale else tf.ones([channels])
+        offset = tf.convert_to_tensor(self.beta) if self.center else tf.zeros([channels])
+        if training and self.trainable:
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, scale, offset, epsilon=self.epsilon, is_training=True
+            )
+            # The kernel returns the Bessel-corrected variance; Keras' moving variance
+            # follows the biased one.
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+            variance *= tf.maximum(count - 1.0, 1.0) / count
+            self.moving_mean.assign(
+                self.moving_mean * self.momentum + mean * (1.0 - self.momentum)
+            )
+            self.moving_variance.assign(
+                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+            )
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                scale,
+                offset,
+                mean=tf.convert_to_tensor(self.moving_mean),
+                variance=tf.convert_to_tensor(self.moving_variance),
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(outputs, self.compute_dtype)
+
+
+def use_fused_batch_norm(model):
+    """Makes every `keras.layers.BatchNormalization` of `model` our `BatchNormalization`.
+
+    For networks built by code we do not own (keras-hub backbones create their own batch
+    norms): the layers keep their variables, arguments and config; only how they compute
+    half-precision inputs changes (see `BatchNormalization`). Returns `model`.
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if type(layer) is keras.layers.BatchNormalization:
+            layer.__class__ = BatchNormalization
+    return model

@@ -16,11 +16,10 @@ from vader_tf.data import pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.run_dir import RunDir
-from vader_tf.training import distribution, loop, methods
+from vader_tf.training import distribution, loop, methods, precision
 from vader_tf.training import densecl, moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
 
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 # Fields that must be at least 1.
@@ -185,7 +184,12 @@ class PretrainConfig:
         "1e-4), on all parameters incl. BN and biases.",
     )
     sgd_momentum: float = option(0.9, "SGD momentum.")
-    mixed_precision: str = option("none", "'none', 'mixed_float16' (GPU) or 'mixed_bfloat16'.")
+    mixed_precision: str = option(
+        "none",
+        "'none' (float32), 'mixed_float16' (GPU), 'mixed_bfloat16', or 'auto': bfloat16 "
+        "where the hardware computes it natively (AVX512-BF16/AMX CPU, GPU of compute "
+        "capability >= 8.0, TPU), float32 elsewhere.",
+    )
     # Running.
     strategy: str = option(
         "auto", "'auto', 'default', 'mirrored' or 'multi_worker' (from TF_CONFIG)."
@@ -207,7 +211,7 @@ class PretrainConfig:
         """
         choices = {
             "method": methods.registered_methods(),
-            "mixed_precision": MIXED_PRECISION,
+            "mixed_precision": precision.MIXED_PRECISION,
             "momentum_schedule": MOMENTUM_SCHEDULES,
             "strategy": distribution.STRATEGIES,
         }
@@ -330,15 +334,14 @@ def build_optimizer(config):
 
 @contextlib.contextmanager
 def dtype_policy(mixed_precision):
-    """Keras' global dtype policy set to `mixed_precision` ("none": float32) for a block.
+    """Keras' global dtype policy set to `mixed_precision` for a block ("none": float32;
+    "auto": `precision.resolve` picks by hardware).
 
     Layers take their policy when they are built, so a model built inside keeps it; the
     previous global policy is restored afterwards, so nothing else in the process changes.
     """
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(
-        "float32" if mixed_precision == "none" else mixed_precision
-    )
+    keras.mixed_precision.set_global_policy(precision.resolve(mixed_precision))
     try:
         yield
     finally:

@@ -1,0 +1,182 @@
+"""Speed against quality (issue 13 §1-2): the small reproduction's VADeR run pretrained in
+float32 and in bfloat16, and with the one-direction step, same seed and images seen.
+
+Each variant is the study's VADeR pretraining (`small_study.StudyConfig` settings: data,
+backbone, view size, batch, learning rate, queue) for `train_steps` steps, changed only
+in `PretrainConfig.mixed_precision` / `symmetric_loss` (`VARIANTS`). The one-direction
+variant runs the same steps at the same batch, so it sees the same images with half
+the backbone work. For each variant this writes its loss curve (from the run's
+TensorBoard events), wall time per training step (median over the logged intervals,
+from the loop's images/s, pipeline included) and the CamVid val linear-probe mIoU at
+the `features` tap (the study's probe, `small_study.Evaluations`), then one JSON and a
+markdown table comparing them. Note: an encoder trained under `mixed_bfloat16` is
+loaded with the policy its keras-hub backbone was saved with, so the bfloat16 variant
+is also probed with a bfloat16 backbone (per-pixel embeddings at cosine ~0.999 to
+float32 ones, far below the probe's seed-to-seed spread).
+
+Resumable like the study: pretraining resumes from its run directory, and a variant
+whose probe JSON exists is not probed again (unless `force`).
+"""
+
+import dataclasses
+import os
+import statistics
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+import small_study
+from vader_tf import storage
+from vader_tf.config_flags import option
+from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.eval.reporting import write_results
+
+# Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run.
+VARIANTS = {
+    "float32_symmetric": dict(mixed_precision="none", symmetric_loss=True),
+    "bfloat16_symmetric": dict(mixed_precision="mixed_bfloat16", symmetric_loss=True),
+    "float32_one_direction": dict(mixed_precision="none", symmetric_loss=False),
+}
+LAYER = "features"
+COMMAND_FLAGS = small_study.PRETRAIN_FLAGS + tuple(VARIANTS["float32_symmetric"])
+
+
+@dataclasses.dataclass
+class SpeedQualityConfig:
+    """Budget and locations; each field is a flag of `experiments/speed_quality.py`."""
+
+    data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
+    run_dir: str = option("runs/speed_quality", "Runs go to <run_dir>/<variant>.")
+    results_dir: str = option("results/speed_quality", "Result JSONs and the table.")
+    variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
+    seed: int = option(0, "Seed of every variant (initialisation, data order, probe).")
+    train_steps: int = option(300, "Pretraining steps of every variant.")
+    image_size: int = option(96, "Pretraining view size (the study's).")
+    batch_size: int = option(16, "Pretraining batch size (the study's).")
+    checkpoint_every: int = option(100, "Steps between checkpoints.")
+    probe_image_size: int = option(224, "CamVid short side (the study's).")
+    probe_steps: int = option(1000, "Linear-probe optimisation steps (the study's).")
+    probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
+    force: bool = option(False, "Probe again variants whose result JSON exists.")
+    verbose: int = option(1, "1 shows pretraining progress bars.")
+
+    def validate(self):
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown or not self.variants:
+            raise ValueError(f"--variants={list(self.variants)}: expected some of {tuple(VARIANTS)}.")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint_every must be positive, got {self.checkpoint_every}.")
+        self.study().validate()  # Steps, sizes and the data layout.
+
+    def study(self):
+        """The `small_study.StudyConfig` whose VADeR run and probe every variant shares."""
+        return small_study.StudyConfig(
+            data_root=self.data_root,
+            run_dir=self.run_dir,
+            results_dir=self.results_dir,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            train_steps=self.train_steps,
+            checkpoint_every=self.checkpoint_every,
+            seeds=(self.seed,),
+            probe_image_size=self.probe_image_size,
+            probe_steps=self.probe_steps,
+            probe_limit=self.probe_limit,
+            verbose=self.verbose,
+        )
+
+    def pretrain_config(self, variant):
+        return dataclasses.replace(
+            self.study().pretrain_config("vader", self.seed),
+            model_dir=os.path.join(self.run_dir, variant),
+            **VARIANTS[variant],
+        )
+
+
+def step_seconds(history, batch_size):
+    """Median wall seconds per training step over the logged intervals (the first one,
+    which includes tracing, left out when there are others)."""
+    rates = [entry["images_per_s"] for entry in history if entry.get("images_per_s")]
+    if len(rates) > 1:
+        rates = rates[1:]
+    return batch_size / statistics.median(rates) if rates else None
+
+
+def probe(config, variant, evaluations):
+    """The CamVid val linear probe of one variant's encoder at the `features` tap."""
+    path = os.path.join(config.results_dir, f"linear_probe_{variant}_{LAYER}.json")
+    if tf.io.gfile.exists(path) and not config.force:
+        return storage.read_json(path)["metrics"]
+    spec = config.pretrain_config(variant).model_dir
+    argv, flags = evaluations.commands(spec, LAYER, config.seed)["linear_probe"]
+    extractor = load_feature_extractor(spec, seed=config.seed, layer=LAYER)
+    started = time.perf_counter()
+    metrics = evaluations.run("linear_probe", extractor, config.seed)
+    metrics["seconds"] = time.perf_counter() - started
+    write_results(
+        path, "linear_probe", spec, metrics,
+        config={"layer": LAYER, "seed": config.seed, **flags}, argv=argv,
+    )
+    keras.backend.clear_session()
+    return metrics
+
+
+def run(config, command):
+    """Pretrains and probes every variant (resuming), writes `speed_quality.json` and
+    `speed_quality.md` in `results_dir`; returns the JSON's dict."""
+    evaluations = small_study.Evaluations(config.study())
+    variants = {}
+    for variant in config.variants:
+        pretrain_config = config.pretrain_config(variant)
+        summary = small_study.pretrain_and_summarize(
+            pretrain_config,
+            os.path.join(config.results_dir, f"pretrain_{variant}.json"),
+            command_flags=COMMAND_FLAGS,
+        )
+        keras.backend.clear_session()
+        history = summary["history"]
+        variants[variant] = {
+            "settings": VARIANTS[variant],
+            "train_steps": summary["train_steps"],
+            "images_seen": summary["train_steps"] * pretrain_config.batch_size,
+            "seconds_per_step": step_seconds(history, pretrain_config.batch_size),
+            "final_loss": summary["final_loss"],
+            "loss_curve": [[entry["step"], entry["loss"]] for entry in history],
+            "camvid_val_miou": probe(config, variant, evaluations)["mean_iou"],
+        }
+        logging.info("%s: %s", variant, {k: v for k, v in variants[variant].items() if k != "loss_curve"})
+    payload = {
+        "command": list(command),
+        "config": dataclasses.asdict(config),
+        "layer": LAYER,
+        "variants": variants,
+    }
+    storage.write_json_atomic(os.path.join(config.results_dir, "speed_quality.json"), payload)
+    storage.write_atomic(os.path.join(config.results_dir, "speed_quality.md"), table(variants))
+    return payload
+
+
+def table(variants):
+    """Markdown table of the variants, with speed and mIoU relative to the first one."""
+    first = next(iter(variants.values()))
+    lines = [
+        "| variant | steps | images seen | s/step | speed-up | final loss | CamVid val mIoU | "
+        "mIoU - first |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, v in variants.items():
+        speedup = (
+            f"{first['seconds_per_step'] / v['seconds_per_step']:.2f}x"
+            if first["seconds_per_step"] and v["seconds_per_step"]
+            else "-"
+        )
+        seconds = f"{v['seconds_per_step']:.3f}" if v["seconds_per_step"] else "-"
+        loss = f"{v['final_loss']:.3f}" if v["final_loss"] is not None else "-"
+        lines.append(
+            f"| {name} | {v['train_steps']} | {v['images_seen']} | {seconds} | {speedup} | "
+            f"{loss} | {v['camvid_val_miou']:.4f} | "
+            f"{v['camvid_val_miou'] - first['camvid_val_miou']:+.4f} |"
+        )
+    return "\n".join(lines) + "\n"
