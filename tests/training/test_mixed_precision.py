@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tests.training import reference
 from tests.training.helpers import build_small_model, run_steps, synthetic_batch
+from vader_tf.models.encoder import build_encoder
 from vader_tf.training.pretrain import PretrainConfig, build_model, dtype_policy
 
 
@@ -135,3 +136,22 @@ def test_bfloat16_loss_and_queue_are_float32_functions_of_the_embeddings():
     assert metrics["loss"] == pytest.approx(np.mean(losses), rel=1e-5)
     assert model.queue.dtype == "float32"
     np.testing.assert_allclose(model.queue.numpy()[: len(enqueued)], enqueued, atol=1e-5)
+
+
+def test_an_encoder_trained_in_bfloat16_reloads_under_the_loading_policy(tmp_path):
+    # A run's saved architecture must not carry its training precision: rebuilt under
+    # float32 (evaluation, export), every layer computes in float32, backbone included.
+    with dtype_policy("mixed_bfloat16"):
+        encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16)
+        assert encoder.backbone.compute_dtype == "bfloat16"
+        config = keras.saving.serialize_keras_object(encoder)
+        encoder.save(tmp_path / "encoder.keras")
+    for rebuilt in (
+        keras.saving.deserialize_keras_object(config),
+        keras.saving.load_model(tmp_path / "encoder.keras"),
+    ):
+        compute_dtypes = {layer.dtype_policy.compute_dtype for layer in rebuilt._flatten_layers()}
+        assert compute_dtypes == {"float32"}, compute_dtypes
+    with dtype_policy("mixed_bfloat16"):
+        rebuilt = keras.saving.deserialize_keras_object(config)
+    assert rebuilt.backbone.compute_dtype == "bfloat16"

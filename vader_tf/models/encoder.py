@@ -107,11 +107,18 @@ class DenseEncoder(keras.Model):
         self.pyramid_outputs = {**levels, "decoder": decoder_output}
 
     def get_config(self):
-        # Only our own arguments: the functional graph is rebuilt by `__init__`.
+        # Only our own arguments: the functional graph is rebuilt by `__init__`. The
+        # saved architecture is precision-agnostic: keras-hub records the backbone's
+        # dtype policy, which would rebuild a mixed-precision run's backbone in bfloat16
+        # under a float32 decoder; without it, the whole encoder follows the global policy
+        # in effect where it is rebuilt (float32 for evaluation, export and fine-tuning
+        # unless the user sets one), as the decoder always did.
+        backbone = keras.layers.serialize(self.backbone)
+        backbone["config"].pop("dtype", None)
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "backbone": keras.layers.serialize(self.backbone),
+            "backbone": backbone,
             "decoder_channels": self.decoder_channels,
             "head_hidden_dim": self.head_hidden_dim,
             "embedding_dim": self.embedding_dim,
