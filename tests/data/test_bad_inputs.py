@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from vader_tf.data import pipeline, sources
+from vader_tf.data import decoding, pipeline, sources
 from vader_tf.data.views import ViewConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +48,7 @@ def png_with_corrupt_body():
     header = (32).to_bytes(4, "big") + (24).to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
     body = np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes()
     return (
-        sources._PNG_SIGNATURE
+        decoding.PNG_SIGNATURE
         + png_chunk(b"IHDR", header)
         + png_chunk(b"IDAT", body)
         + png_chunk(b"IEND", b"")
