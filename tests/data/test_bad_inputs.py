@@ -187,3 +187,18 @@ def test_a_tfrecord_split_where_nothing_decodes_stops_with_a_clear_error(tmp_pat
     assert sorted(source.skipped.files) == [
         f"tfds:fake:train:{os.path.basename(path)}:{index}" for index in range(len(SKIPPED))
     ]
+
+
+def test_a_tfrecord_record_without_the_image_is_skipped_and_named(tmp_path):
+    path = str(tmp_path / "fake-train.tfrecord-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as writer:
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[PNG]))
+        example = tf.train.Example(features=tf.train.Features(feature={"image": feature}))
+        writer.write(example.SerializeToString())
+        writer.write(b"not a serialized tf.train.Example")
+    source = sources.TfdsRecordSource("fake", "train", [path], 2, "image")
+    (element,) = source.dataset().as_numpy_iterator()
+    np.testing.assert_array_equal(element["image"], RGB)
+    assert source.skipped.files == {
+        f"tfds:fake:train:{os.path.basename(path)}:1": "could not be read"
+    }

@@ -94,9 +94,9 @@ class ImageSource(abc.ABC):
 
     A subclass implements `__len__` and `images` (the stream of a `StreamOrder`, which
     `stream` builds from its arguments); it decodes through
-    `vader_tf.data.decoding.checked_decode` with its `skipped` counter (or records skips
-    there itself), so bad inputs are named and counted and an all-bad source raises
-    `NoUsableImagesError`.
+    `vader_tf.data.decoding.checked_decode` with its `skipped` counter and leaves out the
+    failures with `drop_unreadable`, so bad inputs are named and counted and an all-bad
+    source raises `NoUsableImagesError`.
 
     Args:
         description: what the source is, for messages.
@@ -181,7 +181,7 @@ class ImageSource(abc.ABC):
             raise
 
 
-def _drop_unreadable(elements):
+def drop_unreadable(elements):
     """Drops the elements that were counted as skipped (`ok` False), and `ok`.
 
     No `ignore_errors` here: every failure is caught (and counted) per element, and the
@@ -236,7 +236,7 @@ class IndexedImageSource(ImageSource):
         def load(global_index, index):
             return {"global_index": global_index, **self.load(index)}
 
-        return _drop_unreadable(
+        return drop_unreadable(
             indices.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
         )
 
@@ -354,7 +354,7 @@ class TfdsRecordSource(ImageSource):
         records = epochs.flat_map(epoch_elements)
         if order.num_shards > 1:
             records = records.shard(order.num_shards, order.shard_index)
-        return _drop_unreadable(
+        return drop_unreadable(
             records.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
         )
 
