@@ -35,15 +35,6 @@ def elements_per_second(dataset, elements_per_item, items, warmup_items, repeats
     return statistics.median(rates)
 
 
-def _decoded_images(source, repeat=True):
-    indices = pipeline.index_stream(len(source), repeat=repeat)
-
-    def load(global_index, file_index):
-        return {"global_index": global_index, **source.load(file_index)}
-
-    return sources.decode_and_filter(indices, load)
-
-
 def run(quick):
     if quick:
         fields, items, repeats = dict(image_size=64, batch_size=4), 3, 2
@@ -56,7 +47,7 @@ def run(quick):
     full = pipeline.two_view_dataset(source, views, batch_size=batch, num_points=config.num_points)
     pairs_per_s = elements_per_second(full, batch, items, 3, repeats)
 
-    decoded = _decoded_images(source).prefetch(8)
+    decoded = source.stream().prefetch(8)
     decode_per_s = elements_per_second(decoded, 1, items * batch, batch, repeats)
 
     def augment(element):
@@ -66,7 +57,7 @@ def run(quick):
             correspondence.DEFAULT_NUM_CANDIDATE_PAIRS,
         )
 
-    cached = _decoded_images(source, repeat=False).cache().repeat()
+    cached = source.stream(repeat=False).cache().repeat()
     augmented = cached.map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(2)
     augment_per_s = elements_per_second(augmented, batch, items, 3, repeats)
 

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from vader_tf.data import pipeline, sources
+from vader_tf.data import decoding, pipeline, sources
 from vader_tf.data.views import ViewConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,7 +48,7 @@ def png_with_corrupt_body():
     header = (32).to_bytes(4, "big") + (24).to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
     body = np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes()
     return (
-        sources._PNG_SIGNATURE
+        decoding.PNG_SIGNATURE
         + png_chunk(b"IHDR", header)
         + png_chunk(b"IDAT", body)
         + png_chunk(b"IEND", b"")
@@ -187,3 +187,18 @@ def test_a_tfrecord_split_where_nothing_decodes_stops_with_a_clear_error(tmp_pat
     assert sorted(source.skipped.files) == [
         f"tfds:fake:train:{os.path.basename(path)}:{index}" for index in range(len(SKIPPED))
     ]
+
+
+def test_a_tfrecord_record_without_the_image_is_skipped_and_named(tmp_path):
+    path = str(tmp_path / "fake-train.tfrecord-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as writer:
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[PNG]))
+        example = tf.train.Example(features=tf.train.Features(feature={"image": feature}))
+        writer.write(example.SerializeToString())
+        writer.write(b"not a serialized tf.train.Example")
+    source = sources.TfdsRecordSource("fake", "train", [path], 2, "image")
+    (element,) = source.dataset().as_numpy_iterator()
+    np.testing.assert_array_equal(element["image"], RGB)
+    assert source.skipped.files == {
+        f"tfds:fake:train:{os.path.basename(path)}:1": "could not be read"
+    }

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from vader_tf.data import sources
-from vader_tf.data.pipeline import index_stream, two_view_dataset
+from vader_tf.data.ordering import index_stream
+from vader_tf.data.pipeline import two_view_dataset
 from vader_tf.data.views import ViewConfig
 
 IMAGE_SIZE = 32

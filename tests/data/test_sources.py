@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vader_tf.data import sources
+from vader_tf.data import decoding, sources
 
 
 def encode(array, image_format, **save_options):
@@ -133,8 +133,21 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path):
 def test_structural_check_accepts_every_complete_format():
     for image_format, options in [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}),
                                   ("WEBP", {"lossless": True})]:
-        problem = sources.encoded_image_problem(tf.constant(encode(RGB, image_format, **options)))
+        problem = decoding.encoded_image_problem(tf.constant(encode(RGB, image_format, **options)))
         assert problem.numpy() == b"", image_format
+
+
+def test_structural_check_names_truncated_and_foreign_bytes():
+    for image_format, options, name in [("PNG", {}, "PNG"), ("GIF", {}, "GIF"),
+                                        ("BMP", {}, "BMP"), ("WEBP", {"lossless": True}, "WebP")]:
+        encoded = encode(RGB, image_format, **options)
+        problem = decoding.encoded_image_problem(tf.constant(encoded[:-5]))
+        assert problem.numpy().decode() == f"truncated {name} data", image_format
+    for foreign in (b"BM", b"GIF8", b"RIFF", b"\x89PNG", b"%PDF-1.4 ..."):
+        problem = decoding.encoded_image_problem(tf.constant(foreign)).numpy().decode()
+        assert problem == "not a JPEG, PNG, GIF, BMP or WebP image", foreign
+    assert decoding.encoded_image_problem(tf.constant(b"")).numpy() == b"empty file"
+    assert decoding.format_name(tf.constant(encode(RGB, "GIF")[:20])).numpy() == b"GIF"
 
 
 def test_empty_or_missing_folder_is_a_clear_error(tmp_path):

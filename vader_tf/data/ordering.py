@@ -1,8 +1,9 @@
 """Epoch order of a training stream: which epochs to visit and each epoch's permutation.
 
-Both are pure functions of the seed and the epoch, shared by the index stream
-(`vader_tf.data.pipeline.index_stream`) and the TFRecord stream
-(`vader_tf.data.sources.TfdsRecordSource`), so a resumed run visits the same order.
+All are pure functions of the seed, the epoch and the stream position, shared by the
+sources read by index (`vader_tf.data.sources.IndexedImageSource`, through
+`index_stream`) and the TFRecord stream (`vader_tf.data.sources.TfdsRecordSource`), so a
+resumed run visits the same order.
 """
 
 import tensorflow as tf
@@ -22,3 +23,27 @@ def epoch_permutation(size, seed, epoch):
     """A stateless permutation of `range(size)` seeded by `(seed, epoch)`, int64."""
     keys = tf.random.stateless_uniform([size], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
     return tf.cast(tf.argsort(keys, stable=True), tf.int64)
+
+
+def index_stream(num_images, seed=0, start_index=0, shuffle=True, repeat=True):
+    """`(global_index, file_index)` int64 pairs, from global index `start_index` on.
+
+    The stream lists file indices epoch after epoch; element `g` (its *global index*) is
+    computed without reading anything, so `start_index=k` starts at element `k` at once.
+
+    Args:
+        num_images: images per epoch.
+        seed: seed of the per-epoch permutations.
+        start_index: first global index to produce.
+        shuffle: permute each epoch (statelessly, by `(seed, epoch)`); else index order.
+        repeat: endless epochs; else only epoch 0.
+    """
+
+    def epoch_elements(epoch):
+        positions = tf.range(num_images, dtype=tf.int64)
+        file_indices = epoch_permutation(num_images, seed, epoch) if shuffle else positions
+        begin = tf.maximum(start_index - epoch * num_images, 0)
+        global_indices = epoch * num_images + positions
+        return tf.data.Dataset.from_tensor_slices((global_indices[begin:], file_indices[begin:]))
+
+    return epoch_range(num_images, start_index, repeat).flat_map(epoch_elements)

@@ -1,47 +1,25 @@
 """The two-view training pipeline: image source -> batched view pairs with matched points.
 
 Order and randomness are pure functions of `seed` and of each element's position in the
-index stream, so the stream is reproducible and resumable:
+source's stream, so the pipeline is reproducible and resumable:
 
-* The index stream lists file indices epoch after epoch; with `shuffle`, epoch `e` is a
-  stateless permutation seeded by `(seed, e)`. Element `g` of the stream (its *global
-  index*) is built before anything is read, so `start_index=k` starts at element `k`
-  without reading or decoding the first `k` files.
+* The source's `stream(seed, start_index, ...)` (`vader_tf.data.sources.ImageSource`)
+  gives the decoded images with their *global index* `g`, the position in the stream,
+  and starts at `start_index` without decoding what comes before.
 * Each element's augmentation is seeded by `(seed, g)`.
 
-`start_index` counts index-stream positions. Files skipped as unreadable still occupy
-their position, so after skips a resume from `steps * batch_size` starts slightly early;
-with clean data the two are equal.
+`start_index` counts stream positions. Files skipped as unreadable still occupy their
+position, so after skips a resume from `steps * batch_size` starts slightly early; with
+clean data the two are equal.
 """
 
 import tensorflow as tf
 
-from vader_tf.data import correspondence, ordering, sources, views
+from vader_tf.data import correspondence, sources, views
 from vader_tf.data.views import ViewConfig, render_view
 
 # Distinct streams of randomness drawn from one element seed.
 _PAIR_GEOMETRY, _VIEW1_PHOTOMETRY, _VIEW2_PHOTOMETRY, _POINTS = range(4)
-
-
-def index_stream(num_images, seed=0, start_index=0, shuffle=True, repeat=True):
-    """`(global_index, file_index)` int64 pairs, from global index `start_index` on.
-
-    Args:
-        num_images: images per epoch.
-        seed: seed of the per-epoch permutations.
-        start_index: first global index to produce.
-        shuffle: permute each epoch (statelessly, by `(seed, epoch)`); else index order.
-        repeat: endless epochs; else only epoch 0.
-    """
-
-    def epoch_elements(epoch):
-        positions = tf.range(num_images, dtype=tf.int64)
-        file_indices = ordering.epoch_permutation(num_images, seed, epoch) if shuffle else positions
-        begin = tf.maximum(start_index - epoch * num_images, 0)
-        global_indices = epoch * num_images + positions
-        return tf.data.Dataset.from_tensor_slices((global_indices[begin:], file_indices[begin:]))
-
-    return ordering.epoch_range(num_images, start_index, repeat).flat_map(epoch_elements)
 
 
 def make_view_pair(image, element_seed, view_config, num_points, min_overlap, num_candidates):
@@ -96,9 +74,9 @@ def two_view_dataset(
     """Batched pairs of augmented views with pixel correspondences, for VADeR training.
 
     Args:
-        source: a `sources.ImageSource` or a data spec string (see
-            `sources.parse_data_spec`). Unreadable images are skipped and counted in
-            `source.skipped`.
+        source: any `sources.ImageSource` (only its `stream` is used) or a data spec
+            string (see `sources.parse_data_spec`). Unreadable images are skipped and
+            counted in `source.skipped`.
         view_config: `ViewConfig`; defaults to MoCo v2 at 224 x 224.
         batch_size: pairs per batch (the last partial batch is dropped).
         num_points: matched points `P` per pair.
@@ -111,9 +89,9 @@ def two_view_dataset(
             (`views.sample_independent_pair`); `valid` then only says if they overlap.
         num_candidate_pairs: crop pairs drawn per image to find an acceptable one.
         num_parallel_calls: parallelism of the read/decode and augmentation maps.
-        num_shards, shard_index: keep only every `num_shards`-th element of the index
-            stream, starting at `shard_index` (one input pipeline per worker); sharding
-            happens before any file is read.
+        num_shards, shard_index: keep only every `num_shards`-th element of the
+            source's stream, starting at `shard_index` (one input pipeline per worker);
+            sharding happens before any image is decoded.
 
     Returns:
         A prefetched `tf.data.Dataset` of dicts:
@@ -137,19 +115,8 @@ def two_view_dataset(
             num_candidate_pairs,
         )
 
-    if isinstance(source, sources.TfdsRecordSource):
-        # No random access: a seeded stream, sharded before decoding.
-        images = sources.drop_unreadable(
-            source.stream(seed, start_index, shuffle, repeat, num_shards, shard_index)
-        )
-    else:
-        indices = index_stream(len(source), seed, start_index, shuffle, repeat)
-        if num_shards > 1:
-            indices = indices.shard(num_shards, shard_index)
-
-        def load(global_index, file_index):
-            return {"global_index": global_index, **source.load(file_index)}
-
-        images = sources.decode_and_filter(indices, load, num_parallel_calls)
+    images = source.stream(
+        seed, start_index, shuffle, repeat, num_shards, shard_index, num_parallel_calls
+    )
     pairs = images.map(augment, num_parallel_calls=num_parallel_calls, deterministic=True)
     return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -1,35 +1,37 @@
-"""Image sources: where pre-training images come from, and how bad files are survived.
+"""Image sources: where pre-training images come from, behind one interface.
 
-Every source is an `ImageSource`: a fixed-length, index-addressable collection of encoded
-images. Addressing by index lets the two-view pipeline shuffle and resume on *indices*
-before anything is read or decoded. The exception is a TFDS dataset prepared as TFRecord
-files, which has no random access: `TfdsRecordSource` is read as a seeded stream. `ImageSource.dataset()` gives the plain
-`tf.data.Dataset` of `{"image": uint8 [H, W, 3], "source_id": tf.string}` in index order.
+Every source is an `ImageSource`. The training pipeline asks a source for one thing only:
+`stream(seed, start_index, ...)`, the deterministic, resumable stream of its decoded
+images. Element `g` of a stream (its *global index*) is the `g`-th visit of the source,
+epoch after epoch, and is a pure function of the seed, so `start_index=k` resumes
+exactly where a run that consumed `k` elements stopped; images that could not be read or
+decoded are dropped from the stream but keep their position. `dataset()` gives the plain
+`{"image": uint8 [H, W, 3], "source_id": tf.string}` elements of one pass in source order,
+and `cache_decoded` serves small sources from memory where the kind supports it.
 
-Bad input (unreadable, empty, truncated, corrupt or non-image files) is skipped, never
-fatal, and every skip is named and counted. A cheap in-graph structural check (magic
-bytes, and for PNG, GIF, BMP and WebP the end-of-stream marker or declared size) gives a
-precise reason for most bad files; reading and decoding run inside `_attempt`, so a file
-that passes the check but still cannot be read or decoded is caught in graph as well. A
-failing element calls a rare `tf.py_function` that logs the source id with the reason and
-records it in the source's `SkipCounter`. JPEG data after the end-of-image marker (phone
-"motion photos", camera trailers) is accepted, as TensorFlow and PIL decode it.
+Two kinds implement the interface:
 
-When every image of a source has been rejected, the counter raises `NoUsableImagesError`
-instead of letting an endless stream filter out everything forever.
+* `IndexedImageSource`: a fixed-length collection of encoded images addressed by index
+  (the scikit-image samples, image folders, TFDS datasets prepared with random access).
+  Its stream shuffles and resumes on *indices* (`ordering.index_stream`) before anything
+  is read or decoded. `cache_decoded(max_bytes)` decodes every image once, keeps the
+  pixels in memory if their total size stays within the bound, and from then on `load`
+  slices them out of memory: the stream is bitwise the same with and without the cache,
+  and a bad file is named and counted once, in the decoding pass.
+* `TfdsRecordSource`: a TFDS dataset prepared as TFRecord files, which have no random
+  access; its stream is a seeded file order and shuffle buffer, and a resume re-reads
+  (without decoding) the current epoch's records up to its position.
 
-Small sources can be served decoded: `ImageSource.cache_decoded(max_bytes)` decodes every
-image once, keeps the pixels in memory if their total size stays within the bound, and
-from then on `load` slices them out of memory instead of reading and decoding. `load`
-returns exactly what it returned before (same pixels, same `ok`, same placeholder for a
-bad file), so the training stream is bitwise the same with and without the cache. A bad
-file is named and counted once, in the decoding pass (it is never decoded again).
+Reading and decoding go through `vader_tf.data.decoding.checked_decode` (format check,
+decode to RGB, skip-and-count of bad files). `parse_data_spec` builds a source from a
+`--data` string; `list_image_files` is the one image lister of the library.
 """
 
-import difflib
+import abc
 import contextlib
+import dataclasses
+import difflib
 import os
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +39,12 @@ from absl import logging
 
 from vader_tf import storage
 from vader_tf.data import ordering
+from vader_tf.data.decoding import (
+    NoUsableImagesError,  # noqa: F401  (re-exported: what an all-bad source raises)
+    SkipCounter,
+    checked_decode,
+    without_icc_profile,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -57,121 +65,109 @@ SAMPLE_IMAGE_FILES = (
     "gravel.png",
 )
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # An empty IEND chunk with its CRC.
 
-
-class NoUsableImagesError(ValueError):
-    """Every image of a source was rejected as unreadable: there is nothing to train on."""
-
-
-class SkipCounter:
-    """Thread-safe record of the inputs a pipeline skipped as unreadable.
-
-    Args:
-        total: number of distinct inputs of the source. When all of them have been
-            skipped, `record` raises `NoUsableImagesError` (kept in `error`).
-        description: what the source is, for that error.
+@dataclasses.dataclass(frozen=True)
+class StreamOrder:
+    """Which positions of a source's stream to produce, in which order.
 
     Attributes:
-        count: number of skip events (a bad file read in several epochs counts each time;
-            a source served from its decoded cache decodes, and counts, each file once).
-        files: `{source_id: reason}` for every distinct skipped input.
-        error: the `NoUsableImagesError` raised once every input was rejected, else None.
+        seed: seed of the order (a pure function of it: the same seed, the same stream).
+        start_index: first global index (resume): the stream equals the one from 0
+            without its first `start_index` positions.
+        shuffle: seeded order per epoch; else source order.
+        repeat: endless epochs; else one epoch (`start_index` must lie in it).
+        num_shards, shard_index: keep only every `num_shards`-th position from
+            `start_index` on, from the `shard_index`-th (one input pipeline per worker),
+            before decoding.
     """
 
-    def __init__(self, total=None, description="the image source"):
-        self._lock = threading.Lock()
-        self.total = total
-        self.description = description
-        self.count = 0
-        self.files = {}
-        self.error = None
-
-    def record(self, source_id, reason):
-        """Counts one skip; logs a warning the first time `source_id` is skipped.
-
-        Raises:
-            NoUsableImagesError: every input of the source has now been rejected.
-        """
-        with self._lock:
-            self.count += 1
-            first_time = source_id not in self.files
-            self.files[source_id] = reason
-            if self.total and len(self.files) >= self.total and self.error is None:
-                self.error = NoUsableImagesError(
-                    f"No usable image in {self.description}: all {len(self.files)} images "
-                    "were rejected (each is named in a warning above)."
-                )
-        if first_time:
-            logging.warning("Skipping unreadable image %s: %s", source_id, reason)
-        if self.error is not None:
-            raise self.error
+    seed: int = 0
+    start_index: int = 0
+    shuffle: bool = True
+    repeat: bool = True
+    num_shards: int = 1
+    shard_index: int = 0
 
 
-def _attempt(compute, fallback):
-    """`(compute(), True)`, or `(fallback, False)` if `compute` fails (graph-compatible).
+class ImageSource(abc.ABC):
+    """The interface of every image source: a seeded, resumable stream of decoded images.
 
-    The computation runs as a one-element `tf.data` pipeline whose op errors are dropped,
-    so a failing read or decode becomes a value instead of an error of the whole stream.
+    A subclass implements `__len__` and `images` (the stream of a `StreamOrder`, which
+    `stream` builds from its arguments); it decodes through
+    `vader_tf.data.decoding.checked_decode` with its `skipped` counter and leaves out the
+    failures with `drop_unreadable`, so bad inputs are named and counted and an all-bad
+    source raises `NoUsableImagesError`.
+
+    Args:
+        description: what the source is, for messages.
+        num_images: number of distinct images (the bound of `NoUsableImagesError`).
+
+    Attributes:
+        description: as given.
+        skipped: the `SkipCounter` of the inputs skipped as unreadable.
     """
-    result = tf.data.Dataset.from_tensors(0).map(lambda _: (compute(), True)).ignore_errors()
-    failed = tf.data.Dataset.from_tensors((fallback, False))
-    return result.concatenate(failed).take(1).get_single_element()
-
-
-def _attempt_read(read):
-    """`(bytes, True)` from `read()`, or `(b"", False)` if reading fails."""
-    return _attempt(read, tf.constant(b""))
-
-
-class _CheckedDecoding:
-    """What every source shares: a description, a `SkipCounter`, the checked decode."""
 
     def __init__(self, description, num_images):
+        if not num_images:
+            raise ValueError(f"No images found in {description}.")
         self.description = description
         self.skipped = SkipCounter(num_images, description)
 
-    def check_and_decode(self, encoded, source_id, readable=True):
-        """Decodes `encoded` bytes, or counts `source_id` as skipped.
+    @abc.abstractmethod
+    def __len__(self):
+        """Images per epoch."""
+
+    @abc.abstractmethod
+    def images(self, order, num_parallel_calls=tf.data.AUTOTUNE):
+        """What a source implements: the stream of `order`; `stream` describes it.
 
         Args:
-            encoded: scalar `tf.string`, the encoded image.
-            source_id: scalar `tf.string` naming it in warnings.
-            readable: False when reading the bytes failed (`encoded` is then empty).
+            order: a `StreamOrder`.
+            num_parallel_calls: parallelism of decoding.
+        """
+
+    def stream(
+        self,
+        seed=0,
+        start_index=0,
+        shuffle=True,
+        repeat=True,
+        num_shards=1,
+        shard_index=0,
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ):
+        """The decoded images from global index `start_index` on, as a `tf.data.Dataset`.
+
+        Args:
+            seed, start_index, shuffle, repeat, num_shards, shard_index: the
+                `StreamOrder` fields.
+            num_parallel_calls: parallelism of decoding.
 
         Returns:
-            `{"image": uint8 [H, W, 3], "source_id": string, "ok": bool}`. When `ok` is
-            False the input could not be read, failed the structural check or could not be
-            decoded (and was counted as skipped) and `image` is a 1x1 placeholder: filter
-            it out.
+            `{"global_index": int64, "image": uint8 [H, W, 3], "source_id": string}`
+            elements in increasing `global_index`; the positions of images that could not
+            be read or decoded (counted in `skipped`) are left out.
         """
-        placeholder = tf.zeros([1, 1, 3], tf.uint8)
-        problem = tf.where(readable, encoded_image_problem(encoded), "could not be read")
-        passed_check = tf.equal(problem, "")
-        image, decoded = tf.cond(
-            passed_check,
-            lambda: _attempt(lambda: decode_rgb(encoded), placeholder),
-            lambda: (placeholder, tf.constant(False)),
+        order = StreamOrder(seed, start_index, shuffle, repeat, num_shards, shard_index)
+        return self.images(order, num_parallel_calls)
+
+    def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
+        """One pass in source order: `{"image", "source_id"}` elements."""
+        images = self.stream(shuffle=False, repeat=False, num_parallel_calls=num_parallel_calls)
+        return images.map(
+            lambda element: {"image": element["image"], "source_id": element["source_id"]}
         )
-        problem = tf.where(
-            tf.logical_and(passed_check, tf.logical_not(decoded)),
-            tf.strings.join(
-                [_format_name(encoded), " data could not be decoded (corrupt or truncated)"]
-            ),
-            problem,
-        )
-        ok = tf.logical_and(passed_check, decoded)
 
-        def record_skip():
-            tf.py_function(self._record_skip, [source_id, problem], Tout=[])
-            return tf.identity(image)
+    def cache_decoded(self, max_bytes):
+        """Serves the decoded images from memory if they fit in `max_bytes`, where the
+        source supports it; returns True when it is now cached. Default: never."""
+        del max_bytes
+        return False
 
-        image = tf.cond(ok, lambda: tf.identity(image), record_skip)
-        return {"image": tf.ensure_shape(image, [None, None, 3]), "source_id": source_id, "ok": ok}
-
-    def _record_skip(self, source_id, problem):
-        self.skipped.record(source_id.numpy().decode(), problem.numpy().decode())
+    @property
+    def cached_bytes(self):
+        """Size of the decoded cache in bytes, or None when the source is not cached."""
+        return None
 
     @contextlib.contextmanager
     def no_usable_images_reraised(self):
@@ -185,7 +181,18 @@ class _CheckedDecoding:
             raise
 
 
-class ImageSource(_CheckedDecoding):
+def drop_unreadable(elements):
+    """Drops the elements that were counted as skipped (`ok` False), and `ok`.
+
+    No `ignore_errors` here: every failure is caught (and counted) per element, and the
+    `NoUsableImagesError` of an all-bad source must reach the consumer.
+    """
+    return elements.filter(lambda element: element["ok"]).map(
+        lambda element: {key: value for key, value in element.items() if key != "ok"}
+    )
+
+
+class IndexedImageSource(ImageSource):
     """A fixed-length collection of encoded images addressed by index.
 
     Args:
@@ -196,8 +203,6 @@ class ImageSource(_CheckedDecoding):
     """
 
     def __init__(self, source_ids, read_encoded, description):
-        if not source_ids:
-            raise ValueError(f"No images found in {description}.")
         super().__init__(description, len(set(source_ids)))
         self.source_ids = list(source_ids)
         self._read_encoded = read_encoded
@@ -209,7 +214,7 @@ class ImageSource(_CheckedDecoding):
 
     def load(self, index):
         """Reads, checks and decodes image `index` (graph-compatible); the element is
-        described in `check_and_decode`. Served from memory after `cache_decoded`."""
+        described in `decoding.checked_decode`. Served from memory after `cache_decoded`."""
         index = tf.cast(index, tf.int64)
         source_id = tf.gather(self._source_id_table, index)
         if self._decoded is not None:
@@ -217,12 +222,26 @@ class ImageSource(_CheckedDecoding):
             image = tf.reshape(pixels[offsets[index] : offsets[index + 1]], shapes[index])
             image = tf.ensure_shape(image, [None, None, 3])
             return {"image": image, "source_id": source_id, "ok": ok[index]}
-        encoded, readable = _attempt_read(lambda: self._read_encoded(index))
-        return self.check_and_decode(encoded, source_id, readable)
+        return checked_decode(lambda: self._read_encoded(index), source_id, self.skipped)
+
+    def images(self, order, num_parallel_calls=tf.data.AUTOTUNE):
+        """See `ImageSource.stream`: indices are permuted per epoch by `(seed, epoch)`
+        (`ordering.index_stream`), resumed and sharded before any image is read."""
+        indices = ordering.index_stream(
+            len(self), order.seed, order.start_index, order.shuffle, order.repeat
+        )
+        if order.num_shards > 1:
+            indices = indices.shard(order.num_shards, order.shard_index)
+
+        def load(global_index, index):
+            return {"global_index": global_index, **self.load(index)}
+
+        return drop_unreadable(
+            indices.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
+        )
 
     @property
     def cached_bytes(self):
-        """Size of the decoded cache in bytes, or None when the source is not cached."""
         return None if self._decoded is None else int(self._decoded[0].shape[0])
 
     def cache_decoded(self, max_bytes):
@@ -270,174 +289,88 @@ class ImageSource(_CheckedDecoding):
         )
         return True
 
-    def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
-        """All decodable images in index order: `{"image", "source_id"}` elements."""
-        indices = tf.data.Dataset.range(len(self))
-        return _images_only(decode_and_filter(indices, self.load, num_parallel_calls))
 
+class TfdsRecordSource(ImageSource):
+    """A TFDS image dataset prepared as TFRecord files (TFDS' default format).
 
-def drop_unreadable(elements):
-    """Drops the elements that were counted as skipped (`ok` False).
-
-    No `ignore_errors` here: every failure is caught (and counted) per element, and the
-    `NoUsableImagesError` of an all-bad source must reach the consumer.
+    TFRecord files have no random access, so the stream cannot address images by index:
+    each epoch visits the split's files in a seeded order, through a seeded shuffle
+    buffer. Resuming at `start_index` re-reads (but does not decode) the records of the
+    current epoch up to that point. Never cached (`cache_decoded` returns False).
     """
-    return elements.filter(lambda element: element["ok"])
 
+    def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
+        super().__init__(f"TFDS dataset {name!r} split {split!r} (TFRecord)", num_examples)
+        self.num_examples = num_examples
+        self.filepaths = sorted(str(path) for path in filepaths)
+        self.feature = feature
+        self.shuffle_buffer = shuffle_buffer
+        # Source ids name a record by file and position: stable across epochs.
+        self._id_prefix = f"tfds:{name}:{split}:"
 
-def decode_and_filter(elements, load, num_parallel_calls=tf.data.AUTOTUNE):
-    """Maps `load` over `elements` and drops what could not be read or decoded."""
-    return drop_unreadable(
-        elements.map(load, num_parallel_calls=num_parallel_calls, deterministic=True)
-    )
+    def __len__(self):
+        return self.num_examples
 
+    def images(self, order, num_parallel_calls=tf.data.AUTOTUNE):
+        """See `ImageSource.stream`. With `num_shards > 1` only every `num_shards`-th
+        record (from `shard_index`) is decoded; every worker still reads all records."""
+        seed, start_index, shuffle = order.seed, order.start_index, order.shuffle
+        num_examples = self.num_examples
+        files = tf.constant(self.filepaths)
+        spec = {self.feature: tf.io.FixedLenFeature([], tf.string)}
 
-def _images_only(elements):
-    return elements.map(
-        lambda element: {"image": element["image"], "source_id": element["source_id"]}
-    )
+        names = tf.constant([os.path.basename(path) for path in self.filepaths])
 
+        def file_records(file_index):
+            name = tf.strings.join([self._id_prefix, names[file_index], ":"])
+            return (
+                tf.data.TFRecordDataset(files[file_index])
+                .enumerate()
+                .map(lambda position, record: (
+                    tf.strings.join([name, tf.strings.as_string(position)]), record
+                ))
+            )
 
-def _bytes_at(encoded, position, length):
-    """`length` bytes of `encoded` at `position` (negative: from the end); b"" if short."""
-    size = tf.strings.length(encoded)
-    start = position if position >= 0 else size + position
-    in_range = tf.logical_and(start >= 0, start + length <= size)
-    safe_start = tf.where(in_range, start, 0)
-    piece = tf.strings.substr(encoded, safe_start, tf.minimum(length, size))
-    return tf.where(in_range, piece, b"")
+        def epoch_elements(epoch):
+            file_order = tf.range(len(self.filepaths), dtype=tf.int64)
+            if shuffle:
+                file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
+            records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
+            if shuffle:
+                records = records.shuffle(self.shuffle_buffer, seed=seed)
+            global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
+            skip = tf.maximum(start_index - epoch * num_examples, 0)
+            return tf.data.Dataset.zip(global_indices, records).skip(skip)
 
+        def decode(global_index, id_and_record):
+            source_id, record = id_and_record
 
-def _little_endian_uint32(four_bytes):
-    digits = tf.cast(tf.io.decode_raw(four_bytes, tf.uint8), tf.int64)
-    return tf.reduce_sum(digits * tf.constant([1, 1 << 8, 1 << 16, 1 << 24], tf.int64))
+            def read():
+                return tf.io.parse_single_example(record, spec)[self.feature]
 
+            return {"global_index": global_index, **checked_decode(read, source_id, self.skipped)}
 
-_FORMAT_NAMES = ("JPEG", "PNG", "GIF", "BMP", "WebP")
-
-
-def _recognised_formats(encoded):
-    """Bool `[5]`: whether `encoded` starts like each of `_FORMAT_NAMES`."""
-    size = tf.cast(tf.strings.length(encoded), tf.int64)
-    header6 = _bytes_at(encoded, 0, 6)
-    return tf.stack(
-        [
-            tf.equal(_bytes_at(encoded, 0, 3), b"\xff\xd8\xff"),
-            tf.equal(_bytes_at(encoded, 0, 8), _PNG_SIGNATURE),
-            tf.logical_or(tf.equal(header6, b"GIF87a"), tf.equal(header6, b"GIF89a")),
-            tf.logical_and(tf.equal(_bytes_at(encoded, 0, 2), b"BM"), size >= 26),
-            tf.logical_and(
-                tf.equal(_bytes_at(encoded, 0, 4), b"RIFF"),
-                tf.equal(_bytes_at(encoded, 8, 4), b"WEBP"),
-            ),
-        ]
-    )
-
-
-def _format_name(encoded):
-    """Scalar string: the format `encoded` starts like ("JPEG", ...), or "image"."""
-    names = tf.boolean_mask(tf.constant(_FORMAT_NAMES), _recognised_formats(encoded))
-    return tf.cond(tf.size(names) > 0, lambda: names[0], lambda: tf.constant("image"))
-
-
-def encoded_image_problem(encoded):
-    """Cheap structural check of encoded image bytes, in graph.
-
-    Recognises JPEG, PNG, GIF, BMP and WebP by their magic bytes and checks that each is
-    complete where that is cheap and safe: PNG ends with the IEND chunk, GIF with its
-    trailer, BMP and WebP are at least as long as their headers declare. JPEG is not
-    checked for its end marker: valid files may carry data after it (motion photos,
-    camera trailers); truncated JPEG data is caught by the decoder instead.
-
-    Returns:
-        Scalar string: `""` when the bytes look like a complete image, else the reason.
-    """
-    size = tf.cast(tf.strings.length(encoded), tf.int64)
-    recognised = _recognised_formats(encoded)
-    is_bmp, is_webp = recognised[3], recognised[4]
-
-    def declared_size(offset, extra):
-        # Only read the header field when the format matched (so it has those bytes).
-        return _little_endian_uint32(_bytes_at(encoded, offset, 4)) + extra
-
-    never = lambda: tf.constant(False)  # noqa: E731
-    bmp_complete = tf.cond(is_bmp, lambda: declared_size(2, 0) <= size, never)
-    webp_complete = tf.cond(is_webp, lambda: declared_size(4, 8) <= size, never)
-    complete = tf.stack(
-        [
-            tf.constant(True),
-            tf.equal(_bytes_at(encoded, -12, 12), _PNG_END),
-            tf.equal(_bytes_at(encoded, -1, 1), b"\x3b"),
-            bmp_complete,
-            webp_complete,
-        ]
-    )
-    truncated = tf.reduce_any(tf.logical_and(recognised, tf.logical_not(complete)))
-    return tf.case(
-        [
-            (tf.equal(size, 0), lambda: tf.constant("empty file")),
-            (
-                tf.logical_not(tf.reduce_any(recognised)),
-                lambda: tf.constant("not a JPEG, PNG, GIF, BMP or WebP image"),
-            ),
-            (truncated, lambda: tf.strings.join(["truncated ", _format_name(encoded), " data"])),
-        ],
-        default=lambda: tf.constant(""),
-    )
-
-
-def decode_rgb(encoded):
-    """Decodes any supported image to uint8 RGB `[H, W, 3]`.
-
-    Grayscale is replicated to three channels, alpha is dropped, palettes are expanded and
-    animations give their first frame. 16-bit PNGs are rounded to 8 bits (`v / 257`)
-    rather than truncated to their high byte.
-    """
-    is_png = tf.equal(_bytes_at(encoded, 0, 8), _PNG_SIGNATURE)
-
-    def decode_png_rounded():
-        wide = tf.cast(tf.io.decode_png(encoded, channels=3, dtype=tf.uint16), tf.float32)
-        return tf.cast(tf.round(wide / 257.0), tf.uint8)
-
-    def decode_other():
-        return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-
-    image = tf.cond(is_png, decode_png_rounded, decode_other)
-    return tf.ensure_shape(image, [None, None, 3])
+        epochs = ordering.epoch_range(num_examples, start_index, order.repeat)
+        records = epochs.flat_map(epoch_elements)
+        if order.num_shards > 1:
+            records = records.shard(order.num_shards, order.shard_index)
+        return drop_unreadable(
+            records.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
+        )
 
 
 def _file_source(paths, description):
     path_table = tf.constant(paths, dtype=tf.string)
-    return ImageSource(
+    return IndexedImageSource(
         paths, lambda index: tf.io.read_file(tf.gather(path_table, index)), description
     )
-
-
-def _without_icc_profile(encoded):
-    """PNG bytes without their iCCP (ICC colour profile) chunks; other bytes unchanged.
-
-    Two of the sample photos carry an sRGB profile that libpng reports on every decode
-    ("iCCP: known incorrect sRGB profile" on stderr, into the progress bar). Decoding
-    ignores the profile, so dropping the chunk (each chunk has its own CRC) changes no
-    pixel.
-    """
-    if not encoded.startswith(_PNG_SIGNATURE):
-        return encoded
-    kept, position = [_PNG_SIGNATURE], len(_PNG_SIGNATURE)
-    while position + 8 <= len(encoded):
-        end = position + 12 + int.from_bytes(encoded[position : position + 4], "big")
-        if encoded[position + 4 : position + 8] != b"iCCP":
-            kept.append(encoded[position:end])
-        position = end
-    kept.append(encoded[position:])
-    return b"".join(kept)
 
 
 def samples_source():
     """The real photographs that ship inside the installed scikit-image wheel.
 
     The 13 files (5 MB) are read once and served from memory, without their colour
-    profiles (see `_without_icc_profile`).
+    profiles (see `without_icc_profile`).
     """
     import skimage  # Imported lazily: only this source needs it.
 
@@ -446,9 +379,9 @@ def samples_source():
     missing = [path for path in paths if not storage.isfile(path)]
     if missing:
         raise FileNotFoundError(f"scikit-image sample images missing: {missing}")
-    contents = [_without_icc_profile(storage.read_bytes(path)) for path in paths]
+    contents = [without_icc_profile(storage.read_bytes(path)) for path in paths]
     content_table = tf.constant(contents, dtype=tf.string)
-    return ImageSource(
+    return IndexedImageSource(
         paths,
         lambda index: tf.gather(content_table, index),
         f"the scikit-image sample images in {folder}",
@@ -542,79 +475,7 @@ def tfds_source(name, split="train", data_dir=None):
         return tf.ensure_shape(encoded, [])
 
     source_ids = [f"tfds:{name}:{split}:{index}" for index in range(len(records))]
-    return ImageSource(source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}")
-
-
-class TfdsRecordSource(_CheckedDecoding):
-    """A TFDS image dataset prepared as TFRecord files (TFDS' default format).
-
-    TFRecord files have no random access, so this source is read as a stream
-    (`stream`) instead of by index: each epoch visits the split's files in a seeded
-    order, through a seeded shuffle buffer. Resuming at `start_index` re-reads (but does
-    not decode) the records of the current epoch up to that point.
-    """
-
-    def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
-        description = f"TFDS dataset {name!r} split {split!r} (TFRecord)"
-        if not num_examples:
-            raise ValueError(f"No images found in {description}.")
-        super().__init__(description, num_examples)
-        self.num_examples = num_examples
-        self.filepaths = sorted(str(path) for path in filepaths)
-        self.feature = feature
-        self.shuffle_buffer = shuffle_buffer
-        # Source ids name a record by file and position: stable across epochs.
-        self._id_prefix = f"tfds:{name}:{split}:"
-
-    def __len__(self):
-        return self.num_examples
-
-    def dataset(self, num_parallel_calls=tf.data.AUTOTUNE):
-        """All decodable images in file order: `{"image", "source_id"}` elements."""
-        return _images_only(drop_unreadable(self.stream(shuffle=False, repeat=False)))
-
-    def stream(self, seed=0, start_index=0, shuffle=True, repeat=True, num_shards=1, shard_index=0):
-        """`{"global_index", "image", "source_id", "ok"}` elements from `start_index` on.
-
-        With `num_shards > 1` only every `num_shards`-th record (from `shard_index`) is
-        decoded; every worker still reads all records.
-        """
-        num_examples = self.num_examples
-        files = tf.constant(self.filepaths)
-        spec = {self.feature: tf.io.FixedLenFeature([], tf.string)}
-
-        names = tf.constant([os.path.basename(path) for path in self.filepaths])
-
-        def file_records(file_index):
-            name = tf.strings.join([self._id_prefix, names[file_index], ":"])
-            return (
-                tf.data.TFRecordDataset(files[file_index])
-                .enumerate()
-                .map(lambda position, record: (
-                    tf.strings.join([name, tf.strings.as_string(position)]), record
-                ))
-            )
-
-        def epoch_elements(epoch):
-            file_order = tf.range(len(self.filepaths), dtype=tf.int64)
-            if shuffle:
-                file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
-            records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
-            if shuffle:
-                records = records.shuffle(self.shuffle_buffer, seed=seed)
-            global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
-            skip = tf.maximum(start_index - epoch * num_examples, 0)
-            return tf.data.Dataset.zip(global_indices, records).skip(skip)
-
-        def decode(global_index, id_and_record):
-            source_id, record = id_and_record
-            encoded = tf.io.parse_single_example(record, spec)[self.feature]
-            return {"global_index": global_index, **self.check_and_decode(encoded, source_id)}
-
-        records = ordering.epoch_range(num_examples, start_index, repeat).flat_map(epoch_elements)
-        if num_shards > 1:
-            records = records.shard(num_shards, shard_index)
-        return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return IndexedImageSource(source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}")
 
 
 def parse_data_spec(spec):

@@ -417,8 +417,7 @@ def pretrain(config, strategy=None):
             f"bn_groups={config.bn_groups}."
         )
     source = sources.parse_data_spec(config.data)
-    if isinstance(source, sources.ImageSource):
-        source.cache_decoded(config.cache_decoded_mb * 2**20)
+    source.cache_decoded(config.cache_decoded_mb * 2**20)
 
     def make_dataset(context, start_index):
         return training_dataset(

@@ -1,0 +1,263 @@
+"""Encoded image bytes -> RGB pixels, and how bad files are survived (named and counted).
+
+Bad input (unreadable, empty, truncated, corrupt or non-image files) is skipped, never
+fatal, and every skip is named and counted (`checked_decode`). A cheap in-graph structural
+check (`encoded_image_problem`: magic bytes, and for PNG, GIF, BMP and WebP the
+end-of-stream marker or declared size) gives a precise reason for most bad files; reading
+and decoding each run inside an error guard (`_attempt`), so a file that passes the check
+but still cannot be read or decoded is caught in graph as well. A failing element calls a
+rare `tf.py_function` that logs the source id with the reason and records it in the
+source's `SkipCounter`. JPEG data after the end-of-image marker (phone "motion photos",
+camera trailers) is accepted, as TensorFlow and PIL decode it.
+
+Cost, measured in isolation (CPU time per image of a 64 x 64 PNG, one element at a time,
+on the loaded 2-core machine): read + decode alone 0.09-0.15 ms; with the check and the
+two guards 0.45-0.65 ms. The guards dominate (a nested `tf.data` iterator each, 0.15-0.3
+ms); one guard around read, check and decode together, a branch-free check, or a guard
+outside any `tf.cond` measured the same within noise, and a `reduce`-based guard was
+100x slower. Small sources avoid it all through the decoded cache.
+
+When every image of a source has been rejected, the counter raises `NoUsableImagesError`
+instead of letting an endless stream filter out everything forever.
+
+Colour profiles are not applied: decoding ignores them, and `without_icc_profile` drops
+PNG iCCP chunks whose (harmless) libpng warnings would otherwise flood stderr. EXIF
+orientation is not applied either (as in TensorFlow's decoders).
+"""
+
+import threading
+
+import tensorflow as tf
+from absl import logging
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # An empty IEND chunk with its CRC.
+_FORMAT_NAMES = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+
+
+class NoUsableImagesError(ValueError):
+    """Every image of a source was rejected as unreadable: there is nothing to train on."""
+
+
+class SkipCounter:
+    """Thread-safe record of the inputs a pipeline skipped as unreadable.
+
+    Args:
+        total: number of distinct inputs of the source. When all of them have been
+            skipped, `record` raises `NoUsableImagesError` (kept in `error`).
+        description: what the source is, for that error.
+
+    Attributes:
+        count: number of skip events (a bad file read in several epochs counts each time;
+            a source served from its decoded cache decodes, and counts, each file once).
+        files: `{source_id: reason}` for every distinct skipped input.
+        error: the `NoUsableImagesError` raised once every input was rejected, else None.
+    """
+
+    def __init__(self, total=None, description="the image source"):
+        self._lock = threading.Lock()
+        self.total = total
+        self.description = description
+        self.count = 0
+        self.files = {}
+        self.error = None
+
+    def record(self, source_id, reason):
+        """Counts one skip; logs a warning the first time `source_id` is skipped.
+
+        Raises:
+            NoUsableImagesError: every input of the source has now been rejected.
+        """
+        with self._lock:
+            self.count += 1
+            first_time = source_id not in self.files
+            self.files[source_id] = reason
+            if self.total and len(self.files) >= self.total and self.error is None:
+                self.error = NoUsableImagesError(
+                    f"No usable image in {self.description}: all {len(self.files)} images "
+                    "were rejected (each is named in a warning above)."
+                )
+        if first_time:
+            logging.warning("Skipping unreadable image %s: %s", source_id, reason)
+        if self.error is not None:
+            raise self.error
+
+
+def checked_decode(read, source_id, skipped):
+    """Reads, checks and decodes one image, or counts `source_id` as skipped (in graph).
+
+    Args:
+        read: callable returning the encoded image (scalar `tf.string`); it may fail.
+        source_id: scalar `tf.string` naming the image in warnings.
+        skipped: the source's `SkipCounter`.
+
+    Returns:
+        `{"image": uint8 [H, W, 3], "source_id": string, "ok": bool}`. When `ok` is False
+        the input could not be read, failed the structural check or could not be decoded
+        (and was counted as skipped) and `image` is a 1x1 placeholder: filter it out.
+    """
+    placeholder = tf.zeros([1, 1, 3], tf.uint8)
+    encoded, readable = _attempt(read, tf.constant(b""))
+    problem = tf.where(readable, encoded_image_problem(encoded), "could not be read")
+    passed_check = tf.equal(problem, "")
+    image, decoded = tf.cond(
+        passed_check,
+        lambda: _attempt(lambda: decode_rgb(encoded), placeholder),
+        lambda: (placeholder, tf.constant(False)),
+    )
+    problem = tf.where(
+        tf.logical_and(passed_check, tf.logical_not(decoded)),
+        tf.strings.join([format_name(encoded), " data could not be decoded (corrupt or truncated)"]),
+        problem,
+    )
+    ok = tf.logical_and(passed_check, decoded)
+
+    def record_skip():
+        tf.py_function(
+            lambda name, reason: skipped.record(name.numpy().decode(), reason.numpy().decode()),
+            [source_id, problem],
+            Tout=[],
+        )
+        return tf.identity(image)
+
+    image = tf.cond(ok, lambda: tf.identity(image), record_skip)
+    return {"image": tf.ensure_shape(image, [None, None, 3]), "source_id": source_id, "ok": ok}
+
+
+def _attempt(compute, fallback):
+    """`(compute(), True)`, or `(fallback, False)` if `compute` fails (graph-compatible).
+
+    The per-image error guard: `compute` runs as a one-element `tf.data` pipeline whose op
+    errors are dropped, so a failing read or decode becomes a value instead of an error of
+    the whole stream. It costs about 0.15-0.3 ms of CPU per call (a nested iterator); see
+    the module doc.
+    """
+    result = tf.data.Dataset.from_tensors(0).map(lambda _: (compute(), True)).ignore_errors()
+    failed = tf.data.Dataset.from_tensors((fallback, False))
+    return result.concatenate(failed).take(1).get_single_element()
+
+
+def _bytes_at(encoded, position, length):
+    """`length` bytes of `encoded` at `position` (negative: from the end); b"" if short."""
+    size = tf.strings.length(encoded)
+    start = position if position >= 0 else size + position
+    in_range = tf.logical_and(start >= 0, start + length <= size)
+    safe_start = tf.where(in_range, start, 0)
+    piece = tf.strings.substr(encoded, safe_start, tf.minimum(length, size))
+    return tf.where(in_range, piece, b"")
+
+
+def _little_endian_uint32(four_bytes):
+    digits = tf.cast(tf.io.decode_raw(four_bytes, tf.uint8), tf.int64)
+    return tf.reduce_sum(digits * tf.constant([1, 1 << 8, 1 << 16, 1 << 24], tf.int64))
+
+
+
+def _recognised_formats(encoded):
+    """Bool `[5]`: whether `encoded` starts like each of `_FORMAT_NAMES`."""
+    size = tf.cast(tf.strings.length(encoded), tf.int64)
+    header6 = _bytes_at(encoded, 0, 6)
+    return tf.stack(
+        [
+            tf.equal(_bytes_at(encoded, 0, 3), b"\xff\xd8\xff"),
+            tf.equal(_bytes_at(encoded, 0, 8), PNG_SIGNATURE),
+            tf.logical_or(tf.equal(header6, b"GIF87a"), tf.equal(header6, b"GIF89a")),
+            tf.logical_and(tf.equal(_bytes_at(encoded, 0, 2), b"BM"), size >= 26),
+            tf.logical_and(
+                tf.equal(_bytes_at(encoded, 0, 4), b"RIFF"),
+                tf.equal(_bytes_at(encoded, 8, 4), b"WEBP"),
+            ),
+        ]
+    )
+
+
+def format_name(encoded):
+    """Scalar string: the format `encoded` starts like ("JPEG", ...), or "image"."""
+    names = tf.boolean_mask(tf.constant(_FORMAT_NAMES), _recognised_formats(encoded))
+    return tf.cond(tf.size(names) > 0, lambda: names[0], lambda: tf.constant("image"))
+
+
+def encoded_image_problem(encoded):
+    """Cheap structural check of encoded image bytes, in graph.
+
+    Recognises JPEG, PNG, GIF, BMP and WebP by their magic bytes and checks that each is
+    complete where that is cheap and safe: PNG ends with the IEND chunk, GIF with its
+    trailer, BMP and WebP are at least as long as their headers declare. JPEG is not
+    checked for its end marker: valid files may carry data after it (motion photos,
+    camera trailers); truncated JPEG data is caught by the decoder instead.
+
+    Returns:
+        Scalar string: `""` when the bytes look like a complete image, else the reason.
+    """
+    size = tf.cast(tf.strings.length(encoded), tf.int64)
+    recognised = _recognised_formats(encoded)
+    is_bmp, is_webp = recognised[3], recognised[4]
+
+    def declared_size(offset, extra):
+        # Only read the header field when the format matched (so it has those bytes).
+        return _little_endian_uint32(_bytes_at(encoded, offset, 4)) + extra
+
+    never = lambda: tf.constant(False)  # noqa: E731
+    bmp_complete = tf.cond(is_bmp, lambda: declared_size(2, 0) <= size, never)
+    webp_complete = tf.cond(is_webp, lambda: declared_size(4, 8) <= size, never)
+    complete = tf.stack(
+        [
+            tf.constant(True),
+            tf.equal(_bytes_at(encoded, -12, 12), _PNG_END),
+            tf.equal(_bytes_at(encoded, -1, 1), b"\x3b"),
+            bmp_complete,
+            webp_complete,
+        ]
+    )
+    truncated = tf.reduce_any(tf.logical_and(recognised, tf.logical_not(complete)))
+    return tf.case(
+        [
+            (tf.equal(size, 0), lambda: tf.constant("empty file")),
+            (
+                tf.logical_not(tf.reduce_any(recognised)),
+                lambda: tf.constant("not a JPEG, PNG, GIF, BMP or WebP image"),
+            ),
+            (truncated, lambda: tf.strings.join(["truncated ", format_name(encoded), " data"])),
+        ],
+        default=lambda: tf.constant(""),
+    )
+
+
+def decode_rgb(encoded):
+    """Decodes any supported image to uint8 RGB `[H, W, 3]`.
+
+    Grayscale is replicated to three channels, alpha is dropped, palettes are expanded and
+    animations give their first frame. 16-bit PNGs are rounded to 8 bits (`v / 257`)
+    rather than truncated to their high byte.
+    """
+    is_png = tf.equal(_bytes_at(encoded, 0, 8), PNG_SIGNATURE)
+
+    def decode_png_rounded():
+        wide = tf.cast(tf.io.decode_png(encoded, channels=3, dtype=tf.uint16), tf.float32)
+        return tf.cast(tf.round(wide / 257.0), tf.uint8)
+
+    def decode_other():
+        return tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    image = tf.cond(is_png, decode_png_rounded, decode_other)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def without_icc_profile(encoded):
+    """PNG bytes without their iCCP (ICC colour profile) chunks; other bytes unchanged.
+
+    Two of the sample photos carry an sRGB profile that libpng reports on every decode
+    ("iCCP: known incorrect sRGB profile" on stderr, into the progress bar). Decoding
+    ignores the profile, so dropping the chunk (each chunk has its own CRC) changes no
+    pixel.
+    """
+    if not encoded.startswith(PNG_SIGNATURE):
+        return encoded
+    kept, position = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while position + 8 <= len(encoded):
+        end = position + 12 + int.from_bytes(encoded[position : position + 4], "big")
+        if encoded[position + 4 : position + 8] != b"iCCP":
+            kept.append(encoded[position:end])
+        position = end
+    kept.append(encoded[position:])
+    return b"".join(kept)
