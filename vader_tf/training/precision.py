@@ -26,6 +26,7 @@ def cpu_flags(cpuinfo_text=None):
     """
     if cpuinfo_text is None:
         try:
+            # This machine's kernel file, never a run's storage: plain `open`, not gfile.
             with open("/proc/cpuinfo") as f:
                 cpuinfo_text = f.read()
         except OSError:
