@@ -66,7 +66,11 @@ def headline(name, results):
     if name == "xla":
         return [f"jit/default {results['jit_over_default']}"]
     if name == "decoded_cache":
-        return [f"cache on/off images/s {results['cache_on_over_off']}"]
+        return [
+            f"cache on/off images/s {results['cache_on_over_off']}, end to end/bare step "
+            f"{results['end_to_end_over_bare']} (cache off "
+            f"{results['end_to_end_over_bare_cache_off']}); target met: {results['target']['met']}"
+        ]
     if name == "step_direction":
         return [
             f"one-direction speed-up vader {results['vader_one_direction_speedup']}, "
