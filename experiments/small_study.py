@@ -69,6 +69,7 @@ EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
 PRETRAIN_FLAGS = (
     "model_dir", "data", "method", "backbone", "image_size", "batch_size", "train_steps",
     "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
+    "mixed_precision", "symmetric_loss",
 )
 # Hand-written findings in the results folder, included in the report when present.
 FINDINGS_FILE = "findings.md"
@@ -185,6 +186,10 @@ class StudyConfig:
             queue_size=self.vader_queue_size if method == "vader" else self.moco_queue_size,
             seed=seed,
             init_weights=self.start_weights(seed, start),
+            # Pinned, not inherited: all seeds measure one method even if the defaults
+            # change (the study's runs are float32 and symmetric).
+            mixed_precision="none",
+            symmetric_loss=True,
             verbose=self.verbose,
         )
 

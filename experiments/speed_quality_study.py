@@ -40,7 +40,6 @@ VARIANTS = {
     "float32_one_direction": dict(mixed_precision="none", symmetric_loss=False),
 }
 LAYER = "features"
-COMMAND_FLAGS = small_study.PRETRAIN_FLAGS + tuple(VARIANTS["float32_symmetric"])
 
 
 @dataclasses.dataclass
@@ -133,7 +132,6 @@ def run(config, command):
         summary = small_study.pretrain_and_summarize(
             pretrain_config,
             os.path.join(config.results_dir, f"pretrain_{variant}.json"),
-            command_flags=COMMAND_FLAGS,
         )
         keras.backend.clear_session()
         history = summary["history"]
