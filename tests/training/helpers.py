@@ -41,6 +41,10 @@ def small_config(model_dir, data_folder, **overrides):
         checkpoint_every=2,
         log_every=1,
         verbose=0,
+        # The loop's tests compare float32 numbers (resume, replicas, references);
+        # bfloat16 has its own tests (test_mixed_precision.py), the default 'auto' runs
+        # in the script and bare-install tests.
+        mixed_precision="none",
     )
     settings.update(overrides)
     return PretrainConfig(**settings)

@@ -67,8 +67,8 @@ def test_explicit_values_are_kept_and_unknown_ones_refused():
         precision.resolve("bf16")
 
 
-def test_auto_is_a_valid_setting_and_not_the_default(monkeypatch):
-    assert PretrainConfig().mixed_precision == "none"
+def test_auto_is_the_default_and_follows_the_hardware(monkeypatch):
+    assert PretrainConfig().mixed_precision == "auto"
     PretrainConfig(mixed_precision="auto").validate()
     monkeypatch.setattr(precision, "has_fast_bfloat16", lambda **hardware: True)
     with dtype_policy("auto"):

@@ -185,10 +185,10 @@ class PretrainConfig:
     )
     sgd_momentum: float = option(0.9, "SGD momentum.")
     mixed_precision: str = option(
-        "none",
-        "'none' (float32), 'mixed_float16' (GPU), 'mixed_bfloat16', or 'auto': bfloat16 "
-        "where the hardware computes it natively (AVX512-BF16/AMX CPU, GPU of compute "
-        "capability >= 8.0, TPU), float32 elsewhere.",
+        "auto",
+        "'auto' (default): bfloat16 where the hardware computes it natively "
+        "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float32 elsewhere; "
+        "'none' (float32), 'mixed_float16' (GPU) or 'mixed_bfloat16'.",
     )
     # Running.
     strategy: str = option(
