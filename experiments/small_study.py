@@ -373,22 +373,30 @@ def evaluate_seed(config, seed, evaluations):
     for name, spec in config.encoders(seed).items():
         for layer in config.layers:
             extractor = None
-            for evaluation, (argv, flags) in evaluations.commands(spec, layer, seed).items():
+            for evaluation in EVALUATIONS:
                 path = result_path(config.seed_results(seed), evaluation, name, layer)
                 if not config.force and evaluations.is_done(path, evaluation):
                     continue
                 if extractor is None:
                     extractor = load_feature_extractor(spec, seed=seed, layer=layer)
-                started = time.perf_counter()
-                metrics = evaluations.run(evaluation, extractor, seed)
-                metrics["seconds"] = time.perf_counter() - started
-                write_results(
-                    path, evaluation, spec, metrics,
-                    config={"layer": layer, "seed": seed, **flags}, argv=argv,
-                    protocol=evaluations.protocols[evaluation],
-                )
-                logging.info("Wrote %s", path)
+                evaluate_and_write(evaluations, evaluation, extractor, spec, layer, seed, path)
             keras.backend.clear_session()
+
+
+def evaluate_and_write(evaluations, evaluation, extractor, spec, layer, seed, path):
+    """Runs one evaluation of one encoder tap and writes its result JSON to `path` (with
+    the equivalent script command and the protocol); returns the metrics."""
+    argv, flags = evaluations.commands(spec, layer, seed)[evaluation]
+    started = time.perf_counter()
+    metrics = evaluations.run(evaluation, extractor, seed)
+    metrics["seconds"] = time.perf_counter() - started
+    write_results(
+        path, evaluation, spec, metrics,
+        config={"layer": layer, "seed": seed, **flags}, argv=argv,
+        protocol=evaluations.protocols[evaluation],
+    )
+    logging.info("Wrote %s", path)
+    return metrics
 
 
 def headline(evaluation, metrics):

@@ -9,10 +9,8 @@ the backbone work. For each variant this writes its loss curve (from the run's
 TensorBoard events), wall time per training step (median over the logged intervals,
 from the loop's images/s, pipeline included) and the CamVid val linear-probe mIoU at
 the `features` tap (the study's probe, `small_study.Evaluations`), then one JSON and a
-markdown table comparing them. Note: an encoder trained under `mixed_bfloat16` is
-loaded with the policy its keras-hub backbone was saved with, so the bfloat16 variant
-is also probed with a bfloat16 backbone (per-pixel embeddings at cosine ~0.999 to
-float32 ones, far below the probe's seed-to-seed spread).
+markdown table comparing them. Every variant is probed in float32: a run's saved
+architecture does not record its training precision (`DenseEncoder.get_config`).
 
 Resumable like the study: pretraining resumes from its run directory, and a variant
 whose probe JSON exists is not probed again (unless `force`).
@@ -21,17 +19,14 @@ whose probe JSON exists is not probed again (unless `force`).
 import dataclasses
 import os
 import statistics
-import time
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 import small_study
 from vader_tf import storage
 from vader_tf.config_flags import option
 from vader_tf.eval.encoders import load_feature_extractor
-from vader_tf.eval.reporting import write_results
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run.
 VARIANTS = {
@@ -106,17 +101,12 @@ def step_seconds(history, batch_size):
 def probe(config, variant, evaluations):
     """The CamVid val linear probe of one variant's encoder at the `features` tap."""
     path = os.path.join(config.results_dir, f"linear_probe_{variant}_{LAYER}.json")
-    if tf.io.gfile.exists(path) and not config.force:
+    if not config.force and evaluations.is_done(path, "linear_probe"):
         return storage.read_json(path)["metrics"]
     spec = config.pretrain_config(variant).model_dir
-    argv, flags = evaluations.commands(spec, LAYER, config.seed)["linear_probe"]
     extractor = load_feature_extractor(spec, seed=config.seed, layer=LAYER)
-    started = time.perf_counter()
-    metrics = evaluations.run("linear_probe", extractor, config.seed)
-    metrics["seconds"] = time.perf_counter() - started
-    write_results(
-        path, "linear_probe", spec, metrics,
-        config={"layer": LAYER, "seed": config.seed, **flags}, argv=argv,
+    metrics = small_study.evaluate_and_write(
+        evaluations, "linear_probe", extractor, spec, LAYER, config.seed, path
     )
     keras.backend.clear_session()
     return metrics
