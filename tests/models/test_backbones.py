@@ -12,25 +12,18 @@ import tensorflow as tf
 from tests.models.encoder_checks import check_saved_model_with_dynamic_shapes, random_images
 from tests.training.helpers import run_steps, synthetic_batch
 from vader_tf.models import DenseEncoder, build_backbone, build_encoder
-from vader_tf.models.backbone import backbone_name
+from vader_tf.models.backbone import BACKBONES, backbone_name
 from vader_tf.training.optimizers import TorchSGD
 from vader_tf.training.pretrain import PretrainConfig
 from vader_tf.training.vader import VADeR
 
-# A small CSPResNet (timm's layout with one block per stage and few channels).
+# A small CSPResNet: our `csp_resnet50` layout (timm's) with one block per stage and few
+# channels.
 TINY_CSP = dict(
+    BACKBONES["csp_resnet50"][1],
     stem_filters=16,
-    stem_kernel_size=7,
-    stem_strides=4,
-    stem_pooling="max",
     stackwise_depth=[1, 1, 1, 1],
-    stackwise_strides=[1, 2, 2, 2],
     stackwise_num_filters=[16, 32, 32, 64],
-    block_type="bottleneck_block",
-    stage_type="csp",
-    bottle_ratio=[0.5],
-    expand_ratio=[2.0],
-    cross_linear=True,
 )
 
 
