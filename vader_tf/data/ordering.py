@@ -25,6 +25,14 @@ def epoch_permutation(size, seed, epoch):
     return tf.cast(tf.argsort(keys, stable=True), tf.int64)
 
 
+def epoch_seed(seed, epoch):
+    """A stateless int64 seed derived from `(seed, epoch)`, for per-epoch random ops that
+    take a seed rather than a permutation (the TFRecord stream's shuffle buffer)."""
+    return tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(seed, tf.int64), epoch]), minval=None, dtype=tf.int64
+    )
+
+
 def index_stream(num_images, seed=0, start_index=0, shuffle=True, repeat=True):
     """`(global_index, file_index)` int64 pairs, from global index `start_index` on.
 

@@ -19,8 +19,8 @@ Two kinds implement the interface:
   slices them out of memory: the stream is bitwise the same with and without the cache,
   and a bad file is named and counted once, in the decoding pass.
 * `TfdsRecordSource`: a TFDS dataset prepared as TFRecord files, which have no random
-  access; its stream is a seeded file order and shuffle buffer, and a resume re-reads
-  (without decoding) the current epoch's records up to its position.
+  access; its stream is a seeded file order and a shuffle buffer seeded per epoch, and a
+  resume re-reads (without decoding) the current epoch's records up to its position.
 
 Reading and decoding go through `vader_tf.data.decoding.checked_decode` (format check,
 decode to RGB, skip-and-count of bad files). `parse_data_spec` builds a source from a
@@ -294,8 +294,8 @@ class TfdsRecordSource(ImageSource):
     """A TFDS image dataset prepared as TFRecord files (TFDS' default format).
 
     TFRecord files have no random access, so the stream cannot address images by index:
-    each epoch visits the split's files in a seeded order, through a seeded shuffle
-    buffer. Resuming at `start_index` re-reads (but does not decode) the records of the
+    each epoch visits the split's files in a seeded order, through a shuffle buffer
+    seeded by `(seed, epoch)`, so a single-file split is reordered every epoch too. Resuming at `start_index` re-reads (but does not decode) the records of the
     current epoch up to that point. Never cached (`cache_decoded` returns False).
     """
 
@@ -337,7 +337,7 @@ class TfdsRecordSource(ImageSource):
                 file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
             records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
             if shuffle:
-                records = records.shuffle(self.shuffle_buffer, seed=seed)
+                records = records.shuffle(self.shuffle_buffer, seed=ordering.epoch_seed(seed, epoch))
             global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
             skip = tf.maximum(start_index - epoch * num_examples, 0)
             return tf.data.Dataset.zip(global_indices, records).skip(skip)
