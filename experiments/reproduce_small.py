@@ -31,11 +31,8 @@ flags.FLAGS.set_default("data_root", os.environ.get("VADER_SHARED_DATA", "../sha
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = from_flags(small_study.StudyConfig)
-        config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    config = from_flags(small_study.StudyConfig)
+    config.validate()
     small_study.run_study(config, command=["python", *sys.argv])
     print(f"Wrote {config.report}; figures and JSONs in {config.results_dir}/")
 

@@ -27,11 +27,8 @@ flags.FLAGS.set_default("data_root", os.environ.get("VADER_SHARED_DATA", "../sha
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = from_flags(speed_quality_study.SpeedQualityConfig)
-        config.validate()
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
+    config = from_flags(speed_quality_study.SpeedQualityConfig)
+    config.validate()
     speed_quality_study.run(config, command=["python", *sys.argv])
     print(f"Wrote {config.results_dir}/speed_quality.json and speed_quality.md")
 

@@ -27,6 +27,28 @@ def test_an_error_the_project_raises_on_bad_input_is_one_line(capsys):
     )
 
 
+def test_an_error_raised_in_a_module_beside_the_script_is_one_line(tmp_path, capsys):
+    """`reproduce_small.py`'s settings are validated in `small_study.py`, beside it."""
+    study = tmp_path / "study_beside.py"
+    study.write_text("def validate():\n    raise ValueError('--seeds must name at least one seed.')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import study_beside
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.report_user_errors(
+            lambda argv: study_beside.validate(), script_path=str(tmp_path / "reproduce.py")
+        )([])
+    assert exit_info.value.code == cli.USAGE_EXIT_CODE
+    assert capsys.readouterr().err == "reproduce.py: error: --seeds must name at least one seed.\n"
+    with pytest.raises(ValueError):  # The same module seen from a script elsewhere.
+        cli.report_user_errors(
+            lambda argv: study_beside.validate(), script_path="/somewhere/reproduce.py"
+        )([])
+
+
 def test_the_same_error_types_raised_elsewhere_keep_their_traceback():
     def main(argv):
         np.zeros(3).reshape(2)  # A ValueError raised inside NumPy: a bug, not bad input.

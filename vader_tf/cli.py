@@ -6,7 +6,8 @@
   interpreter that is running now, for hints such as "Next: ...".
 
 Which errors are the user's: the exception types in `USER_ERROR_TYPES`, raised by this
-project's own code (a `raise` in `vader_tf` or in the running script), which validates
+project's own code (a `raise` in `vader_tf`, in the running script or in a module beside
+it, such as `experiments/small_study.py` for `reproduce_small.py`), which validates
 its inputs and says what is wrong with them. The same types raised inside TensorFlow,
 Keras or Python itself, and every other exception, are unexpected: they keep their
 traceback.
@@ -30,14 +31,17 @@ _SCRIPT_ROOT = os.path.dirname(_PACKAGE_DIR)
 
 
 def _raised_here(error, script_path):
-    """Whether the innermost frame of `error`'s traceback is this project's code."""
+    """Whether the innermost frame of `error`'s traceback is this project's code: the
+    package, the script or a module in the script's folder."""
     traceback = error.__traceback__
     if traceback is None:
         return False
     while traceback.tb_next is not None:
         traceback = traceback.tb_next
     filename = os.path.abspath(traceback.tb_frame.f_code.co_filename)
-    return filename.startswith(_PACKAGE_DIR + os.sep) or filename == script_path
+    return filename.startswith(_PACKAGE_DIR + os.sep) or (
+        os.path.dirname(filename) == os.path.dirname(script_path)
+    )
 
 
 def report_user_errors(main, script_path=None):
