@@ -29,6 +29,7 @@ import dataclasses
 import os
 import platform
 import time
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -135,6 +136,8 @@ class StudyConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be positive, got {getattr(self, name)}.")
         self.protocols()  # Validates the evaluation settings.
+        if self.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint_every must be positive, got {self.checkpoint_every}.")
         if self.continue_steps < 0:
             raise ValueError(f"--continue_steps must be >= 0, got {self.continue_steps}.")
         for folder in ("camvid", "davis2016", *PRETRAINING_FOLDERS):
@@ -198,6 +201,74 @@ class StudyConfig:
         specs = {name: os.path.join(self.seed_dir(seed), name) for name in self.runs()}
         specs["random"] = f"random:{self.backbone}"
         return {name: specs[name] for name in ENCODER_NAMES if name in specs}
+
+
+@dataclasses.dataclass
+class VariantsConfig:
+    """Base of the harnesses that rerun the study's VADeR run with some `PretrainConfig`
+    fields changed (`speed_quality_study`, `tuning_study`): locations, the study's budget
+    and protocols, resuming. A subclass names its variants in `VARIANTS` (name -> the
+    fields it changes), adds a `variants` field, and says where a variant's run goes
+    (`pretrain_config`) and with which seeds (`seed_list`)."""
+
+    VARIANTS: ClassVar[dict] = {}
+
+    data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
+    run_dir: str = option("runs", "Where the variants' runs go.")
+    results_dir: str = option("results", "Result JSONs and the table.")
+    train_steps: int = option(StudyConfig.train_steps, "Pretraining steps of every variant.")
+    image_size: int = option(StudyConfig.image_size, "Pretraining view size (the study's).")
+    batch_size: int = option(StudyConfig.batch_size, "Pretraining batch size (the study's).")
+    checkpoint_every: int = option(StudyConfig.checkpoint_every, "Steps between checkpoints.")
+    probe_image_size: int = option(StudyConfig.probe_image_size, "CamVid short side (the study's).")
+    probe_steps: int = option(StudyConfig.probe_steps, "Linear-probe steps (the study's).")
+    probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
+    force: bool = option(False, "Recompute evaluations whose result JSON exists.")
+    verbose: int = option(1, "1 shows pretraining progress bars.")
+
+    def seed_list(self):
+        raise NotImplementedError
+
+    def pretrain_config(self, variant, seed):
+        raise NotImplementedError
+
+    def validate(self):
+        unknown = set(self.variants) - set(self.VARIANTS)
+        if unknown or not self.variants:
+            raise ValueError(
+                f"--variants={list(self.variants)}: expected some of {tuple(self.VARIANTS)}."
+            )
+        self.study().validate()  # Seeds, steps, sizes, taps and the data layout.
+        for variant in self.variants:  # The changed settings themselves.
+            self.pretrain_config(variant, self.seed_list()[0]).validate()
+
+    def study(self, **fields):
+        """The `StudyConfig` whose VADeR run and protocols every variant shares; `fields`
+        sets the subclass's own study settings."""
+        return StudyConfig(
+            data_root=self.data_root,
+            run_dir=self.run_dir,
+            results_dir=self.results_dir,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            train_steps=self.train_steps,
+            checkpoint_every=self.checkpoint_every,
+            seeds=tuple(self.seed_list()),
+            probe_image_size=self.probe_image_size,
+            probe_steps=self.probe_steps,
+            probe_limit=self.probe_limit,
+            force=self.force,
+            verbose=self.verbose,
+            **fields,
+        )
+
+    def variant_pretrain_config(self, variant, seed, model_dir):
+        """The study's VADeR run for `seed`, with `variant`'s fields, in `model_dir`."""
+        return dataclasses.replace(
+            self.study().pretrain_config("vader", seed),
+            model_dir=model_dir,
+            **self.VARIANTS[variant],
+        )
 
 
 def pretraining_data_spec(data_root):
@@ -370,12 +441,24 @@ def result_path(results_dir, evaluation, name, layer):
 
 def evaluate_seed(config, seed, evaluations):
     """Evaluates every encoder tap of one seed (skipping those with a result JSON)."""
-    for name, spec in config.encoders(seed).items():
-        for layer in config.layers:
+    evaluate_encoders(
+        evaluations, config.encoders(seed), config.layers, seed, config.seed_results(seed),
+        force=config.force,
+    )
+
+
+def evaluate_encoders(
+    evaluations, encoders, layers, seed, results_dir, force=False, which=EVALUATIONS
+):
+    """Runs the evaluations `which` on every tap in `layers` of every encoder of
+    `encoders` (`{name: spec}`), writing `result_path(results_dir, ...)` JSONs; those
+    already written with the study's protocol are skipped unless `force`."""
+    for name, spec in encoders.items():
+        for layer in layers:
             extractor = None
-            for evaluation in EVALUATIONS:
-                path = result_path(config.seed_results(seed), evaluation, name, layer)
-                if not config.force and evaluations.is_done(path, evaluation):
+            for evaluation in which:
+                path = result_path(results_dir, evaluation, name, layer)
+                if not force and evaluations.is_done(path, evaluation):
                     continue
                 if extractor is None:
                     extractor = load_feature_extractor(spec, seed=seed, layer=layer)
@@ -431,11 +514,10 @@ def collect(results_dir, names, layers):
     return table
 
 
-def aggregate(config):
-    """`{(name, layer): {column: [value per seed]}}` over the seeds with results."""
-    per_seed = [
-        collect(config.seed_results(seed), ENCODER_NAMES, config.layers) for seed in config.seeds
-    ]
+def aggregate(config, names=tuple(ENCODER_NAMES)):
+    """`{(name, layer): {column: [value per seed]}}` of the encoders `names`, over the
+    seeds with results."""
+    per_seed = [collect(config.seed_results(seed), names, config.layers) for seed in config.seeds]
     merged = {}
     for table in per_seed:
         for key, row in table.items():

@@ -19,6 +19,7 @@ whose probe JSON exists is not probed again (unless `force`).
 import dataclasses
 import os
 import statistics
+from typing import ClassVar
 
 import keras
 from absl import logging
@@ -38,54 +39,24 @@ LAYER = "features"
 
 
 @dataclasses.dataclass
-class SpeedQualityConfig:
+class SpeedQualityConfig(small_study.VariantsConfig):
     """Budget and locations; each field is a flag of `experiments/speed_quality.py`."""
 
-    data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
+    VARIANTS: ClassVar[dict] = VARIANTS
+
     run_dir: str = option("runs/speed_quality", "Runs go to <run_dir>/<variant>.")
     results_dir: str = option("results/speed_quality", "Result JSONs and the table.")
+    train_steps: int = option(300, "Pretraining steps of every variant.")
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
     seed: int = option(0, "Seed of every variant (initialisation, data order, probe).")
-    train_steps: int = option(300, "Pretraining steps of every variant.")
-    image_size: int = option(96, "Pretraining view size (the study's).")
-    batch_size: int = option(16, "Pretraining batch size (the study's).")
-    checkpoint_every: int = option(100, "Steps between checkpoints.")
-    probe_image_size: int = option(224, "CamVid short side (the study's).")
-    probe_steps: int = option(1000, "Linear-probe optimisation steps (the study's).")
-    probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
-    force: bool = option(False, "Probe again variants whose result JSON exists.")
-    verbose: int = option(1, "1 shows pretraining progress bars.")
 
-    def validate(self):
-        unknown = set(self.variants) - set(VARIANTS)
-        if unknown or not self.variants:
-            raise ValueError(f"--variants={list(self.variants)}: expected some of {tuple(VARIANTS)}.")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"--checkpoint_every must be positive, got {self.checkpoint_every}.")
-        self.study().validate()  # Steps, sizes and the data layout.
+    def seed_list(self):
+        return (self.seed,)
 
-    def study(self):
-        """The `small_study.StudyConfig` whose VADeR run and probe every variant shares."""
-        return small_study.StudyConfig(
-            data_root=self.data_root,
-            run_dir=self.run_dir,
-            results_dir=self.results_dir,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            train_steps=self.train_steps,
-            checkpoint_every=self.checkpoint_every,
-            seeds=(self.seed,),
-            probe_image_size=self.probe_image_size,
-            probe_steps=self.probe_steps,
-            probe_limit=self.probe_limit,
-            verbose=self.verbose,
-        )
-
-    def pretrain_config(self, variant):
-        return dataclasses.replace(
-            self.study().pretrain_config("vader", self.seed),
-            model_dir=os.path.join(self.run_dir, variant),
-            **VARIANTS[variant],
+    def pretrain_config(self, variant, seed=None):
+        del seed  # Every variant uses `self.seed`.
+        return self.variant_pretrain_config(
+            variant, self.seed, os.path.join(self.run_dir, variant)
         )
 
 

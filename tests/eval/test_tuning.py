@@ -1,0 +1,75 @@
+"""`experiments/tune_small.py` end to end at a tiny budget on a generated folder layout:
+runs beside the study's (the default variant is the study's VADeR run), evaluations on
+the tuning sets only, the JSON and table, resume, and a bad variant."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root
+
+SCRIPT = os.path.join(EXPERIMENTS, "tune_small.py")
+TINY = (
+    "--train_steps=2", "--image_size=64", "--batch_size=4", "--checkpoint_every=1",
+    "--probe_image_size=32", "--probe_steps=3", "--probe_limit=2", "--davis_image_size=32",
+    "--davis_max_frames=2", "--verbose=0",
+)
+
+
+def run_script(tmp_path, data_root, *extra):
+    command = [
+        sys.executable, SCRIPT, f"--data_root={data_root}", f"--run_dir={tmp_path / 'runs'}",
+        f"--results_dir={tmp_path / 'results'}", *TINY, *extra,
+    ]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
+    data_root = tmp_path / "data"
+    make_data_root(str(data_root))
+    completed = run_script(tmp_path, data_root, "--variants=default,temperature_0.1")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    runs = tmp_path / "runs" / "seed0"
+    assert sorted(os.listdir(runs)) == ["vader", "vader_temperature_0.1"]
+    for run, temperature in [("vader", 0.2), ("vader_temperature_0.1", 0.1)]:
+        stored = json.loads((runs / run / "run_config.json").read_text())
+        assert stored["temperature"] == temperature and stored["method"] == "vader"
+    # Only the tuning benchmarks: nothing is computed on the correspondence photos.
+    results = tmp_path / "results" / "seed0"
+    written = sorted(name for name in os.listdir(results) if not name.startswith("pretrain_"))
+    assert written == sorted(
+        f"{evaluation}_{run}_features.json"
+        for evaluation in ("davis_label_propagation", "linear_probe")
+        for run in ("vader", "vader_temperature_0.1")
+    )
+    pretrain = json.loads((results / "pretrain_vader_temperature_0.1.json").read_text())
+    assert "--temperature=0.1" in pretrain["command"]
+
+    summary = json.loads((tmp_path / "results" / "tuning.json").read_text())
+    assert list(summary["variants"]) == ["default", "temperature_0.1"]
+    for variant in summary["variants"].values():
+        tap = variant["taps"]["features"]
+        assert len(tap["mIoU"]) == 1 and 0.0 <= tap["mIoU"][0] <= 1.0
+        assert len(tap["J&F"]) == 1 and 0.0 <= tap["J&F"][0] <= 1.0
+    table = (tmp_path / "results" / "tuning.md").read_text().splitlines()
+    rows = [line.split("|")[1:-1] for line in table if line.startswith("| ") and "`" in line]
+    assert [row[0].strip() for row in rows] == ["default", "temperature_0.1"]
+    assert rows[0][5].strip() == "+0.000" and rows[1][1].strip() == "temperature=0.1"
+
+    mtimes = {name: (results / name).stat().st_mtime_ns for name in written}
+    again = run_script(tmp_path, data_root, "--variants=default,temperature_0.1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: (results / name).stat().st_mtime_ns for name in written} == mtimes
+
+
+def test_an_unknown_variant_is_one_line_and_writes_nothing(tmp_path):
+    data_root = tmp_path / "data"
+    make_data_root(str(data_root))
+    completed = run_script(tmp_path, data_root, "--variants=default,temperature_9")
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1].startswith(
+        "tune_small.py: error: --variants=['default', 'temperature_9']: expected some of"
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
