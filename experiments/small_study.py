@@ -74,6 +74,8 @@ PRETRAIN_FLAGS = (
 )
 # Hand-written findings in the results folder, included in the report when present.
 FINDINGS_FILE = "findings.md"
+# The tuning harness's table and JSON (`tuning_study`), without their extensions.
+TUNING_FILE = "tuning"
 PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
 
 
@@ -737,6 +739,21 @@ def write_report(config, command, figures, elapsed):
         "probe's training set; BSDS500 val photos are kept out of pretraining.",
         "",
     ]
+    tuning = os.path.join(c.results_dir, TUNING_FILE)
+    if tf.io.gfile.exists(tuning + ".json"):
+        lines += [
+            "## Tuning",
+            "",
+            "VADeR's run with one setting changed, evaluated on the tuning sets only (CamVid "
+            "val, the DAVIS sequences above; never the BSDS500 val photos). Command:",
+            "",
+            "```",
+            " ".join(storage.read_json(tuning + ".json")["command"]),
+            "```",
+            "",
+            storage.read_bytes(tuning + ".md").decode().strip(),
+            "",
+        ]
     notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
     if tf.io.gfile.exists(notes):
         notes_text = storage.read_bytes(notes).decode()

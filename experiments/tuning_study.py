@@ -12,8 +12,9 @@ Every run is evaluated with the study's protocols on the two tuning benchmarks o
 CamVid val linear probe and DAVIS label propagation), never on the BSDS500 val photos
 of the correspondence protocol, which stay a check no setting was chosen on. Resumable
 like the study: pretraining resumes from its run directory, and an evaluation whose
-JSON exists is skipped (unless `force`). Writes `tuning.json` and `tuning.md` (mean over
-the seeds done, difference to `default`) in `results_dir`.
+JSON exists is skipped (unless `force`). After every variant it rewrites `tuning.json`
+and `tuning.md` (mean over the seeds done, difference to `default`) in `results_dir`,
+where the study's report (`small_study.write_report`) shows them in a "Tuning" section.
 """
 
 import dataclasses
@@ -84,8 +85,9 @@ class TuningConfig(small_study.VariantsConfig):
 
 
 def run(config, command):
-    """Pretrains and evaluates every variant for every seed (resuming), writes
-    `tuning.json` and `tuning.md` in `results_dir`; returns the JSON's dict."""
+    """Pretrains and evaluates every variant for every seed (resuming); after each one,
+    rewrites `tuning.json` and `tuning.md` in `results_dir` with the variants done so far.
+    Returns the last JSON's dict."""
     study = config.study()
     evaluations = small_study.Evaluations(study)
     final_losses = {}
@@ -103,22 +105,32 @@ def run(config, command):
                 evaluations, {name: os.path.join(study.seed_dir(seed), name)}, config.layers,
                 seed, study.seed_results(seed), force=config.force, which=EVALUATIONS,
             )
-    results = small_study.aggregate(study, [config.run_name(v) for v in config.variants])
+            payload = write_tables(config, command, final_losses)
+    return payload
+
+
+def write_tables(config, command, final_losses):
+    """Writes `tuning.json` and `tuning.md` for the variants in `final_losses` (their
+    runs done), from the result JSONs of the seeds done."""
+    results = small_study.aggregate(
+        config.study(), [config.run_name(variant) for variant in final_losses]
+    )
     variants = {
         variant: {
             "settings": VARIANTS[variant],
-            "final_loss": final_losses[variant],
+            "final_loss": losses,
             "taps": {
                 layer: {column: results[config.run_name(variant), layer][column]
                         for column in COLUMNS}
                 for layer in config.layers
             },
         }
-        for variant in config.variants
+        for variant, losses in final_losses.items()
     }
     payload = {"command": list(command), "config": dataclasses.asdict(config), "variants": variants}
-    storage.write_json_atomic(os.path.join(config.results_dir, "tuning.json"), payload)
-    storage.write_atomic(os.path.join(config.results_dir, "tuning.md"), table(variants, config.seeds))
+    path = os.path.join(config.results_dir, small_study.TUNING_FILE)
+    storage.write_json_atomic(path + ".json", payload)
+    storage.write_atomic(path + ".md", table(variants, config.seeds))
     return payload
 
 

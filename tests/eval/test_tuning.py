@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root
+from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root, run_reproduce
 
 SCRIPT = os.path.join(EXPERIMENTS, "tune_small.py")
 TINY = (
@@ -57,6 +57,13 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     rows = [line.split("|")[1:-1] for line in table if line.startswith("| ") and "`" in line]
     assert [row[0].strip() for row in rows] == ["default", "temperature_0.1"]
     assert rows[0][5].strip() == "+0.000" and rows[1][1].strip() == "temperature=0.1"
+
+    # The study's report, rewritten from the JSONs present, shows the tuning table.
+    report = run_reproduce(tmp_path, data_root, "--seeds=0", "--report_only")["report"]
+    with open(report) as f:
+        text = f.read()
+    assert "## Tuning" in text and "tune_small.py" in text
+    assert "\n".join(table[2:]) in text
 
     mtimes = {name: (results / name).stat().st_mtime_ns for name in written}
     again = run_script(tmp_path, data_root, "--variants=default,temperature_0.1")
