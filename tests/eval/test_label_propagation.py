@@ -80,15 +80,22 @@ def _numpy_propagate_frame(query, references, labels, topk, temperature, radius)
     return output
 
 
-@pytest.mark.parametrize("radius", [None, 2.5])
-def test_propagate_frame_matches_numpy(radius):
+# Without a radius, a chunk size that does not divide the 35 cells exercises the last
+# partial chunk; with one, tiles of 1, 2, 3 and 8 cells cover the 5 x 7 grid with partial
+# tiles, windows reaching past every border, and (radius 0.5: one candidate per frame,
+# fewer than topk) -inf candidates in the top k.
+@pytest.mark.parametrize(
+    "radius, tile",
+    [(None, 8), (2.5, 8), (2.5, 3), (2.5, 2), (1.0, 1), (0.5, 2), (4, 3), (100.0, 2)],
+)
+def test_propagate_frame_matches_numpy(radius, tile):
     rng = np.random.default_rng(0)
     query = rng.normal(size=(5, 7, 8)).astype(np.float32)
     references = rng.normal(size=(3, 5, 7, 8)).astype(np.float32)
     labels = rng.dirichlet(np.ones(3), size=(3, 5, 7)).astype(np.float32)
     expected = _numpy_propagate_frame(query, references, labels, 4, 0.5, radius)
-    # A chunk size that does not divide the 35 cells exercises the last partial chunk.
     actual = propagate_frame(
-        query, references, labels, topk=4, temperature=0.5, radius=radius, chunk_size=16
+        query, references, labels, topk=4, temperature=0.5, radius=radius, chunk_size=16,
+        tile=tile,
     )
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
