@@ -31,6 +31,7 @@ BENCHMARKS = (
     "decoded_cache",
     "precision",
     "peer_densecl",
+    "label_propagation",
 )
 # Benchmarks that need an optional extra: skipped, with a note, when it is not installed.
 NEEDS = {"peer_densecl": ("lightly", "pip install -e '.[peer]'")}
@@ -47,6 +48,13 @@ def headline(name, results):
         return [
             f"vader/moco {per_case('vader_over_moco')}",
             f"loss fraction { {case: f['loss'] for case, f in fractions.items()} }",
+        ]
+    if name == "label_propagation":
+        return [
+            f"{grid}: tiles/full search speed-up "
+            f"{ {k: v for k, v in r['speedup_over_full_search'].items() if k != 'full_search'} }"
+            for grid, r in results.items()
+            if isinstance(r, dict)
         ]
     if name == "efficiency":
         return [f"fraction of peak {per_case('fraction_of_peak')}"]

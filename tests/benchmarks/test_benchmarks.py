@@ -13,7 +13,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICK = ("loss_scaling", "input_pipeline", "decoded_cache")
+QUICK = ("loss_scaling", "input_pipeline", "decoded_cache", "label_propagation")
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,9 @@ def test_peer_densecl_steps_and_flop_counters():
 
     if not hasattr(PretrainConfig(), "symmetric_loss"):
         assert "vader_one_direction" in result["skipped"]
+
+
+def test_label_propagation_tiles_match_the_full_search(quick_results):
+    results = quick_results["label_propagation"]["results"]["quick_12x20"]
+    assert set(results["seconds_per_frame"]) == {"full_search", "tiles_8", "tiles_16"}
+    assert all(value <= 1e-6 for value in results["max_abs_difference"].values())
