@@ -28,6 +28,7 @@ as their own rows.
 import dataclasses
 import os
 import platform
+import shlex
 import time
 from typing import ClassVar
 
@@ -72,6 +73,9 @@ PRETRAIN_FLAGS = (
     "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
     "mixed_precision", "symmetric_loss",
 )
+# How `--report_only` can be spelled; the report shows the command without it (the one
+# that makes the runs and evaluations).
+REPORT_ONLY_FLAGS = ("--report_only", "--report_only=true", "--report_only=True")
 # Hand-written findings in the results folder, included in the report when present.
 FINDINGS_FILE = "findings.md"
 # The tuning harness's table and JSON (`tuning_study`), without their extensions.
@@ -652,9 +656,18 @@ def write_report(config, command, figures, elapsed):
         "## Command",
         "",
         "```",
-        " ".join(command),
+        shlex.join(arg for arg in command if arg not in REPORT_ONLY_FLAGS),
         "```",
         "",
+        *(
+            [
+                "(This report was rewritten from the result JSONs by the same command with "
+                "`--report_only`.)",
+                "",
+            ]
+            if c.report_only
+            else []
+        ),
         "## Results",
         "",
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, done)) or 'none'} "

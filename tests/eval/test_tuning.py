@@ -63,6 +63,10 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     with open(report) as f:
         text = f.read()
     assert "## Tuning" in text and "tune_small.py" in text
+    # Its command is the one that makes the runs: without --report_only, with a note.
+    command = text.split("## Command\n\n```\n", 1)[1].split("\n```", 1)[0]
+    assert "reproduce_small.py" in command and "--report_only" not in command
+    assert "by the same command with `--report_only`" in text
     assert "\n".join(table[2:]) in text
 
     mtimes = {name: (results / name).stat().st_mtime_ns for name in written}
