@@ -73,9 +73,9 @@ PRETRAIN_FLAGS = (
     "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
     "mixed_precision", "symmetric_loss",
 )
-# How `--report_only` can be spelled; the report shows the command without it (the one
+# The report shows its command without `--report_only` (in any spelling: it is the command
 # that makes the runs and evaluations).
-REPORT_ONLY_FLAGS = ("--report_only", "--report_only=true", "--report_only=True")
+REPORT_ONLY_FLAGS = ("--report_only", "--noreport_only")
 # Hand-written findings in the results folder, included in the report when present.
 FINDINGS_FILE = "findings.md"
 # The tuning harness's table and JSON (`tuning_study`), without their extensions.
@@ -656,7 +656,7 @@ def write_report(config, command, figures, elapsed):
         "## Command",
         "",
         "```",
-        shlex.join(arg for arg in command if arg not in REPORT_ONLY_FLAGS),
+        shlex.join(arg for arg in command if arg.split("=", 1)[0] not in REPORT_ONLY_FLAGS),
         "```",
         "",
         *(
@@ -761,7 +761,7 @@ def write_report(config, command, figures, elapsed):
             "val, the DAVIS sequences above; never the BSDS500 val photos). Command:",
             "",
             "```",
-            " ".join(storage.read_json(tuning + ".json")["command"]),
+            shlex.join(storage.read_json(tuning + ".json")["command"]),
             "```",
             "",
             storage.read_bytes(tuning + ".md").decode().strip(),

@@ -295,8 +295,9 @@ class TfdsRecordSource(ImageSource):
 
     TFRecord files have no random access, so the stream cannot address images by index:
     each epoch visits the split's files in a seeded order, through a shuffle buffer
-    seeded by `(seed, epoch)`, so a single-file split is reordered every epoch too. Resuming at `start_index` re-reads (but does not decode) the records of the
-    current epoch up to that point. Never cached (`cache_decoded` returns False).
+    seeded by `(seed, epoch)`, so a single-file split is reordered every epoch too.
+    Resuming at `start_index` re-reads (but does not decode) the records of the current
+    epoch up to that point. Never cached (`cache_decoded` returns False).
     """
 
     def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
@@ -337,7 +338,9 @@ class TfdsRecordSource(ImageSource):
                 file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
             records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
             if shuffle:
-                records = records.shuffle(self.shuffle_buffer, seed=ordering.epoch_seed(seed, epoch))
+                records = records.shuffle(
+                    self.shuffle_buffer, seed=ordering.epoch_seed(seed, epoch)
+                )
             global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
             skip = tf.maximum(start_index - epoch * num_examples, 0)
             return tf.data.Dataset.zip(global_indices, records).skip(skip)

@@ -93,9 +93,9 @@ def _propagate_local(queries, keys, values, radius, topk, temperature, tile):
     keys = tf.pad(keys, padding)
     values = tf.pad(values, padding)
     valid = tf.pad(tf.ones([1, height, width, 1]), padding)[0]
-    window_mask = _window_mask(tile, reach, float(radius))
-    k = min(topk, num_refs * (tile + 2 * reach) ** 2)
     window = tile + 2 * reach
+    window_mask = _window_mask(tile, reach, float(radius))
+    k = min(topk, num_refs * window**2)
     outputs = []
     for row in range(rows):
         band = slice(row * tile, row * tile + window)
