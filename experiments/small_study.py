@@ -634,6 +634,26 @@ def _seconds(paths):
     return total
 
 
+def budget_minutes(config):
+    """`(pretraining, evaluations)` minutes summed from the JSONs of the study's own runs
+    and encoders, leaving out the runs of the harnesses that share its results folder
+    (tuning, speed/quality variants)."""
+    pretrain, evaluations = [], []
+    for seed in config.seeds:
+        results = config.seed_results(seed)
+        pretrain += [os.path.join(results, f"pretrain_{name}.json") for name in config.runs()]
+        evaluations += [
+            result_path(results, evaluation, name, layer)
+            for evaluation in EVALUATIONS
+            for name in ENCODER_NAMES
+            for layer in config.layers
+        ]
+    return tuple(
+        _seconds([path for path in paths if tf.io.gfile.exists(path)]) / 60
+        for paths in (pretrain, evaluations)
+    )
+
+
 def write_report(config, command, figures, elapsed):
     """Writes the Markdown report `config.report` from the result JSONs present."""
     c = config
@@ -647,6 +667,7 @@ def write_report(config, command, figures, elapsed):
     davis = protocols["davis_label_propagation"]
     correspondence = protocols["correspondence"]
     done = [seed for seed in c.seeds if tf.io.gfile.isdir(c.seed_results(seed))]
+    pretrain_minutes, evaluation_minutes = budget_minutes(c)
     lines = [
         "# Small-scale reproduction: VADeR vs MoCo v2 vs random init",
         "",
@@ -717,11 +738,9 @@ def write_report(config, command, figures, elapsed):
         f"({pretraining_pool_size(c.data_root)} images: BSDS500 train+test and CamVid train "
         "frames, no labels).",
         "",
-        f"Hardware: {hardware_description()}. Pretraining "
-        f"{_seconds(_seed_files(c, 'pretrain_*.json')) / 60:.0f}"
-        " min wall, evaluations "
-        f"{_seconds(_seed_files(c, '[!p]*.json')) / 60:.0f} min "
-        f"(summed from the JSONs); the last session of the command took {elapsed / 60:.1f} min.",
+        f"Hardware: {hardware_description()}. Pretraining {pretrain_minutes:.0f} min wall, "
+        f"evaluations {evaluation_minutes:.0f} min (summed from the study's JSONs, tuning "
+        f"runs left out); the last session of the command took {elapsed / 60:.1f} min.",
         "",
         "Each result JSON under `results/seed*/` holds the standalone command that computes "
         "its numbers, e.g.:",

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root, run_reproduce
+from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root, run_reproduce, small_study
 
 SCRIPT = os.path.join(EXPERIMENTS, "tune_small.py")
 TINY = (
@@ -84,3 +84,23 @@ def test_an_unknown_variant_is_one_line_and_writes_nothing(tmp_path):
         "tune_small.py: error: --variants=['default', 'temperature_9']: expected some of"
     )
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_the_study_budget_leaves_out_the_tuning_runs_beside_it(tmp_path):
+    """The tuning (and speed/quality) JSONs share the study's results folder; the study's
+    budget line sums only its own runs and encoders."""
+    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1))
+    seconds = {
+        "seed0/pretrain_vader.json": dict(seconds=60.0, session_seconds=[60.0]),
+        "seed1/pretrain_moco.json": dict(seconds=120.0),
+        "seed0/pretrain_vader_temperature_0.1.json": dict(seconds=6000.0),
+        "seed0/linear_probe_vader_features.json": dict(seconds=30.0),
+        "seed1/correspondence_random_P4.json": dict(seconds=90.0),
+        "seed0/linear_probe_vader_temperature_0.1_features.json": dict(seconds=6000.0),
+        "seed0/davis_label_propagation_vader_queued_8_features.json": dict(seconds=6000.0),
+        "seed2/pretrain_vader.json": dict(seconds=6000.0),  # not one of the seeds
+    }
+    for name, metrics in seconds.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps({"metrics": metrics}))
+    assert small_study.budget_minutes(config) == (4.0, 2.0)
