@@ -310,7 +310,7 @@ def run_pretraining(config, name, seed):
     """Pretrains (or resumes) one run; returns its summary, also written as JSON."""
     return pretrain_and_summarize(
         config.pretrain_config(name, seed),
-        os.path.join(config.seed_results(seed), f"pretrain_{name}.json"),
+        pretrain_summary_path(config.seed_results(seed), name),
     )
 
 
@@ -443,6 +443,11 @@ class Evaluations:
 
 def result_path(results_dir, evaluation, name, layer):
     return os.path.join(results_dir, f"{evaluation}_{name}_{layer}.json")
+
+
+def pretrain_summary_path(results_dir, name):
+    """The JSON summary of pretraining run `name` (`pretrain_and_summarize`)."""
+    return os.path.join(results_dir, f"pretrain_{name}.json")
 
 
 def evaluate_seed(config, seed, evaluations):
@@ -641,7 +646,7 @@ def budget_minutes(config):
     pretrain, evaluations = [], []
     for seed in config.seeds:
         results = config.seed_results(seed)
-        pretrain += [os.path.join(results, f"pretrain_{name}.json") for name in config.runs()]
+        pretrain += [pretrain_summary_path(results, name) for name in config.runs()]
         evaluations += [
             result_path(results, evaluation, name, layer)
             for evaluation in EVALUATIONS
@@ -668,6 +673,13 @@ def write_report(config, command, figures, elapsed):
     correspondence = protocols["correspondence"]
     done = [seed for seed in c.seeds if tf.io.gfile.isdir(c.seed_results(seed))]
     pretrain_minutes, evaluation_minutes = budget_minutes(c)
+    rewritten_note = []
+    if c.report_only:
+        rewritten_note = [
+            "(This report was rewritten from the result JSONs by the same command with "
+            "`--report_only`.)",
+            "",
+        ]
     lines = [
         "# Small-scale reproduction: VADeR vs MoCo v2 vs random init",
         "",
@@ -680,15 +692,7 @@ def write_report(config, command, figures, elapsed):
         shlex.join(arg for arg in command if arg.split("=", 1)[0] not in REPORT_ONLY_FLAGS),
         "```",
         "",
-        *(
-            [
-                "(This report was rewritten from the result JSONs by the same command with "
-                "`--report_only`.)",
-                "",
-            ]
-            if c.report_only
-            else []
-        ),
+        *rewritten_note,
         "## Results",
         "",
         f"Mean ± sample standard deviation over seeds {', '.join(map(str, done)) or 'none'} "
@@ -800,7 +804,7 @@ def make_figures(config):
     seed = config.seeds[0]
     histories = {}
     for name in config.runs():
-        path = os.path.join(config.seed_results(seed), f"pretrain_{name}.json")
+        path = pretrain_summary_path(config.seed_results(seed), name)
         if tf.io.gfile.exists(path):
             histories[ENCODER_NAMES[name]] = storage.read_json(path)["metrics"]["history"]
     aggregated = aggregate(config)

@@ -71,7 +71,7 @@ def step_seconds(history, batch_size):
 
 def probe(config, variant, evaluations):
     """The CamVid val linear probe of one variant's encoder at the `features` tap."""
-    path = os.path.join(config.results_dir, f"linear_probe_{variant}_{LAYER}.json")
+    path = small_study.result_path(config.results_dir, "linear_probe", variant, LAYER)
     if not config.force and evaluations.is_done(path, "linear_probe"):
         return storage.read_json(path)["metrics"]
     spec = config.pretrain_config(variant).model_dir
@@ -92,7 +92,7 @@ def run(config, command):
         pretrain_config = config.pretrain_config(variant)
         summary = small_study.pretrain_and_summarize(
             pretrain_config,
-            os.path.join(config.results_dir, f"pretrain_{variant}.json"),
+            small_study.pretrain_summary_path(config.results_dir, variant),
         )
         keras.backend.clear_session()
         history = summary["history"]

@@ -96,7 +96,7 @@ def run(config, command):
             name = config.run_name(variant)
             summary = small_study.pretrain_and_summarize(
                 config.pretrain_config(variant, seed),
-                os.path.join(study.seed_results(seed), f"pretrain_{name}.json"),
+                small_study.pretrain_summary_path(study.seed_results(seed), name),
                 command_flags=small_study.PRETRAIN_FLAGS + tuple(VARIANTS[variant]),
             )
             keras.backend.clear_session()
