@@ -24,8 +24,8 @@ from absl import logging
 
 from vader_tf import cli, storage
 from vader_tf.export import sample_images as sample_images_lib
-from vader_tf.run_dir import RunDir
 from vader_tf.models.encoder import EMBEDDING
+from vader_tf.run_dir import RunDir
 from vader_tf.serving_contract import (
     CONTRACT_VERSION,
     EMBEDDING_OUTPUT,
