@@ -14,14 +14,14 @@ from absl import flags, logging
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.eval.correspondence import evaluate_correspondence, load_images
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.protocols import CorrespondenceProtocol
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
 flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
 )
 flags.DEFINE_string("image_dir", None, "Folder of photos (searched recursively).")
 flags.DEFINE_string("output", None, "Path of the result JSON.")

@@ -16,14 +16,14 @@ from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.protocols import DepthProtocol
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
 flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
 )
 flags.DEFINE_enum("dataset", "folder", ["folder", "nyu_depth_v2"], "Where the data come from.")
 flags.DEFINE_string("data_root", None, "With --dataset=folder: folder with <split>.txt files.")

@@ -14,7 +14,7 @@ from absl import flags, logging
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.data.segmentation import load_segmentation_split
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.protocols import CamVidProbeProtocol
 from vader_tf.eval.reporting import script_flags, write_results
@@ -22,7 +22,7 @@ from vader_tf.eval.reporting import script_flags, write_results
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
 flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
 )
 flags.DEFINE_string("data_root", None, "Folder with <split>.txt files of 'image label' pairs.")
 flags.DEFINE_string("output", None, "Path of the result JSON.")

@@ -16,13 +16,13 @@ from absl import flags, logging
 from vader_tf import cli
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval import visualize
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
 flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, "Encoder output to evaluate: features, decoder or P2..P5."
+    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
 )
 flags.DEFINE_string("image", None, "Image file.")
 flags.DEFINE_string("output_dir", None, "Folder for the PNGs.")

@@ -136,14 +136,20 @@ class RunDir:
             self.encoder_config_path, keras.saving.serialize_keras_object(encoder)
         )
 
-    def encoder_from_config(self):
-        """A freshly initialised encoder with the architecture recorded in the run."""
+    def encoder_from_config(self, output=None):
+        """A freshly initialised encoder with the architecture recorded in the run,
+        returning the representation `output` if given (see `DenseEncoder`), else the one
+        recorded (the training embedding; runs recorded before `output` existed have none
+        and get `DenseEncoder`'s default)."""
         if not tf.io.gfile.exists(self.encoder_config_path):
             raise FileNotFoundError(
                 f"{self.encoder_config_path} not found: {self.path!r} is not a vader-tf "
                 "pretraining run directory."
             )
-        return keras.saving.deserialize_keras_object(storage.read_json(self.encoder_config_path))
+        serialized = storage.read_json(self.encoder_config_path)
+        if output is not None:
+            serialized = {**serialized, "config": {**serialized["config"], "output": output}}
+        return keras.saving.deserialize_keras_object(serialized)
 
     def save_encoder(self, encoder):
         """Writes `encoder.keras` through a temporary `.tmp-<pid>.keras` and a rename."""
@@ -185,7 +191,7 @@ def restore_encoder_weights(encoder, checkpoint_path):
     return encoder
 
 
-def load_encoder(path, checkpoint=None):
+def load_encoder(path, checkpoint=None, output=None):
     """Loads a trained dense encoder as a trainable `keras.Model`.
 
     Args:
@@ -193,18 +199,33 @@ def load_encoder(path, checkpoint=None):
             `checkpoint` is given) or a `.keras` file holding a `DenseEncoder`.
         checkpoint: optional checkpoint path prefix inside a run directory
             (e.g. `RUN/checkpoints/ckpt-1000`).
+        output: the representation the encoder returns (`DenseEncoder`'s `output`):
+            by default the served one, "decoder" (the L2-normalised FPN output, as the
+            SavedModel's `features`); "embedding" gives the projection head's output, the
+            embedding it was trained on. Runs of any version load either way (the
+            weights do not depend on it).
 
     Returns:
-        The `DenseEncoder`: images in [0, 255] -> L2-normalised `[B, H/4, W/4, D]` features,
-        with `encoder.pyramid_outputs` giving the backbone levels and decoder output.
+        The `DenseEncoder`: images in [0, 255] -> L2-normalised `[B, H/4, W/4, C]` features,
+        with `encoder.pyramid_outputs` giving the backbone levels and decoder output and
+        `encoder.representations` both unit-norm stride-4 outputs.
     """
+    # Imported here: the encoder module imports keras-hub, which this module does not need.
+    from vader_tf.models.encoder import DECODER, DenseEncoder
+
+    output = output or DECODER
     path = os.fspath(path)
     if path.endswith(".keras") and not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path):
-        return keras.saving.load_model(path)
+        encoder = keras.saving.load_model(path)
+        if not isinstance(encoder, DenseEncoder):
+            raise ValueError(
+                f"{path!r} holds a {type(encoder).__name__}, not a vader_tf DenseEncoder."
+            )
+        return encoder.with_output(output)
     if not tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"No run directory or .keras file at {path!r}.")
     run = RunDir(path)
-    encoder = run.encoder_from_config()
+    encoder = run.encoder_from_config(output=output)
     newest = run.latest_checkpoint()
     if checkpoint is None and newest is None:
         raise FileNotFoundError(f"No checkpoint found in {run.checkpoint_dir!r}.")

@@ -14,7 +14,10 @@ IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 40, 70, 3)).astype(np.floa
 
 @pytest.mark.parametrize(
     "layer, channels",
-    [("features", 128), ("decoder", 128), ("P2", 64), ("P3", 128), ("P4", 256), ("P5", 512)],
+    [
+        ("features", 128), ("embedding", 128), ("decoder", 128),
+        ("P2", 64), ("P3", 128), ("P4", 256), ("P5", 512),
+    ],
 )
 def test_every_tap_is_unit_norm_on_the_stride_4_grid(layer, channels):
     extractor = load_feature_extractor("random:resnet18", seed=3, layer=layer)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from vader_tf import serving_contract
 from vader_tf.export import sample_images, saved_model
 
-from tests.export.helpers import EMBEDDING_DIM, IMAGE_SIZE, small_encoder
+from tests.export.helpers import EMBEDDING_DIM, FEATURE_DIM, IMAGE_SIZE, small_encoder
 
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +37,9 @@ def test_export_layout(export_base, export_dir):
     with open(os.path.join(export_dir, serving_contract.METADATA_FILE)) as f:
         metadata = json.load(f)
     assert metadata["embedding_dim"] == EMBEDDING_DIM
+    assert metadata["feature_dim"] == FEATURE_DIM
+    assert metadata["contract_version"] == serving_contract.CONTRACT_VERSION == 2
+    assert metadata["features"] == "decoder"
     assert metadata["signatures"] == ["encoded_images", "pyramid", "serving_default"]
     assert metadata["verification"]["serving_default_max_abs_error"] < 1e-4
 
@@ -85,7 +88,7 @@ print(json.dumps({"after_import_tensorflow": len(after_import),
 
 def test_loads_in_fresh_process_without_keras(export_dir):
     result = json.loads(_run_python(_LOAD_WITHOUT_KERAS, export_dir).splitlines()[-1])
-    assert result["shape"] == [2, 16, 24, EMBEDDING_DIM]
+    assert result["shape"] == [2, 16, 24, FEATURE_DIM]
     np.testing.assert_allclose(result["norm"], 1.0, atol=1e-4)
     assert result["loaded"] == []
 
@@ -108,7 +111,7 @@ def test_saved_model_cli_lists_serving_signature(export_dir):
     assert "shape: (-1, -1, -1, 3)" in output
     assert "outputs['features']" in output
     assert "dtype: DT_FLOAT" in output
-    assert f"shape: (-1, -1, -1, {EMBEDDING_DIM})" in output
+    assert f"shape: (-1, -1, -1, {FEATURE_DIM})" in output
 
 
 def test_signatures(exported):
@@ -124,14 +127,29 @@ def test_signatures(exported):
 def test_serving_default_outputs_unit_norm_features(exported):
     images = _images(2, IMAGE_SIZE, 2 * IMAGE_SIZE)
     features = exported.signatures["serving_default"](images=images)["features"].numpy()
-    assert features.shape == (2, IMAGE_SIZE // 4, IMAGE_SIZE // 2, EMBEDDING_DIM)
+    assert features.shape == (2, IMAGE_SIZE // 4, IMAGE_SIZE // 2, FEATURE_DIM)
     assert features.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-5)
+
+
+def test_features_are_the_normalised_decoder_and_embedding_the_head(exported, loaded_encoder):
+    images = _images(1)
+    served = exported.signatures["serving_default"](images=images)["features"].numpy()
+    pyramid = {k: v.numpy() for k, v in exported.signatures["pyramid"](images=images).items()}
+    decoder = pyramid["decoder"]
+    np.testing.assert_allclose(
+        served, decoder / np.linalg.norm(decoder, axis=-1, keepdims=True), atol=1e-5
+    )
+    # The training embedding: what the encoder as trained returns, unit norm, D channels.
+    head = loaded_encoder.with_output("embedding")(tf.cast(images, tf.float32)).numpy()
+    assert pyramid["embedding"].shape[-1] == EMBEDDING_DIM
+    np.testing.assert_allclose(pyramid["embedding"], head, atol=1e-5)
 
 
 def test_pyramid_signature(exported):
     images = _images(1)
     outputs = exported.signatures["pyramid"](images=images)
+    assert set(outputs) == {"features", "embedding", "decoder", "P2", "P3", "P4", "P5"}
     for level, stride in (("P2", 4), ("P3", 8), ("P4", 16), ("P5", 32)):
         assert outputs[level].shape[1:3] == (IMAGE_SIZE // stride, IMAGE_SIZE // stride)
     assert outputs["decoder"].shape[1:3] == (IMAGE_SIZE // 4, IMAGE_SIZE // 4)

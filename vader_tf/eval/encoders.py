@@ -4,21 +4,26 @@ An encoder spec names where the features come from:
 
 - a pretraining run directory or a `.keras` file (loaded with `vader_tf.load_encoder`);
 - a SavedModel directory following `vader_tf.serving_contract` (`serving_default`:
-  uint8 `images` `[N, H, W, 3]` -> float32 `features` `[N, H/4, W/4, D]`), or an export
+  uint8 `images` `[N, H, W, 3]` -> float32 `features` `[N, H/4, W/4, C]`), or an export
   directory holding numbered versions of one (`EXPORT_DIR/<version>/`, newest used);
 - `random:<backbone>` (e.g. `random:resnet18`): a randomly initialised encoder, the
   lower-bound baseline; its weights are fixed by the `seed` argument.
 
 The `layer` argument chooses which output of the encoder is tapped (`LAYERS`):
-`"features"` (the projection head's embedding, the default), `"decoder"` (the FPN output
-the head reads) or a backbone level `"P2"`..`"P5"` (strides 4..32). Backbone levels are
+`"features"` (the default: the served representation, what an export's
+`serving_default` returns; for encoders of this version the FPN decoder's output,
+L2-normalised), `"embedding"` (the projection head's output, the training embedding),
+`"decoder"` (the FPN output) or a backbone level `"P2"`..`"P5"` (strides 4..32). For an
+encoder of this version `"features"` and `"decoder"` are the same map. Backbone levels are
 resized bilinearly to the stride-4 grid with `vader_tf.ops.grid.resize_grid` (as the
-decoder does, so cell centres stay put), and taps other than `"features"` are
-L2-normalised per pixel, so every tap is a stride-4 map of unit vectors. Tapping the
-backbone makes frozen evaluation fair to encoders whose decoder and head were never
-trained (a MoCo run, a random encoder). SavedModels are tapped through their `pyramid`
-signature (see `vader_tf.serving_contract`). Every path may be on any filesystem
-`tf.io.gfile` knows (e.g. `gs://`).
+decoder does, so cell centres stay put), and every tap is L2-normalised per pixel, so
+every tap is a stride-4 map of unit vectors. Tapping the backbone makes frozen evaluation
+fair to encoders whose decoder and head were never trained (a MoCo run, a random
+encoder). SavedModels are read by output name through the signature
+`vader_tf.serving_contract.output_source` names for their contract version: an export of
+version 1 (written before the contract was versioned) serves the projection head's
+embedding as `features`, and its `embedding` tap reads that output. Every path may be on
+any filesystem `tf.io.gfile` knows (e.g. `gs://`).
 
 Every spec becomes a `FeatureExtractor`: a frozen callable mapping float32 images in
 [0, 255] of any size to stride-4 features. Images are padded at the bottom and right to
@@ -32,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vader_tf.models.encoder import build_encoder
+from vader_tf.models.encoder import DECODER, REPRESENTATIONS, build_encoder
 from vader_tf.ops.grid import resize_grid
 from vader_tf.run_dir import load_encoder
 from vader_tf.serving_contract import (
@@ -42,14 +47,21 @@ from vader_tf.serving_contract import (
     INPUT_MULTIPLE,
     OUTPUT_STRIDE,
     PYRAMID_OUTPUTS,
-    PYRAMID_SIGNATURE,
-    SERVING_SIGNATURE,
+    SERVED_REPRESENTATION,
+    contract_version,
     find_saved_model,
+    output_source,
+    read_metadata,
 )
 
 RANDOM_PREFIX = "random:"
 FEATURES_LAYER = FEATURES_OUTPUT
 LAYERS = PYRAMID_OUTPUTS
+LAYER_HELP = (
+    "Encoder output to evaluate: features (the served representation: the decoder output "
+    "for this version's encoders and exports), embedding (the projection head's training "
+    "embedding), decoder, or a backbone level P2..P5."
+)
 
 
 def check_layer(layer):
@@ -63,13 +75,11 @@ def tap_to_grid(tapped, images, layer):
     Args:
         tapped: the `layer` output for `images`, `[B, h, w, C]`.
         images: the `[B, H, W, 3]` input (H, W multiples of 32).
-        layer: one of `LAYERS`; `"features"` is returned as is (already unit-norm).
+        layer: one of `LAYERS`; the stride-4 ones are not resized.
     """
-    if layer == FEATURES_LAYER:
-        return tapped
     tapped = tf.cast(tapped, tf.float32)
     grid = (tf.shape(images)[1] // OUTPUT_STRIDE, tf.shape(images)[2] // OUTPUT_STRIDE)
-    if layer != "decoder":
+    if layer not in (FEATURES_LAYER, *REPRESENTATIONS):
         tapped = resize_grid(tapped, grid)
     return tf.math.l2_normalize(tapped, axis=-1)
 
@@ -78,8 +88,8 @@ def load_keras_encoder(spec, seed=0):
     """The trainable `DenseEncoder` named by a run dir, `.keras` file or `random:<backbone>`."""
     if spec.startswith(RANDOM_PREFIX):
         keras.utils.set_random_seed(seed)
-        return build_encoder(spec[len(RANDOM_PREFIX) :])
-    return load_encoder(spec)
+        return build_encoder(spec[len(RANDOM_PREFIX) :], output=SERVED_REPRESENTATION)
+    return load_encoder(spec, output=SERVED_REPRESENTATION)
 
 
 def pad_to_multiple(images, multiple=INPUT_MULTIPLE):
@@ -129,8 +139,13 @@ class FeatureExtractor:
 
 def _keras_forward(encoder, layer=FEATURES_LAYER):
     encoder.trainable = False
-    if layer != FEATURES_LAYER:
-        encoder = keras.Model(encoder.input, encoder.pyramid_outputs[layer])
+    if layer == FEATURES_LAYER:
+        tapped = encoder.representations[SERVED_REPRESENTATION]
+    elif layer in REPRESENTATIONS and layer != DECODER:
+        tapped = encoder.representations[layer]
+    else:
+        tapped = encoder.pyramid_outputs[layer]
+    encoder = keras.Model(encoder.input, tapped)
 
     @tf.function(reduce_retracing=True)
     def forward(images):
@@ -141,14 +156,18 @@ def _keras_forward(encoder, layer=FEATURES_LAYER):
 
 def _saved_model_forward(path, layer=FEATURES_LAYER):
     loaded = tf.saved_model.load(path)
-    name = SERVING_SIGNATURE if layer == FEATURES_LAYER else PYRAMID_SIGNATURE
+    name, output = output_source(layer, contract_version(read_metadata(path)))
     if name not in loaded.signatures:
         raise ValueError(
             f"SavedModel at {path!r} has no {name!r} signature "
             f"(it has {sorted(loaded.signatures)})."
         )
     signature = loaded.signatures[name]
-    output = FEATURES_OUTPUT if layer == FEATURES_LAYER else layer
+    if output not in signature.structured_outputs:
+        raise ValueError(
+            f"SavedModel at {path!r}: signature {name!r} has no output {output!r} "
+            f"(it has {sorted(signature.structured_outputs)})."
+        )
 
     def forward(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), INPUT_DTYPE)

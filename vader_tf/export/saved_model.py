@@ -24,8 +24,11 @@ from absl import logging
 
 from vader_tf import cli, storage
 from vader_tf.export import sample_images as sample_images_lib
+from vader_tf.models.encoder import EMBEDDING
 from vader_tf.run_dir import RunDir
 from vader_tf.serving_contract import (
+    CONTRACT_VERSION,
+    EMBEDDING_OUTPUT,
     ENCODED_IMAGES_SIGNATURE,
     FEATURES_OUTPUT,
     IMAGE_BYTES_INPUT,
@@ -34,8 +37,10 @@ from vader_tf.serving_contract import (
     INPUT_MULTIPLE,
     METADATA_FILE,
     OUTPUT_DTYPE,
+    OUTPUT_GRID,
     OUTPUT_STRIDE,
     PYRAMID_SIGNATURE,
+    SERVED_REPRESENTATION,
     SERVING_SIGNATURE,
     WARMUP_FILE,
     find_saved_model,
@@ -140,17 +145,17 @@ class EncoderServingModule(tf.Module):
     """The `tf.Module` that is saved: the encoder's variables and serving functions.
 
     Only the variables are tracked (not the Keras objects), so the SavedModel holds
-    plain TensorFlow functions. The encoder always runs in inference mode.
+    plain TensorFlow functions. The encoder always runs in inference mode. `features` is
+    the encoder's `SERVED_REPRESENTATION` and `embedding` its projection head's output,
+    whichever of them `encoder` itself returns.
     """
 
     def __init__(self, encoder):
         super().__init__(name="vader_encoder")
-        self._encoder = encoder
-        self._pyramid_model = keras.Model(
-            encoder.input,
-            {**encoder.pyramid_outputs, FEATURES_OUTPUT: encoder.output},
-            name="encoder_with_pyramid",
+        self._features_model = keras.Model(
+            encoder.input, encoder.representations[SERVED_REPRESENTATION], name="features"
         )
+        self._pyramid_model = pyramid_model(encoder)
         # Tracked so that `tf.saved_model.save` serialises the weights.
         self.encoder_variables = list(encoder.variables)
 
@@ -164,7 +169,7 @@ class EncoderServingModule(tf.Module):
 
     def _features(self, images):
         images = tf.cast(_check_images(images), tf.float32)
-        return tf.cast(self._encoder(images, training=False), OUTPUT_DTYPE)
+        return tf.cast(self._features_model(images, training=False), OUTPUT_DTYPE)
 
     def _serve(self, images):
         return {FEATURES_OUTPUT: self._features(images)}
@@ -183,6 +188,37 @@ class EncoderServingModule(tf.Module):
             PYRAMID_SIGNATURE: self.serve_pyramid.get_concrete_function(),
             ENCODED_IMAGES_SIGNATURE: self.serve_encoded_images.get_concrete_function(),
         }
+
+
+def pyramid_model(encoder):
+    """The Keras model of the `pyramid` signature's outputs, by their contract names."""
+    return keras.Model(
+        encoder.input,
+        {
+            **encoder.pyramid_outputs,
+            FEATURES_OUTPUT: encoder.representations[SERVED_REPRESENTATION],
+            EMBEDDING_OUTPUT: encoder.representations[EMBEDDING],
+        },
+        name="encoder_with_pyramid",
+    )
+
+
+def export_metadata(encoder):
+    """What `vader_export.json` declares about the contract and the outputs' grids."""
+    features = encoder.representations[SERVED_REPRESENTATION]
+    return {
+        "contract_version": CONTRACT_VERSION,
+        "features": SERVED_REPRESENTATION,
+        "feature_dim": int(features.shape[-1]),
+        "embedding_dim": int(encoder.representations[EMBEDDING].shape[-1]),
+        "output_stride": OUTPUT_STRIDE,
+        "input_multiple": INPUT_MULTIPLE,
+        "grid": {
+            "convention": "input pixel k covers [k, k + 1); cell (i, j) of an output "
+            "of stride s is centred at cell_centre + s * (i, j) (y, x), input pixels",
+            "outputs": OUTPUT_GRID,
+        },
+    }
 
 
 def resolve_version_dir(path):
@@ -286,7 +322,7 @@ def _encode_png(images):
 
 
 def verify_export(saved_model_dir, encoder, images, max_abs_error=VERIFY_MAX_ABS_ERROR):
-    """Checks every signature of an export against the Keras encoder.
+    """Checks every output of every signature of an export against the Keras encoder.
 
     Args:
         saved_model_dir: the SavedModel to check.
@@ -298,43 +334,56 @@ def verify_export(saved_model_dir, encoder, images, max_abs_error=VERIFY_MAX_ABS
         A dict of measured differences (for the export metadata).
 
     Raises:
-        ExportVerificationError: if an output differs by more than `max_abs_error` or
-            the features are not unit-norm.
+        ExportVerificationError: if an output differs by more than `max_abs_error`, or
+            `features` or `embedding` are not unit-norm.
     """
     loaded = tf.saved_model.load(saved_model_dir)
-    expected = keras.ops.convert_to_numpy(
-        encoder(tf.cast(images, tf.float32), training=False)
-    ).astype(np.float32)
+    expected = {
+        name: keras.ops.convert_to_numpy(value).astype(np.float32)
+        for name, value in pyramid_model(encoder)(
+            tf.cast(images, tf.float32), training=False
+        ).items()
+    }
+    pixels = {IMAGES_INPUT: tf.constant(images)}
     outputs = {
-        SERVING_SIGNATURE: loaded.signatures[SERVING_SIGNATURE](
-            **{IMAGES_INPUT: tf.constant(images)}
-        )[FEATURES_OUTPUT],
-        PYRAMID_SIGNATURE: loaded.signatures[PYRAMID_SIGNATURE](
-            **{IMAGES_INPUT: tf.constant(images)}
-        )[FEATURES_OUTPUT],
+        SERVING_SIGNATURE: loaded.signatures[SERVING_SIGNATURE](**pixels),
+        PYRAMID_SIGNATURE: loaded.signatures[PYRAMID_SIGNATURE](**pixels),
         ENCODED_IMAGES_SIGNATURE: loaded.signatures[ENCODED_IMAGES_SIGNATURE](
             **{IMAGE_BYTES_INPUT: _encode_png(tf.constant(images))}
-        )[FEATURES_OUTPUT],
+        ),
     }
     report = {}
-    for name, output in outputs.items():
-        output = output.numpy()
-        if output.shape != expected.shape:
+    for signature, values in outputs.items():
+        if sorted(values) != sorted(outputs_of(signature, expected)):
             raise ExportVerificationError(
-                f"Signature {name!r} returned shape {output.shape}, "
-                f"the Keras model {expected.shape}."
+                f"Signature {signature!r} returned {sorted(values)}, "
+                f"expected {sorted(outputs_of(signature, expected))}."
             )
-        error = float(np.max(np.abs(output - expected)))
-        report[f"{name}_max_abs_error"] = error
-        if not error <= max_abs_error:
-            raise ExportVerificationError(
-                f"Signature {name!r} differs from the Keras model by up to {error:.3g} "
-                f"(allowed: {max_abs_error:.3g})."
-            )
-    norm_error = float(np.max(np.abs(np.linalg.norm(expected, axis=-1) - 1.0)))
-    if not norm_error <= 1e-3:
-        raise ExportVerificationError(f"Features are not unit-norm (error {norm_error:.3g}).")
+        for name, output in values.items():
+            output, reference = output.numpy(), expected[name]
+            label = signature if name == FEATURES_OUTPUT else f"{signature}_{name}"
+            if output.shape != reference.shape:
+                raise ExportVerificationError(
+                    f"Signature {signature!r} returned {name!r} of shape {output.shape}, "
+                    f"the Keras model {reference.shape}."
+                )
+            error = float(np.max(np.abs(output - reference)))
+            report[f"{label}_max_abs_error"] = error
+            if not error <= max_abs_error:
+                raise ExportVerificationError(
+                    f"Signature {signature!r} output {name!r} differs from the Keras "
+                    f"model by up to {error:.3g} (allowed: {max_abs_error:.3g})."
+                )
+    for name in (FEATURES_OUTPUT, EMBEDDING_OUTPUT):
+        norm_error = float(np.max(np.abs(np.linalg.norm(expected[name], axis=-1) - 1.0)))
+        if not norm_error <= 1e-3:
+            raise ExportVerificationError(f"{name!r} is not unit-norm (error {norm_error:.3g}).")
     return report
+
+
+def outputs_of(signature, pyramid_outputs):
+    """The output names of `signature` (all of the `pyramid` outputs for `pyramid`)."""
+    return list(pyramid_outputs) if signature == PYRAMID_SIGNATURE else [FEATURES_OUTPUT]
 
 
 def _version_path(export_dir, version):
@@ -364,7 +413,8 @@ def export_saved_model(
     """Exports `encoder` to `export_dir/<version>/` for TensorFlow Serving.
 
     Args:
-        encoder: a `DenseEncoder` (the query encoder).
+        encoder: a `DenseEncoder` (the query encoder); the export serves its
+            `SERVED_REPRESENTATION` as `features` whatever its own `output` is.
         export_dir: the model's base directory, as given to `tensorflow_model_server
             --model_base_path`.
         version: integer version; by default 1 if free, else the next free integer. An
@@ -397,9 +447,7 @@ def export_saved_model(
             os.path.join(tmp_path, METADATA_FILE),
             {
                 **(metadata or {}),
-                "embedding_dim": int(encoder.output.shape[-1]),
-                "output_stride": OUTPUT_STRIDE,
-                "input_multiple": INPUT_MULTIPLE,
+                **export_metadata(encoder),
                 "signatures": sorted(module.signatures()),
                 "verification": {**verification, "images": image_source},
             },

@@ -2,8 +2,9 @@
 
 The conversion starts from the SavedModel, not from Keras: converting concrete
 functions directly loses the weights on this stack. The `serving_default` signature
-(uint8 `images` -> float32 `features`) is converted either with a fixed input size
-`[1, size, size, 3]` or with dynamic height, width and batch (`dynamic_size=True`).
+(uint8 `images` -> float32 `features`, the served representation) is converted either
+with a fixed input size `[1, size, size, 3]` or with dynamic height, width and batch
+(`dynamic_size=True`).
 
 Quantization modes:
 
@@ -171,7 +172,7 @@ class TFLiteRunner:
         self.interpreter.allocate_tensors()
 
     def __call__(self, images):
-        """uint8 `[N, H, W, 3]` images -> float32 `[N, H/4, W/4, D]` features."""
+        """uint8 `[N, H, W, 3]` images -> float32 `[N, H/4, W/4, C]` served features."""
         images = np.asarray(images, np.uint8)
         if images.ndim != 4 or images.shape[1] % INPUT_MULTIPLE or images.shape[2] % INPUT_MULTIPLE:
             # The graph's own size check does not survive conversion to TFLite.

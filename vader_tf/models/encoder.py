@@ -1,9 +1,19 @@
 """The dense encoder: pyramid backbone + FPN decoder + per-pixel projection head.
 
 It maps RGB images with pixel values in [0, 255] and any H, W that are multiples of 32 to
-a `[B, H/4, W/4, embedding_dim]` map whose pixels are L2-normalised (stride 4, see
-`vader_tf.ops.grid`). Input standardisation is part of the model, so exported graphs take
-raw pixels.
+a stride-4 map whose pixels are L2-normalised (see `vader_tf.ops.grid`). Input
+standardisation is part of the model, so exported graphs take raw pixels.
+
+Two stride-4 representations come out of it (`REPRESENTATIONS`):
+
+- `"decoder"`: the FPN decoder's output, L2-normalised per pixel (`decoder_channels`
+  channels). The representation served to users (`vader_tf.serving_contract`,
+  `vader_tf.load_encoder`): the small study measured it at least as good as the
+  embedding on every evaluation (RESULTS.md, docs/evaluation.md).
+- `"embedding"`: the projection head's output (`embedding_dim` channels), the training
+  embedding the contrastive loss is computed on.
+
+The `output` argument says which one the model returns; the weights are the same.
 """
 
 import keras
@@ -16,9 +26,20 @@ from vader_tf.models.layers import (
     ResizeToReference,
     use_fused_batch_norm,
 )
+from vader_tf.ops import grid as grid_lib
 
 # Input height and width must be multiples of this (the C5 stride).
 INPUT_MULTIPLE = 32
+
+DECODER = "decoder"
+EMBEDDING = "embedding"
+REPRESENTATIONS = (DECODER, EMBEDDING)
+# Stride of every named output: the backbone levels, and the stride-4 representations.
+OUTPUT_STRIDES = {
+    **backbone_lib.PYRAMID_STRIDES,
+    DECODER: grid_lib.FEATURE_STRIDE,
+    EMBEDDING: grid_lib.FEATURE_STRIDE,
+}
 
 
 @keras.saving.register_keras_serializable(package="vader_tf")
@@ -37,16 +58,27 @@ class DenseEncoder(keras.Model):
             `vader_tf.models.backbone.check_pyramid`), e.g. from `build_backbone`.
         decoder_channels: width of the FPN decoder.
         head_hidden_dim: width of the hidden layer of the projection head.
-        embedding_dim: channels D of the output embedding.
+        embedding_dim: channels D of the projection head's embedding.
+        output: which representation the model returns, one of `REPRESENTATIONS`:
+            "embedding" (the default, what training methods consume) or "decoder" (the
+            L2-normalised decoder output, which `vader_tf.load_encoder` and the exports
+            serve). Configs without it (runs saved before it existed) get the default;
+            it changes no weight.
 
     Attributes:
         pyramid_outputs: dict of the symbolic outputs "P2".."P5" (backbone levels) and
-            "decoder" (the FPN output before the head), for building fine-tuning models:
+            "decoder" (the FPN output before the head, not normalised), for building
+            fine-tuning models:
             `keras.Model(encoder.input, encoder.pyramid_outputs["decoder"])`.
+        representations: dict of the two symbolic unit-norm stride-4 outputs, "decoder"
+            and "embedding" (see the module docstring), whatever `output` is.
+        grid: `{name: {"stride": s, "cell_centre": [y, x]}}` for every named output
+            ("P2".."P5", "decoder", "embedding"): where cell (0, 0) is centred, in input
+            pixel coordinates (`vader_tf.ops.grid.declare_grid`). Also in `get_config`.
 
     Example:
     ```python
-    encoder = DenseEncoder(build_backbone("resnet18"))
+    encoder = DenseEncoder(build_backbone("resnet18"), output="decoder")
     features = encoder(np.zeros((2, 224, 224, 3), "float32"))  # (2, 56, 56, 128)
     ```
     """
@@ -57,8 +89,11 @@ class DenseEncoder(keras.Model):
         decoder_channels=128,
         head_hidden_dim=128,
         embedding_dim=128,
+        output=EMBEDDING,
         **kwargs,
     ):
+        if output not in REPRESENTATIONS:
+            raise ValueError(f"output must be one of {REPRESENTATIONS}, got {output!r}.")
         backbone_lib.check_pyramid(backbone)
         # === Layers ===
         # Batch norms that stay in bfloat16/float16 under mixed precision (float32 as is).
@@ -83,7 +118,9 @@ class DenseEncoder(keras.Model):
             head_hidden_dim, 1, activation="relu", name="head_hidden"
         )
         self.head_output = keras.layers.Conv2D(embedding_dim, 1, name="head_output")
-        self.l2_normalize = L2Normalize(name="features")
+        # Weightless: renaming or adding these changes no checkpoint or saved weight.
+        self.l2_normalize = L2Normalize(name=EMBEDDING)
+        self.decoder_normalize = L2Normalize(name="decoder_normalized")
 
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
@@ -97,14 +134,20 @@ class DenseEncoder(keras.Model):
         x = self.smooth_conv(x)
         x = self.smooth_bn(x)
         decoder_output = keras.layers.ReLU(name="decoder_output")(x)
-        features = self.l2_normalize(self.head_output(self.head_hidden(decoder_output)))
-        super().__init__(inputs=images, outputs=features, **kwargs)
+        representations = {
+            DECODER: self.decoder_normalize(decoder_output),
+            EMBEDDING: self.l2_normalize(self.head_output(self.head_hidden(decoder_output))),
+        }
+        super().__init__(inputs=images, outputs=representations[output], **kwargs)
 
         # === Config ===
         self.decoder_channels = decoder_channels
         self.head_hidden_dim = head_hidden_dim
         self.embedding_dim = embedding_dim
-        self.pyramid_outputs = {**levels, "decoder": decoder_output}
+        self.output_name = output
+        self.pyramid_outputs = {**levels, DECODER: decoder_output}
+        self.representations = representations
+        self.grid = grid_lib.declare_grid(OUTPUT_STRIDES)
 
     def get_config(self):
         # Only our own arguments: the functional graph is rebuilt by `__init__`. The
@@ -122,13 +165,29 @@ class DenseEncoder(keras.Model):
             "decoder_channels": self.decoder_channels,
             "head_hidden_dim": self.head_hidden_dim,
             "embedding_dim": self.embedding_dim,
+            "output": self.output_name,
+            # Declarative (derived from the architecture): dropped by `from_config`.
+            "grid": self.grid,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.pop("grid", None)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+    def with_output(self, output):
+        """This encoder returning `output` (one of `REPRESENTATIONS`), same weights.
+
+        Returns `self` when it already does, else a new `DenseEncoder` with a copy of the
+        weights (built under the dtype policy in effect, like `from_config`).
+        """
+        if output == self.output_name:
+            return self
+        encoder = type(self).from_config({**self.get_config(), "output": output})
+        encoder.set_weights(self.get_weights())
+        return encoder
 
 
 def build_encoder(
@@ -139,10 +198,12 @@ def build_encoder(
     decoder_channels=128,
     head_hidden_dim=128,
     embedding_dim=128,
+    output=EMBEDDING,
     name="dense_encoder",
 ):
     """Builds a `DenseEncoder` around a backbone given as `build_backbone` takes it:
-    a short name, a preset, or a keras-hub class name with `backbone_config`."""
+    a short name, a preset, or a keras-hub class name with `backbone_config`; `output`
+    as for `DenseEncoder`."""
     return DenseEncoder(
         backbone_lib.build_backbone(
             backbone, preset=backbone_preset, weights=backbone_weights, config=backbone_config
@@ -150,5 +211,6 @@ def build_encoder(
         decoder_channels=decoder_channels,
         head_hidden_dim=head_hidden_dim,
         embedding_dim=embedding_dim,
+        output=output,
         name=name,
     )

@@ -106,3 +106,21 @@ def pool_to_grid(maps, stride=FEATURE_STRIDE, num_cells=None):
     cols = pooling_weights(maps.shape[1], stride, cells_w)
     pooled = np.tensordot(rows, maps, axes=(1, 0))  # [h, W, ...]
     return np.moveaxis(np.tensordot(cols, pooled, axes=(1, 1)), 0, 1)
+
+
+def declare_grid(strides):
+    """Where the cells of named dense outputs lie, as exports and configs declare it.
+
+    Args:
+        strides: `{name: stride}` of dense maps of the same input.
+
+    Returns:
+        `{name: {"stride": s, "cell_centre": [y, x]}}`, with the input coordinates of the
+        centre of cell (0, 0) (`grid_to_image(0, s)` along each axis; cell (i, j) is then
+        at `[y + s * i, x + s * j]`), in the convention of this module: pixel `k` covers
+        `[k, k + 1)`. JSON-serialisable.
+    """
+    return {
+        name: {"stride": int(stride), "cell_centre": [float(grid_to_image(0.0, stride))] * 2}
+        for name, stride in strides.items()
+    }
