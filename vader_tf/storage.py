@@ -7,9 +7,9 @@ What is guaranteed where:
   `publish_directory` write a temporary name next to the target and rename it, so readers
   see either the old content or the complete new one, never a partial file or directory.
 - Object stores such as GCS have no atomic rename: `tf.io.gfile.rename` of a file is a
-  copy and a delete, and a directory cannot be renamed at all. A single object is still
-  never seen half-written (an upload becomes visible only once complete), so
-  `write_atomic` keeps its guarantee per file. A directory is staged locally
+  copy and a delete, and a directory's is one per object (never at once, so it is never
+  used here). A single object is still never seen half-written (an upload becomes
+  visible only once complete), so `write_atomic` keeps its guarantee per file. A directory is staged locally
   (`staging_directory`) and `publish_directory` copies it file by file, `saved_model.pb`
   last: while it runs, or if it is killed, the target may exist without its
   `saved_model.pb`, which `tf.saved_model.contains_saved_model` treats as not (yet) a
