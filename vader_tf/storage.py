@@ -7,13 +7,17 @@ What is guaranteed where:
   `publish_directory` write a temporary name next to the target and rename it, so readers
   see either the old content or the complete new one, never a partial file or directory.
 - Object stores such as GCS have no atomic rename: `tf.io.gfile.rename` of a file is a
-  copy and a delete, and a directory cannot be renamed at all. A single object is still
-  never seen half-written (an upload becomes visible only once complete), so
-  `write_atomic` keeps its guarantee per file. A directory is staged locally
+  copy and a delete, and a directory's is one per object (never at once, so it is never
+  used here). A single object is still never seen half-written (an upload becomes
+  visible only once complete), so `write_atomic` keeps its guarantee per file. A directory is staged locally
   (`staging_directory`) and `publish_directory` copies it file by file, `saved_model.pb`
   last: while it runs, or if it is killed, the target may exist without its
-  `saved_model.pb`, which `tf.saved_model.contains_saved_model` (and TF Serving, which
-  retries) treat as not (yet) a SavedModel.
+  `saved_model.pb`, which `tf.saved_model.contains_saved_model` treats as not (yet) a
+  SavedModel; a killed copy's target stays so (and its local staging folder stays).
+  Not guaranteed there: a directory appearing at once, or any lock between writers.
+  tests/test_object_store.py checks these guarantees, and a run killed inside a
+  copy-and-delete rename resuming bit-identically, on `objstore://`, a test double of
+  an object store (a TensorFlow filesystem plugin, tests/support/objstore_filesystem.c).
 - `ram://` behaves like an object store here: its directory rename drops the
   directory's content, and its listings mix up siblings whose names share a prefix
   (`assets` lists `assets.extra`'s files), so directories are never walked there.
