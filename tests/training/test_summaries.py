@@ -112,3 +112,19 @@ def test_pca_rgb_colours_follow_the_main_component():
     features[..., 5] = 0.01 * np.random.default_rng(0).normal(size=(1, 4, 4))
     red = np.asarray(summaries.pca_rgb(features))[..., 0].ravel().astype(int)
     assert (np.diff(red) >= 0).all() and red[0] == 0 and red[-1] == 255
+
+
+def test_rendered_grid_is_read_back_from_the_event_files(runs):
+    model_dir, _ = runs
+    pictures, histograms = summaries.read_pictures(RunDir(model_dir).event_files())
+    assert sorted(pictures) == [2, 4] and sorted(histograms) == [2, 4]
+    found = read_summaries(model_dir)
+    for tag in summaries.PICTURE_TAGS:
+        np.testing.assert_array_equal(pictures[4][tag], found[(tag, 4)])
+    grid = summaries.picture_grid(pictures[4], scale=2)
+    assert grid.shape == (2 * (2 * 64 + 4), 2 * (3 * 64 + 8), 3)
+    # Top-left: the first photo, enlarged; right of it (after the gap), the PCA colours
+    # of its first feature cell, repeated over a 4 x 4 block (x 2).
+    np.testing.assert_array_equal(grid[:128:2, :128:2], pictures[4]["pictures/photo"][0])
+    np.testing.assert_array_equal(grid[0, 136], pictures[4]["pictures/features_pca"][0, 0, 0])
+    assert (grid[:, 128:136] == 255).all()
