@@ -94,14 +94,12 @@ def _unit(x):
 
 def _key_encoder(model):
     """The key network's `DenseEncoder` (the key model itself for VADeR, inside the key
-    model's heads for MoCo and DenseCL)."""
-    if isinstance(model.key_model, DenseEncoder):
-        return model.key_model
-    return next(
-        layer
-        for layer in model.key_model._flatten_layers()  # pylint: disable=protected-access
-        if isinstance(layer, DenseEncoder)
-    )
+    model's heads for MoCo and DenseCL), or None for a method without one."""
+    key_model = getattr(model, "key_model", None)
+    if key_model is None or isinstance(key_model, DenseEncoder):
+        return key_model
+    layers = key_model._flatten_layers()  # pylint: disable=protected-access
+    return next((layer for layer in layers if isinstance(layer, DenseEncoder)), None)
 
 
 class ImageSummaries:
@@ -165,8 +163,9 @@ def _probe(model, images):
     features = tf.cast(served_features(model, images), tf.float32)
     point = (features.shape[1] // 2, features.shape[2] // 2)
     pictures = {"features_pca": pca_rgb(features), "similarity": similarity_map(features, point)}
-    keys = tf.cast(_key_encoder(model)(images, training=False), tf.float32)
-    if keys.shape == features.shape:
+    key_encoder = _key_encoder(model)
+    if key_encoder is not None:
+        keys = tf.cast(key_encoder(images, training=False), tf.float32)
         pictures["positive"] = tf.reduce_sum(_unit(features) * _unit(keys), axis=-1)
     queue = model._queue_of(0)[0]  # pylint: disable=protected-access
     if queue.shape.rank == 2 and queue.shape[1] == features.shape[-1]:
