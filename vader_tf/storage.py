@@ -152,18 +152,19 @@ def staging_directory(target, name):
     return tempfile.mkdtemp(prefix=f"vader{name}-")
 
 
-def publish_directory(tmp, target):
+def publish_directory(tmp, target, last="saved_model.pb"):
     """Moves the finished directory `tmp` (from `staging_directory`) to `target`, which
     must not exist.
 
-    A rename on the local filesystem; elsewhere a copy with `saved_model.pb` last and a
-    deletion of `tmp` (see the module docstring for what readers may see meanwhile).
+    A rename on the local filesystem; elsewhere a copy with `last` (the file readers
+    look for first) copied last and a deletion of `tmp` (see the module docstring for
+    what readers may see meanwhile).
     """
     if is_local(target):
         tf.io.gfile.rename(tmp, target)
         return
     try:
-        copy_tree(tmp, target, last="saved_model.pb")
+        copy_tree(tmp, target, last=last)
     except Exception:
         if tf.io.gfile.exists(target):  # A failed copy leaves no partial target behind.
             tf.io.gfile.rmtree(target)

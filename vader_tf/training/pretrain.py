@@ -16,7 +16,7 @@ from vader_tf.data import pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.run_dir import RunDir
-from vader_tf.training import distribution, loop, methods, precision
+from vader_tf.training import distribution, loop, methods, precision, summaries
 from vader_tf.training import densecl, moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
 
@@ -71,6 +71,7 @@ RESUMABLE_FIELDS = (
     "num_cpu_devices",
     "deterministic",
     "cache_decoded_mb",
+    "image_summary_every",
 )
 
 
@@ -199,6 +200,12 @@ class PretrainConfig:
     )
     checkpoint_every: int = option(50, "Steps between checkpoints.")
     log_every: int = option(10, "Steps between metric reads (one compiled loop call).")
+    image_summary_every: int | None = option(
+        None,
+        "Steps between TensorBoard pictures of the features (2 photos of --data: photo, "
+        "PCA colours, similarity map; similarity histograms); default: checkpoint_every; "
+        "0 = off.",
+    )
     keep_checkpoints: int = option(3, "Checkpoints kept.")
     seed: int = option(0, "Seed of data order, augmentation, queue init and BN shuffles.")
     deterministic: bool = option(False, "Enable TensorFlow op determinism (slower).")
@@ -228,6 +235,8 @@ class PretrainConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 _invalid(name, getattr(self, name), "at least 1")
+        if self.image_summary_every is not None and self.image_summary_every < 0:
+            _invalid("image_summary_every", self.image_summary_every, "at least 0")
         for name in ("warmup_steps", "cache_decoded_mb"):
             if getattr(self, name) < 0:
                 _invalid(name, getattr(self, name), "at least 0")
@@ -431,6 +440,10 @@ def pretrain(config, strategy=None):
 
     logging.info("Pretraining %s on %s into %s.", config.method, config.data, config.model_dir)
     with source.no_usable_images_reraised():
+        every = config.image_summary_every
+        image_summaries = summaries.ImageSummaries.from_source(
+            source, config.image_size, config.checkpoint_every if every is None else every
+        )
         return loop.train(
             lambda: build_model(config),
             make_dataset,
@@ -443,4 +456,5 @@ def pretrain(config, strategy=None):
             keep_checkpoints=config.keep_checkpoints,
             verbose=config.verbose,
             run_config=dataclasses.asdict(config),
+            image_summaries=image_summaries,
         )
