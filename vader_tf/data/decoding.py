@@ -25,6 +25,7 @@ PNG iCCP chunks whose (harmless) libpng warnings would otherwise flood stderr. E
 orientation is not applied either (as in TensorFlow's decoders).
 """
 
+import dataclasses
 import threading
 
 import tensorflow as tf
@@ -33,6 +34,62 @@ from absl import logging
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # An empty IEND chunk with its CRC.
 _FORMAT_NAMES = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+
+# 8192 x 8192 (67 MP): a decoded uint8 RGB image of 192 MiB (PNG decodes through 16 bits
+# and float32, several times that). Larger files are panoramas, scans or satellite tiles
+# that no pretraining set of photos needs at full size.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeLimits:
+    """Image sizes a source accepts; others are skipped and counted before they are decoded.
+
+    The size is read from the file's header (`encoded_image_size`), so an image over the
+    pixel limit is never decoded; where the header cannot be read the decoded size is
+    checked instead.
+
+    Attributes:
+        min_side: smallest accepted height and width, in pixels.
+        max_pixels: largest accepted height x width.
+    """
+
+    min_side: int = 1
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    @classmethod
+    def for_views(cls, image_size, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+        """The limits of pretraining on `image_size` views: a side of at least
+        `image_size // 4` pixels, the side of the dense feature grid (a smaller image
+        gives a view fewer distinct pixels than feature cells: a 1x1 image would be
+        trained on as a flat colour). Images between that and the view side are used:
+        random-resized crops upsample anyway."""
+        return cls(min_side=max(1, image_size // 4), max_pixels=max_pixels)
+
+    def problem(self, size):
+        """Scalar string (in graph): why an image of `size` (int64 `[height, width]`) is
+        refused, or `""`."""
+        height, width = size[0], size[1]
+        dimensions = tf.strings.join(
+            [tf.strings.as_string(width), " x ", tf.strings.as_string(height), " pixels"]
+        )
+        return tf.case(
+            [
+                (
+                    height * width > self.max_pixels,
+                    lambda: tf.strings.join(
+                        [dimensions, f", above the limit of {self.max_pixels} (max_image_pixels)"]
+                    ),
+                ),
+                (
+                    tf.minimum(height, width) < self.min_side,
+                    lambda: tf.strings.join(
+                        [dimensions, f", a side below the minimum of {self.min_side}"]
+                    ),
+                ),
+            ],
+            default=lambda: tf.constant(""),
+        )
 
 
 class NoUsableImagesError(ValueError):
@@ -78,39 +135,55 @@ class SkipCounter:
                     "were rejected (each is named in a warning above)."
                 )
         if first_time:
-            logging.warning("Skipping unreadable image %s: %s", source_id, reason)
+            logging.warning("Skipping image %s: %s", source_id, reason)
         if self.error is not None:
             raise self.error
 
 
-def checked_decode(read, source_id, skipped):
+def checked_decode(read, source_id, skipped, size_limits=None):
     """Reads, checks and decodes one image, or counts `source_id` as skipped (in graph).
 
     Args:
         read: callable returning the encoded image (scalar `tf.string`); it may fail.
         source_id: scalar `tf.string` naming the image in warnings.
         skipped: the source's `SkipCounter`.
+        size_limits: `SizeLimits` (default: `SizeLimits()`); the size is checked from the
+            header, before the image is decoded.
 
     Returns:
         `{"image": uint8 [H, W, 3], "source_id": string, "ok": bool}`. When `ok` is False
-        the input could not be read, failed the structural check or could not be decoded
-        (and was counted as skipped) and `image` is a 1x1 placeholder: filter it out.
+        the input could not be read, failed the structural check, had a refused size or
+        could not be decoded (and was counted as skipped) and `image` is a 1x1
+        placeholder: filter it out.
     """
+    size_limits = size_limits or SizeLimits()
     placeholder = tf.zeros([1, 1, 3], tf.uint8)
     encoded, readable = _attempt(read, tf.constant(b""))
     problem = tf.where(readable, encoded_image_problem(encoded), "could not be read")
     passed_check = tf.equal(problem, "")
-    image, decoded = tf.cond(
+
+    def size_checked_decode():
+        # A header size of 0 is unknown: the decoded size is checked instead.
+        header_size = encoded_image_size(encoded)
+        known = tf.reduce_all(header_size > 0)
+        refused = tf.logical_and(known, tf.not_equal(size_limits.problem(header_size), ""))
+        image = tf.cond(refused, lambda: placeholder, lambda: decode_rgb(encoded))
+        size = tf.where(known, header_size, tf.shape(image, out_type=tf.int64)[:2])
+        return image, size
+
+    unknown_size = tf.zeros([2], tf.int64)
+    (image, size), decoded = tf.cond(
         passed_check,
-        lambda: _attempt(lambda: decode_rgb(encoded), placeholder),
-        lambda: (placeholder, tf.constant(False)),
+        lambda: _attempt(size_checked_decode, (placeholder, unknown_size)),
+        lambda: ((placeholder, unknown_size), tf.constant(False)),
     )
     problem = tf.where(
         tf.logical_and(passed_check, tf.logical_not(decoded)),
         tf.strings.join([format_name(encoded), " data could not be decoded (corrupt or truncated)"]),
         problem,
     )
-    ok = tf.logical_and(passed_check, decoded)
+    problem = tf.where(decoded, size_limits.problem(size), problem)
+    ok = tf.equal(problem, "")
 
     def record_skip():
         tf.py_function(
@@ -221,6 +294,81 @@ def encoded_image_problem(encoded):
         ],
         default=lambda: tf.constant(""),
     )
+
+
+def _unsigned(encoded, offset, length, big_endian=False):
+    """The unsigned integer of `length` bytes at `offset` (int64; 0 if out of range)."""
+    digits = tf.cast(tf.io.decode_raw(_bytes_at(encoded, offset, length), tf.uint8), tf.int64)
+    weights = [1 << (8 * i) for i in range(length)]
+    weights = tf.constant(weights[::-1] if big_endian else weights, tf.int64)
+    return tf.reduce_sum(digits * weights[: tf.size(digits)])
+
+
+def _signed32(encoded, offset):
+    value = _unsigned(encoded, offset, 4)
+    return tf.where(value >= 1 << 31, value - (1 << 32), value)
+
+
+def encoded_image_size(encoded):
+    """`[height, width]` (int64) of an encoded image, read from its header only.
+
+    JPEG through `tf.io.extract_jpeg_shape` (which fails on a header it cannot parse),
+    PNG from IHDR, GIF from its logical screen, BMP from its info header and WebP from its
+    VP8, VP8L or VP8X chunk; `[0, 0]` where the format or chunk is not recognised.
+    Only the first bytes are read: nothing is decoded.
+    """
+    recognised = _recognised_formats(encoded)
+
+    def jpeg():
+        return tf.io.extract_jpeg_shape(encoded, output_type=tf.int64)[:2]
+
+    def png():
+        return tf.stack([_unsigned(encoded, 20, 4, True), _unsigned(encoded, 16, 4, True)])
+
+    def gif():
+        return tf.stack([_unsigned(encoded, 8, 2), _unsigned(encoded, 6, 2)])
+
+    def bmp():
+        # BITMAPCOREHEADER (12 bytes) has 16-bit sides; later headers 32-bit, and a
+        # negative height for top-down rows.
+        core = tf.equal(_unsigned(encoded, 14, 4), 12)
+        return tf.where(
+            core,
+            tf.stack([_unsigned(encoded, 20, 2), _unsigned(encoded, 18, 2)]),
+            tf.stack([tf.abs(_signed32(encoded, 22)), tf.abs(_signed32(encoded, 18))]),
+        )
+
+    def webp():
+        chunk = _bytes_at(encoded, 12, 4)
+        lossless_bits = _unsigned(encoded, 21, 4)
+        return tf.case(
+            [
+                (
+                    tf.equal(chunk, b"VP8 "),
+                    lambda: tf.stack(
+                        [_unsigned(encoded, 28, 2) % (1 << 14), _unsigned(encoded, 26, 2) % (1 << 14)]
+                    ),
+                ),
+                (
+                    tf.logical_and(tf.equal(chunk, b"VP8L"), tf.equal(_bytes_at(encoded, 20, 1), b"\x2f")),
+                    lambda: tf.stack(
+                        [lossless_bits // (1 << 14) % (1 << 14) + 1, lossless_bits % (1 << 14) + 1]
+                    ),
+                ),
+                (
+                    tf.equal(chunk, b"VP8X"),
+                    lambda: tf.stack([_unsigned(encoded, 27, 3) + 1, _unsigned(encoded, 24, 3) + 1]),
+                ),
+            ],
+            default=lambda: tf.zeros([2], tf.int64),
+        )
+
+    branches = [jpeg, png, gif, bmp, webp, lambda: tf.zeros([2], tf.int64)]
+    matches = tf.where(recognised)[:, 0]
+    index = tf.cond(
+        tf.size(matches) > 0, lambda: tf.cast(matches[0], tf.int32), lambda: tf.constant(5)
+    )
+    return tf.ensure_shape(tf.switch_case(index, branches), [2])
 
 
 def decode_rgb(encoded):
