@@ -11,7 +11,7 @@ features by nearest neighbour and reports PCK at `--thresholds` pixels; see
 
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.eval.correspondence import evaluate_correspondence, load_images
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -33,6 +33,7 @@ define_flags(CorrespondenceProtocol)
 
 def main(argv):
     del argv
+    storage.check_writable_file(FLAGS.output, "output")
     protocol = from_flags(CorrespondenceProtocol)
     extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     images = load_images(FLAGS.image_dir, protocol.image_size, limit=FLAGS.num_images)

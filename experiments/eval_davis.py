@@ -10,7 +10,7 @@ of `vader_tf.eval.protocols.DavisProtocol` is a flag of the same name.
 
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.eval.davis import evaluate_davis
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -34,6 +34,7 @@ define_flags(DavisProtocol)
 
 def main(argv):
     del argv
+    storage.check_writable_file(FLAGS.output, "output")
     protocol = from_flags(DavisProtocol)
     extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     metrics = evaluate_davis(

@@ -12,7 +12,7 @@ is a flag of the same name.
 
 from absl import app, flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
@@ -50,6 +50,7 @@ def load_split(split, image_size):
 
 def main(argv):
     del argv
+    storage.check_writable_file(FLAGS.output, "output")
     protocol = from_flags(DepthProtocol)
     eval_split = FLAGS.eval_split or ("validation" if FLAGS.dataset == "nyu_depth_v2" else "val")
     train_images, train_depths = load_split(FLAGS.split, protocol.image_size)

@@ -11,7 +11,7 @@ mIoU on `--eval_split`; see `vader_tf.eval.linear_probe` for the protocol. Every
 
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -36,6 +36,7 @@ define_flags(CamVidProbeProtocol)
 
 def main(argv):
     del argv
+    storage.check_writable_file(FLAGS.output, "output")
     protocol = from_flags(CamVidProbeProtocol)
     extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     train_images, train_labels = load_segmentation_split(

@@ -13,7 +13,7 @@ import dataclasses
 
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.config_flags import define_flags, from_flags
 from vader_tf.data.segmentation import load_segmentation_split, segmentation_dataset
 from vader_tf.eval.encoders import load_keras_encoder
@@ -36,6 +36,7 @@ define_flags(FinetuneProtocol)
 
 def main(argv):
     del argv
+    storage.check_writable_file(FLAGS.output, "output")
     protocol = from_flags(FinetuneProtocol)
     encoder = load_keras_encoder(FLAGS.encoder, seed=FLAGS.seed)
     model = build_segmentation_model(encoder, protocol)

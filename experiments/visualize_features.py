@@ -13,7 +13,7 @@ import os
 import numpy as np
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.encoders import FEATURES_LAYER, LAYERS, load_feature_extractor
@@ -34,6 +34,7 @@ flags.mark_flags_as_required(["encoder", "image", "output_dir"])
 
 def main(argv):
     del argv
+    storage.check_writable_dir(FLAGS.output_dir, "output_dir")
     image = resize_and_crop_image(load_image(FLAGS.image), FLAGS.image_size)
     extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
     features = extractor(image[None]).numpy()[0]

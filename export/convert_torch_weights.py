@@ -13,7 +13,7 @@ import sys
 
 from absl import flags
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.models import backbone as backbone_lib
 from vader_tf.models import torch_weights
 
@@ -42,6 +42,7 @@ _ALLOW_PICKLE = flags.DEFINE_bool(
 
 def main(argv):
     del argv  # Unused.
+    storage.check_writable_file(_OUTPUT.value, "output")
     try:
         report = torch_weights.convert_checkpoint(
             _CHECKPOINT.value,

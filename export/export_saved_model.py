@@ -14,7 +14,7 @@ may also be on a filesystem `tf.io.gfile` knows, e.g. `gs://bucket/serving/vader
 
 from absl import app, flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.export import saved_model
 
@@ -41,6 +41,7 @@ def main(argv):
         raise app.UsageError("Give exactly one of --model_dir and --encoder.")
     if _CHECKPOINT.value and not _MODEL_DIR.value:
         raise app.UsageError("--checkpoint needs --model_dir.")
+    storage.check_writable_dir(_EXPORT_DIR.value, "export_dir")
     if _ENCODER.value:
         source = {"encoder": _ENCODER.value}
         encoder = load_encoder(_ENCODER.value)

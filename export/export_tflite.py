@@ -9,7 +9,7 @@ max abs error, file size, median latency). See `docs/export.md`.
 
 from absl import flags, logging
 
-from vader_tf import cli
+from vader_tf import cli, storage
 from vader_tf.export import sample_images, tflite
 
 _SAVED_MODEL = flags.DEFINE_string(
@@ -52,6 +52,7 @@ flags.mark_flags_as_required(["saved_model", "output"])
 
 def main(argv):
     del argv
+    storage.check_writable_file(_OUTPUT.value, "output")
     size = _INPUT_SIZE.value
     calibration = None
     if _QUANTIZATION.value == "int8":

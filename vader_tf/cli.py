@@ -2,6 +2,7 @@
 
 - `run(main)`: `absl.app.run` for a script, printing errors in what the user gave
   (flags, paths, data specs) as one line instead of a traceback.
+- `check_outputs(config, ...)`: the output paths among a config's fields are writable.
 - `command(script, **flags)`: a shell command line that runs another script with the
   interpreter that is running now, for hints such as "Next: ...".
 
@@ -65,6 +66,18 @@ def report_user_errors(main, script_path=None):
 def run(main):
     """`absl.app.run(main)`, with errors in the user's input reported as one line."""
     app.run(report_user_errors(main))
+
+
+def check_outputs(config, directories=(), files=()):
+    """Checks that the output paths among `config`'s fields can be written, before any
+    work (see `storage.check_writable_dir`); raises `ValueError` in one line naming the
+    first that cannot."""
+    from vader_tf import storage  # Imported here: TensorFlow loads with it.
+
+    for name in directories:
+        storage.check_writable_dir(getattr(config, name), name)
+    for name in files:
+        storage.check_writable_file(getattr(config, name), name)
 
 
 def command(script, **flags):

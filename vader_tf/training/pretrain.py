@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.config_flags import option
 from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
@@ -408,6 +409,7 @@ def pretrain(config, strategy=None):
             settings, `sources.NoUsableImagesError` when no image of the data decodes).
     """
     config.validate()
+    storage.check_writable_dir(config.model_dir, "model_dir")
     config.check_resumable()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
