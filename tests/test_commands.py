@@ -30,7 +30,8 @@ def test_setup_cfg_installs_every_command_and_each_has_run_and_main():
     for module in cli.COMMANDS.values():
         path = os.path.join(REPO, *module.split(".")) + ".py"
         with open(path) as f:
-            functions = {node.name for node in ast.parse(f.read()).body if isinstance(node, ast.FunctionDef)}
+            body = ast.parse(f.read()).body
+        functions = {node.name for node in body if isinstance(node, ast.FunctionDef)}
         assert {"main", "run"} <= functions, module
 
 
@@ -38,7 +39,8 @@ def test_the_script_paths_run_the_same_commands():
     """`python experiments/pretrain.py` and the others are shims of the command modules."""
     for module in cli.COMMANDS.values():
         name = module.rpartition(".")[2]
-        folder = "export" if name in ("export_saved_model", "export_tflite", "convert_torch_weights") else "experiments"
+        exporters = ("export_saved_model", "export_tflite", "convert_torch_weights")
+        folder = "export" if name in exporters else "experiments"
         with open(os.path.join(REPO, folder, f"{name}.py")) as f:
             assert f"from {module} import main, run" in f.read(), name
 
@@ -63,7 +65,9 @@ def test_pretrain_command_runs_from_any_directory(tmp_path):
 
 
 def test_pretrain_help_lists_its_own_flags_in_groups(tmp_path):
-    result = _run_entry_point("vader_tf.scripts.pretrain", "vader-pretrain", "--help", cwd=tmp_path)
+    result = _run_entry_point(
+        "vader_tf.scripts.pretrain", "vader-pretrain", "--help", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     assert text.startswith("usage: vader-pretrain [--flag=value ...]\n")
@@ -71,11 +75,14 @@ def test_pretrain_help_lists_its_own_flags_in_groups(tmp_path):
     assert titles == ["data", "model", "method", "optimiser", "run"]
     sections = dict(zip(titles, re.split(r"^\w+:$", text, flags=re.MULTILINE)[1:]))
     listed = {
-        title: re.findall(r"^  --(\w+):", body, flags=re.MULTILINE) for title, body in sections.items()
+        title: re.findall(r"^  --(\w+):", body, flags=re.MULTILINE)
+        for title, body in sections.items()
     }
     every = [name for names in listed.values() for name in names]
-    assert sorted(every) == sorted([field.name for field in dataclasses.fields(PretrainConfig)] + ["dry_run"])
-    assert "model_dir" in listed["run"] and "data" in listed["data"] and "backbone" in listed["model"]
+    fields = [field.name for field in dataclasses.fields(PretrainConfig)]
+    assert sorted(every) == sorted(fields + ["dry_run"])  # Each once, none under "other".
+    assert "model_dir" in listed["run"] and "backbone" in listed["model"]
+    assert "data" in listed["data"] and "max_image_pixels" in listed["data"]
     for internal in ("--test_tmpdir", "--alsologtostderr", "--tpu", "--only_check_args"):
         assert internal not in text
     assert len(text.splitlines()) < 150
@@ -95,9 +102,8 @@ def test_a_missing_data_root_is_named_from_any_directory(tmp_path):
 
 def test_hints_name_the_command_and_a_model_of_the_run_s_own(monkeypatch):
     monkeypatch.setenv("PATH", "")  # Not installed: the module through this interpreter.
-    words = shlex.split(
-        cli.command("vader-export", model_dir="runs/my run", export_dir=cli.export_dir_for("runs/my run"))
-    )
+    export_dir = cli.export_dir_for("runs/my run")
+    words = shlex.split(cli.command("vader-export", model_dir="runs/my run", export_dir=export_dir))
     assert words == [
         sys.executable, "-m", "vader_tf.scripts.export_saved_model", "--model_dir=runs/my run",
         "--export_dir=exports/my run",

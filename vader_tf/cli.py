@@ -112,7 +112,10 @@ def help_text(doc, flag_groups=None, flag_values=flags.FLAGS, program=None):
     (`{title: [flag names]}`; flags in no group come last, under "other")."""
     program = program or os.path.basename(sys.argv[0])
     own = _own_flags(flag_values)
-    groups = {title: [name for name in names if name in own] for title, names in (flag_groups or {}).items()}
+    groups = {
+        title: [name for name in names if name in own]
+        for title, names in (flag_groups or {}).items()
+    }
     grouped = {name for names in groups.values() for name in names}
     rest = sorted(set(own) - grouped)
     if rest:
@@ -126,10 +129,8 @@ def help_text(doc, flag_groups=None, flag_values=flags.FLAGS, program=None):
                 _describe(own[name]), width=88, initial_indent="  ", subsequent_indent="      "
             )
         lines.append("")
-    lines.append(
-        "--flagfile=FILE reads flags from a file (one --flag=value a line); --helpfull "
-        "lists absl's own flags too."
-    )
+    lines.append("--flagfile=FILE reads flags from a file (one --flag=value a line);")
+    lines.append("--helpfull lists absl's own flags too.")
     return "\n".join(lines)
 
 

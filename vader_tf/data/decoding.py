@@ -340,25 +340,28 @@ def encoded_image_size(encoded):
 
     def webp():
         chunk = _bytes_at(encoded, 12, 4)
-        lossless_bits = _unsigned(encoded, 21, 4)
+        fourteen_bits = 1 << 14
+        lossless_bits = _unsigned(encoded, 21, 4)  # After VP8L's signature byte 0x2f.
+        is_lossless = tf.logical_and(
+            tf.equal(chunk, b"VP8L"), tf.equal(_bytes_at(encoded, 20, 1), b"\x2f")
+        )
+
+        def lossy():
+            sides = [_unsigned(encoded, 28, 2), _unsigned(encoded, 26, 2)]
+            return tf.stack([side % fourteen_bits for side in sides])
+
+        def lossless():
+            height = lossless_bits // fourteen_bits % fourteen_bits + 1
+            return tf.stack([height, lossless_bits % fourteen_bits + 1])
+
+        def extended():
+            return tf.stack([_unsigned(encoded, 27, 3) + 1, _unsigned(encoded, 24, 3) + 1])
+
         return tf.case(
             [
-                (
-                    tf.equal(chunk, b"VP8 "),
-                    lambda: tf.stack(
-                        [_unsigned(encoded, 28, 2) % (1 << 14), _unsigned(encoded, 26, 2) % (1 << 14)]
-                    ),
-                ),
-                (
-                    tf.logical_and(tf.equal(chunk, b"VP8L"), tf.equal(_bytes_at(encoded, 20, 1), b"\x2f")),
-                    lambda: tf.stack(
-                        [lossless_bits // (1 << 14) % (1 << 14) + 1, lossless_bits % (1 << 14) + 1]
-                    ),
-                ),
-                (
-                    tf.equal(chunk, b"VP8X"),
-                    lambda: tf.stack([_unsigned(encoded, 27, 3) + 1, _unsigned(encoded, 24, 3) + 1]),
-                ),
+                (tf.equal(chunk, b"VP8 "), lossy),
+                (is_lossless, lossless),
+                (tf.equal(chunk, b"VP8X"), extended),
             ],
             default=lambda: tf.zeros([2], tf.int64),
         )
