@@ -170,3 +170,60 @@ def publish_directory(tmp, target, last="saved_model.pb"):
             tf.io.gfile.rmtree(target)
         raise
     tf.io.gfile.rmtree(tmp)
+
+
+def _probe_reason(error):
+    """The first line of an I/O error's message, for a one-line report."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    # TensorFlow's messages start with the path ("<probe>; Permission denied").
+    return message.strip().splitlines()[0].rpartition("; ")[2]
+
+
+def check_writable_dir(path, flag_name):
+    """Checks, before any work, that directory `path` can be created or written into.
+
+    A probe file is created and removed (on any `tf.io.gfile` filesystem: local,
+    `gs://`, `ram://`...): in `path` if it exists, else in its nearest existing ancestor
+    on the local filesystem (nothing is created: `path` itself is made later by its
+    writer), or at `path` itself on object stores, where directories are only prefixes.
+
+    Args:
+        path: the output directory a flag names.
+        flag_name: the flag's name, for the message (e.g. "model_dir").
+
+    Raises:
+        ValueError: one line naming `--flag_name=path` and the reason (a regular file in
+            the way, permission denied, read-only or virtual filesystem...).
+    """
+
+    def refuse(reason):
+        raise ValueError(f"--{flag_name}={path} cannot be written: {reason}.")
+
+    if not path:
+        refuse("the path is empty")
+    probe_dir = path
+    if is_local(path):
+        probe_dir = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+        while not tf.io.gfile.exists(probe_dir):
+            probe_dir = os.path.dirname(probe_dir)
+    if tf.io.gfile.exists(probe_dir) and not tf.io.gfile.isdir(probe_dir):
+        refuse(f"{probe_dir} is a file, not a directory")
+    probe = os.path.join(probe_dir, f".write-probe-{os.uname().nodename}-{os.getpid()}")
+    try:
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as error:
+        refuse(f"no file can be created in {probe_dir} ({_probe_reason(error)})")
+
+
+def check_writable_file(path, flag_name):
+    """`check_writable_dir` for an output file `path`: its folder must be writable and
+    `path` must not be a directory. Raises `ValueError` in one line."""
+    if path and tf.io.gfile.isdir(path):
+        raise ValueError(f"--{flag_name}={path} cannot be written: it is a directory.")
+    folder = os.path.dirname(path) if path else path
+    try:
+        check_writable_dir(folder or ".", flag_name)
+    except ValueError as error:
+        raise ValueError(str(error).replace(f"={folder or '.'} ", f"={path} ", 1)) from None

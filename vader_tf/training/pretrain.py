@@ -11,8 +11,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.config_flags import option
-from vader_tf.data import pipeline, sources, views
+from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.run_dir import RunDir
@@ -33,6 +34,7 @@ _POSITIVE_INTS = (
     "bn_groups",
     "train_steps",
     "reference_batch_size",
+    "max_image_pixels",
     "num_cpu_devices",
     "checkpoint_every",
     "log_every",
@@ -140,6 +142,11 @@ class PretrainConfig:
         0.1,
         "Smallest accepted crop overlap (VADeR only; MoCo and DenseCL draw independent "
         "crops as MoCo v2).",
+    )
+    max_image_pixels: int = option(
+        decoding.DEFAULT_MAX_IMAGE_PIXELS,
+        "Skip (and count) images of more pixels than this (default 8192 x 8192), from their "
+        "header, before decoding; images with a side below image_size/4 are skipped too.",
     )
     # The stream is bitwise the same with and without the cache.
     cache_decoded_mb: int = option(
@@ -411,6 +418,7 @@ def pretrain(config, strategy=None):
             settings, `sources.NoUsableImagesError` when no image of the data decodes).
     """
     config.validate()
+    storage.check_writable_dir(config.model_dir, "model_dir")
     config.check_resumable()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -425,7 +433,9 @@ def pretrain(config, strategy=None):
             f"The per-replica batch ({config.batch_size // replicas}) must be divisible by "
             f"bn_groups={config.bn_groups}."
         )
-    source = sources.parse_data_spec(config.data)
+    source = sources.parse_data_spec(
+        config.data, decoding.SizeLimits.for_views(config.image_size, config.max_image_pixels)
+    )
     source.cache_decoded(config.cache_decoded_mb * 2**20)
 
     def make_dataset(context, start_index):
