@@ -220,13 +220,30 @@ def test_bare_step_dataset_is_the_first_batch_repeated():
         fixed("config", drop_remainder=False)
 
 
-def test_peer_densecl_steps_and_flop_counters():
-    """The peer's steps at a tiny size, in this process (tracing a step of ours would take
-    a minute: `run_all.py --quick --only peer_densecl` covers those)."""
+def _peer_or_skip():
     for module in ("lightly", "torchvision"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed (pip install -e '.[peer]')")
     from benchmarks import peer_densecl
+
+    return peer_densecl
+
+
+def test_peer_flop_counters_against_the_formula():
+    """torch's FlopCounterMode and our graph counter, as the peer benchmark runs them on
+    the same ResNet-18 (torchvision's and keras-hub's), each equal the formula."""
+    peer_densecl = _peer_or_skip()
+    check = peer_densecl.flop_counter_check("resnet18", 32)
+    assert check["torch_flop_counter"] == resnet18_trunk_flops(32)
+    assert check["graph_flops"] == resnet18_trunk_flops(32)
+
+
+@pytest.mark.slow
+def test_peer_densecl_steps_and_flop_counters():
+    """The peer's steps at a tiny size, in this process (tracing a step of ours would take
+    a minute: `run_all.py --quick --only peer_densecl` covers those). Slow (290 s with
+    the machine at load 15), so CI runs only the counters' check above."""
+    peer_densecl = _peer_or_skip()
 
     result = peer_densecl.measure(
         dict(backbone="resnet18", image_size=32, batch_size=2),
@@ -262,11 +279,12 @@ def test_peer_densecl_steps_and_flop_counters():
         assert "vader_one_direction" in result["skipped"]
 
 
-def test_torchvision_loads_beside_torch():
-    """The pinned torch / torchvision pair imports together with torchvision's compiled
-    ops (a mismatched pair fails with 'operator torchvision::nms does not exist')."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
+def test_torchvision_loads_beside_torch_and_tensorflow():
+    """The pinned torch / torchvision pair imports, as the peer benchmark imports it, into
+    this process that runs TensorFlow, with torchvision's compiled ops (a mismatched pair
+    fails with 'operator torchvision::nms does not exist'; the peer's fallback for it
+    declares nms without a kernel, so the call below fails too)."""
+    torch, torchvision, _ = _peer_or_skip().import_peer()
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]])
     scores = torch.tensor([0.9, 0.8, 0.7])
     # The first two boxes overlap with IoU 81/119 > 0.5: the weaker one is suppressed.
