@@ -63,6 +63,7 @@ def train(
     verbose=1,
     run_config=None,
     image_summaries=None,
+    jit_compile=False,
 ):
     """Trains a `MomentumContrast` model, resuming from `model_dir` if it holds a run.
 
@@ -85,6 +86,8 @@ def train(
             fails before that leaves the directory as it was.
         image_summaries: optional `summaries.ImageSummaries`, written by the chief when
             due (pictures of the features in TensorBoard).
+        jit_compile: compile each replica's `train_step` with XLA. The step, not the
+            loop: XLA cannot compile the loop's `next(iterator)`.
 
     Returns:
         `(model, history)` where history is a list of dicts of metrics per logging step.
@@ -119,10 +122,14 @@ def train(
     )
     iterator = iter(dataset)
 
+    train_step = model.train_step
+    if jit_compile:
+        train_step = tf.function(train_step, jit_compile=True)
+
     @tf.function
     def run_steps(iterator, num_steps):
         for _ in tf.range(num_steps):
-            strategy.run(model.train_step, args=(next(iterator),))
+            strategy.run(train_step, args=(next(iterator),))
 
     writer = _summary_writer(worker_run.tensorboard_dir, chief)
     progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])

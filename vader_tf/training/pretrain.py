@@ -74,6 +74,7 @@ RESUMABLE_FIELDS = (
     "deterministic",
     "cache_decoded_mb",
     "image_summary_every",
+    "jit_compile",
 )
 
 
@@ -216,6 +217,14 @@ class PretrainConfig:
     keep_checkpoints: int = option(3, "Checkpoints kept.")
     seed: int = option(0, "Seed of data order, augmentation, queue init and BN shuffles.")
     deterministic: bool = option(False, "Enable TensorFlow op determinism (slower).")
+    # Off by default: on this project's CPUs the XLA step is 1.31x slower than the default
+    # graph, whose convolutions run on oneDNN (benchmarks/results/xla.json). Same model and
+    # state (only round-off and the BN shuffles drawn differ), so a resumed run may change it.
+    jit_compile: bool = option(
+        False,
+        "Compile the train step with XLA (tf.function(jit_compile=True)), one replica only: "
+        "may pay on a GPU; measure first with `python -m benchmarks.xla`.",
+    )
     verbose: int = option(1, "1 shows a progress bar.")
 
     def validate(self):
@@ -428,6 +437,14 @@ def pretrain(config, strategy=None):
         raise ValueError(
             f"batch_size={config.batch_size} must be divisible by the {replicas} replicas."
         )
+    if config.jit_compile and replicas > 1:
+        # Keras 3's optimizer updates every replica's copy of a variable from one device,
+        # which a per-replica XLA cluster cannot reach ('variable on a different device').
+        raise ValueError(
+            f"--jit_compile compiles a single-replica step; this strategy has {replicas} "
+            "replicas (Keras' optimizer updates each replica's variables from one device, "
+            "which XLA refuses). Drop --jit_compile or train on one device."
+        )
     if (config.batch_size // replicas) % config.bn_groups:
         raise ValueError(
             f"The per-replica batch ({config.batch_size // replicas}) must be divisible by "
@@ -467,4 +484,5 @@ def pretrain(config, strategy=None):
             verbose=config.verbose,
             run_config=dataclasses.asdict(config),
             image_summaries=image_summaries,
+            jit_compile=config.jit_compile,
         )
