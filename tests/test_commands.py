@@ -39,7 +39,9 @@ def test_the_script_paths_run_the_same_commands():
     """`python experiments/pretrain.py` and the others are shims of the command modules."""
     for module in cli.COMMANDS.values():
         name = module.rpartition(".")[2]
-        exporters = ("export_saved_model", "export_tflite", "convert_torch_weights")
+        exporters = (
+            "export_saved_model", "export_tflite", "export_keras_hub_preset", "convert_torch_weights"
+        )
         folder = "export" if name in exporters else "experiments"
         with open(os.path.join(REPO, folder, f"{name}.py")) as f:
             assert f"from {module} import main, run" in f.read(), name
