@@ -13,7 +13,8 @@ and plugs into keras-hub's tasks (e.g. `DeepLabV3ImageSegmenter`, whose
   mean and std for pixels in [0, 255]), when keras-hub has a converter for the family:
   the backbone itself takes standardised images, as keras-hub backbones do;
 - `vader_decoder_head.keras`: the encoder's FPN decoder and projection head as a Keras
-  model mapping the dict of levels "P2".."P5" to `{"decoder", "features"}` (loading it
+  model mapping the dict of levels "P2".."P5" to `{"decoder", "features", "embedding"}`
+  (the FPN output, the served features and the head's training embedding; loading it
   needs `import vader_tf`: its resizing and normalisation layers are ours);
 - `metadata.json` gets a `"vader_tf"` entry naming the run, checkpoint, step, method,
   our package version and the verification result.
@@ -43,8 +44,10 @@ import vader_tf
 from vader_tf import storage
 from vader_tf.export import sample_images as sample_images_lib
 from vader_tf.models import backbone as backbone_lib
+from vader_tf.models.encoder import DECODER, EMBEDDING
 from vader_tf.models.layers import IMAGENET_MEAN, IMAGENET_STD
 from vader_tf.run_dir import RunDir, load_encoder
+from vader_tf.serving_contract import SERVED_REPRESENTATION
 
 CONFIG_FILE = "config.json"  # keras-hub's backbone config; published last.
 METADATA_FILE = "metadata.json"  # keras-hub's metadata; ours is its "vader_tf" entry.
@@ -123,7 +126,10 @@ def _subclasses(cls):
 
 
 def decoder_head_model(encoder):
-    """The encoder's decoder and head: `{"P2".."P5"}` -> `{"decoder", "features"}`."""
+    """The encoder's decoder and head: `{"P2".."P5"}` -> `{"decoder", "features",
+    "embedding"}`: the FPN output, the served features (`SERVED_REPRESENTATION`, the
+    normalised decoder output, as `load_encoder` and the SavedModel serve them) and the
+    projection head's training embedding."""
     levels = {
         level: keras.Input(
             shape=(None, None, encoder.pyramid_outputs[level].shape[-1]), name=level
@@ -135,9 +141,18 @@ def decoder_head_model(encoder):
         lateral = encoder.laterals[level](levels[level])
         x = encoder.get_layer(f"decoder_merge_{level}")([lateral, encoder.upsample[level](x, lateral)])
     decoder = encoder.get_layer("decoder_output")(encoder.smooth_bn(encoder.smooth_conv(x)))
-    features = encoder.l2_normalize(encoder.head_output(encoder.head_hidden(decoder)))
+    representations = {
+        DECODER: encoder.decoder_normalize(decoder),
+        EMBEDDING: encoder.l2_normalize(encoder.head_output(encoder.head_hidden(decoder))),
+    }
     return keras.Model(
-        levels, {"decoder": decoder, "features": features}, name="vader_decoder_head"
+        levels,
+        {
+            "decoder": decoder,
+            "features": representations[SERVED_REPRESENTATION],
+            EMBEDDING: representations[EMBEDDING],
+        },
+        name="vader_decoder_head",
     )
 
 
