@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tests.training.helpers import build_small_model, synthetic_batch, two_replicas
 from vader_tf.training.momentum_contrast import views_forward
+from vader_tf.training.pretrain import dtype_policy
 
 GLOBAL_BATCH = 8
 
@@ -197,3 +198,35 @@ def test_one_call_per_network_equals_per_group_calls(method, symmetric_loss, rep
         if "moving" in v.path
     ]
     assert any(moved)
+
+
+def _casts_per_kernel(graph, kernels):
+    """How many Cast ops read each of `kernels` (variables) in the traced `graph`."""
+    handles = {id(v.handle): v.path for v in kernels}
+    placeholder_to_path = {
+        internal.name: handles[id(external)]
+        for external, internal in graph.captures
+        if id(external) in handles
+    }
+    counts = dict.fromkeys(placeholder_to_path.values(), 0)
+    for op in graph.get_operations():
+        if op.type != "ReadVariableOp" or op.inputs[0].name not in placeholder_to_path:
+            continue
+        path = placeholder_to_path[op.inputs[0].name]
+        counts[path] += sum(c.type == "Cast" for c in op.outputs[0].consumers())
+    return counts
+
+
+def test_mixed_precision_casts_each_backbone_kernel_once_per_step():
+    # Symmetric step, 2 BN groups with the shuffle: the per-group calls cast every kernel
+    # 4 times per network; one call per network casts it once.
+    with dtype_policy("mixed_bfloat16"):
+        model = build_small_model("vader", bn_groups=2, shuffle_bn=True, tiny=True)
+    batch = {k: tf.constant(v) for k, v in synthetic_batch(4).items()}
+    specs = {k: tf.TensorSpec(v.shape, v.dtype) for k, v in batch.items()}
+    graph = tf.function(model.train_step).get_concrete_function(specs).graph
+    for backbone in (model.encoder.backbone, model.key_model.backbone):
+        kernels = [w for w in backbone.weights if w.path.endswith("/kernel")]
+        counts = _casts_per_kernel(graph, kernels)
+        assert len(counts) == len(kernels) > 5
+        assert set(counts.values()) == {1}, counts
