@@ -32,6 +32,7 @@ BENCHMARKS = (
     "precision",
     "peer_densecl",
     "label_propagation",
+    "shuffle_bn_traffic",
 )
 # Benchmarks that need an optional extra: skipped, with a note, when it is not installed.
 NEEDS = {"peer_densecl": ("lightly", "pip install -e '.[peer]'")}
@@ -83,6 +84,13 @@ def headline(name, results):
         return [
             f"one-direction speed-up vader {results['vader_one_direction_speedup']}, "
             f"moco {results['moco_one_direction_speedup']}"
+        ]
+    if name == "shuffle_bn_traffic":
+        return [
+            f"{method}: MB gathered per step and replica, before {r['before_mb']['total']} "
+            f"-> after {r['after_mb']['total']} (keys {r['keys_before_over_after']}x fewer)"
+            for method, r in results.items()
+            if isinstance(r, dict) and "before_mb" in r
         ]
     cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
     if name == "precision":
