@@ -90,7 +90,8 @@ def views_forward(model, views, num_groups, training=True):
     outputs = grouped_forward(model, images, num_groups * len(present), training)
     flat = [tf.split(x, len(present)) for x in tf.nest.flatten(outputs)]
     per_view = iter(
-        [tf.nest.pack_sequence_as(outputs, [parts[i] for parts in flat]) for i in range(len(present))]
+        tf.nest.pack_sequence_as(outputs, [parts[i] for parts in flat])
+        for i in range(len(present))
     )
     return [None if view is None else next(per_view) for view in views]
 
@@ -492,9 +493,10 @@ class MomentumContrast(keras.Model):
         with tf.GradientTape() as tape:
             query_views = {q for q, _ in self.directions}
             # One call on the query views, each view in its own `bn_groups` BN groups.
+            views = (data["view1"], data["view2"])
             query_outputs = views_forward(
                 self.query_model,
-                [v if i in query_views else None for i, v in enumerate((data["view1"], data["view2"]))],
+                [v if i in query_views else None for i, v in enumerate(views)],
                 self.bn_groups,
             )
             terms = tuple(self.contrastive_rows(data, query_outputs, key_outputs))
