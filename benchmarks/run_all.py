@@ -33,6 +33,7 @@ BENCHMARKS = (
     "peer_densecl",
     "label_propagation",
     "image_summaries",
+    "shuffle_bn_traffic",
 )
 # Benchmarks that need an optional extra: skipped, with a note, when it is not installed.
 NEEDS = {"peer_densecl": ("lightly", "pip install -e '.[peer]'")}
@@ -89,6 +90,13 @@ def headline(name, results):
         return [
             f"pictures' share of wall time at the default cadence "
             f"{results['share_of_wall_time_at_default_cadence']} (budget {results['budget']})"
+        ]
+    if name == "shuffle_bn_traffic":
+        return [
+            f"{method}: MB gathered per step and replica, before {r['before_mb']['total']} "
+            f"-> after {r['after_mb']['total']} (keys {r['keys_before_over_after']}x fewer)"
+            for method, r in results.items()
+            if isinstance(r, dict) and "before_mb" in r
         ]
     cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
     if name == "precision":

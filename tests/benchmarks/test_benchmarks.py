@@ -296,3 +296,26 @@ def test_label_propagation_tiles_match_the_full_search(quick_results):
     results = quick_results["label_propagation"]["results"]["quick_12x20"]
     assert set(results["seconds_per_frame"]) == {"full_search", "tiles_8", "tiles_16"}
     assert all(value <= 1e-6 for value in results["max_abs_difference"].values())
+
+
+@pytest.mark.parametrize("gathered_whole", [False, True], ids=["after", "before"])
+def test_shuffle_bn_traffic_prediction_matches_a_two_replica_step(gathered_whole):
+    """`traffic.all_gather_bytes` against the all-gathers a 2-replica step really makes
+    (as the benchmark checks it), and VADeR's key bytes against the formula by hand."""
+    from benchmarks.shuffle_bn_traffic import _gathered_whole, traced_all_gather_bytes
+    from tests.training.helpers import build_small_model, synthetic_batch, two_replicas
+    from vader_tf.training import traffic
+
+    strategy = two_replicas()
+    with strategy.scope():
+        model = build_small_model("vader", queue_size=64, bn_groups=1, shuffle_bn=True, tiny=True)
+    predicted = traffic.all_gather_bytes(model, 4, 64, 8, 2, gathered_whole)
+    # Keys of both views of the global batch of 8: whole 16x16x8 maps, or 8 points.
+    per_image = 16 * 16 * 8 if gathered_whole else 8 * 8
+    assert predicted["shuffle_bn"]["keys"] == 2 * 8 * per_image * 4
+    assert predicted["shuffle_bn"]["images"] == 2 * 8 * 64 * 64 * 3 * 4
+    if gathered_whole:
+        _gathered_whole(model)
+    traced, gathers = traced_all_gather_bytes(strategy, model, synthetic_batch(8, num_points=8))
+    assert traced == predicted["total"]
+    assert gathers == (6 if gathered_whole else 8)

@@ -49,6 +49,20 @@ def test_paper_scale_config_matches_the_paper_setup():
     assert (config["queue_size"], config["temperature"], config["ema_momentum"]) == (65536, 0.2, 0.999)
 
 
+def test_paper_scale_dry_run_prints_the_bytes_gathered_per_step():
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--dry_run",
+         f"--flagfile={os.path.join(REPO, 'experiments', 'configs', 'imagenet_resnet50_8gpu.cfg')}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("Expected all-gather"))
+    # At 8 replicas of 32 images: both views' float32 images (2 x 256 x 224^2 x 3 x 4 B =
+    # 308.3 MB), their points and 64 sampled 128-d float32 keys per image (16.8 MB), and
+    # the enqueue: 16 keys of 128 + 16 mask floats per image (2.1 MB).
+    assert "327.4 MB at 8 replica(s) (shuffle BN 325.3 MB, enqueue 2.1 MB)" in line, line
+
+
 def test_bad_flag_values_are_clear_errors():
     result = subprocess.run(
         [sys.executable, SCRIPT, "--dry_run", "--image_size=100"],

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from vader_tf.models import build_backbone, build_encoder
 from vader_tf.models.layers import BatchNormalization as FusedBatchNormalization
+from vader_tf.models.layers import batch_norm_groups, current_batch_norm_groups
 from vader_tf.training.pretrain import dtype_policy
 
 
@@ -139,3 +140,51 @@ def test_weights_files_load_across_keras_and_our_batch_norm(tmp_path):
     other.backbone.load_weights(theirs)
     for a, b in zip(other.backbone.weights, plain.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("policy", ["none", "mixed_bfloat16"])
+def test_grouped_call_equals_one_call_per_group(policy):
+    """Ghost batch norm: one call in 3 groups gives the outputs, input and parameter
+    gradients and moving statistics of 3 calls on the groups, in order (the moving
+    averages updated group after group), for Keras' float32 path and the fused one."""
+    dtype = tf.bfloat16 if policy == "mixed_bfloat16" else tf.float32
+    x = np.random.default_rng(3).normal(3.0, 4.0, (6, 5, 7, 6)).astype("float32")
+    cotangent = np.random.default_rng(4).normal(size=x.shape).astype("float32")
+    results = {}
+    for name in ("grouped", "separate"):
+        layer = _layer(FusedBatchNormalization, policy)
+        inputs = tf.cast(tf.constant(x), dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            if name == "grouped":
+                with batch_norm_groups(3):
+                    outputs = layer(inputs, training=True)
+            else:
+                outputs = tf.concat([layer(c, training=True) for c in tf.split(inputs, 3)], 0)
+            loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * cotangent)
+        gradients = tape.gradient(loss, [inputs, layer.gamma, layer.beta])
+        results[name] = [
+            tf.cast(t, tf.float32).numpy()
+            for t in [outputs, *gradients, layer.moving_mean, layer.moving_variance]
+        ]
+    for grouped, separate in zip(results["grouped"], results["separate"]):
+        np.testing.assert_allclose(grouped, separate, rtol=1e-6, atol=1e-6)
+    # Not the statistics of the whole batch.
+    whole = _layer(FusedBatchNormalization, policy)
+    whole_outputs = tf.cast(whole(tf.cast(tf.constant(x), dtype), training=True), tf.float32)
+    assert not np.allclose(whole_outputs.numpy(), results["grouped"][0], atol=1e-2)
+
+
+def test_groups_apply_to_training_calls_inside_the_context_only():
+    layer = _layer(FusedBatchNormalization, "none")
+    x = tf.constant(_inputs())
+    plain_training = layer(x, training=True).numpy()
+    inference = layer(x, training=False).numpy()
+    with batch_norm_groups(2):
+        assert current_batch_norm_groups() == 2
+        np.testing.assert_array_equal(layer(x, training=False).numpy(), inference)
+        assert not np.allclose(layer(x, training=True).numpy(), plain_training, atol=1e-3)
+    assert current_batch_norm_groups() == 1
+    with pytest.raises(ValueError, match="num_groups"):
+        with batch_norm_groups(0):
+            pass

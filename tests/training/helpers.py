@@ -78,6 +78,20 @@ def two_replicas():
     )
 
 
+# A ResNet of one basic block per stage and few channels (keras-hub requires 64 in the
+# stem and first stage) (same layout as ResNet-18,
+# torchvision padding): for tests that trace many steps and need no capacity.
+TINY_RESNET = dict(
+    input_conv_filters=[64],
+    input_conv_kernel_sizes=[7],
+    stackwise_num_filters=[64, 8, 16, 16],
+    stackwise_num_blocks=[1, 1, 1, 1],
+    stackwise_num_strides=[1, 2, 2, 2],
+    block_type="basic_block",
+    use_pre_activation=False,
+)
+
+
 def build_small_model(
     method="vader",
     queue_size=64,
@@ -86,10 +100,18 @@ def build_small_model(
     seed=0,
     momentum=0.9,
     weight_decay=1e-3,
+    tiny=False,
     **kwargs,
 ):
+    """A method on a ResNet-18 encoder (or, `tiny=True`, on `TINY_RESNET`)."""
     keras.utils.set_random_seed(seed)
-    encoder = build_encoder("resnet18", decoder_channels=16, head_hidden_dim=16, embedding_dim=8)
+    backbone = dict(backbone="ResNetBackbone", backbone_config=TINY_RESNET) if tiny else {}
+    encoder = build_encoder(
+        **{"backbone": "resnet18", **backbone},
+        decoder_channels=16,
+        head_hidden_dim=16,
+        embedding_dim=8,
+    )
     cls = {"vader": VADeR, "moco": MoCo, "densecl": DenseCL}[method]
     extra = {"queue_points_per_image": 4} if method == "vader" else {"embedding_dim": 8}
     model = cls(

@@ -16,14 +16,21 @@ def _train(strategy, method, bn_groups, batches, shuffle_bn=False, symmetric_los
             bn_groups=bn_groups,
             shuffle_bn=shuffle_bn,
             symmetric_loss=symmetric_loss,
+            # The tiny ResNet: with ResNet-18's 2-image BN groups at 64 px, the float32
+            # rounding of a convolution on 4 images instead of 2 (1 vs 2 replicas) grows
+            # to ~1e-3 through the ill-conditioned group statistics in two SGD steps.
+            tiny=True,
         )
     metrics = run_steps(model, strategy, batches)
     return model, metrics
 
 
-# Two replicas sum gradients in another order than one: allow float-rounding drift after
-# two SGD steps (updates are ~1e-2; a wrong replica scaling would be off by that much).
-RTOL, ATOL = 1e-3, 3e-4
+# Two replicas sum gradients in another order than one, and run each network on half as
+# many images per call (one call per network and step: the convolutions' float32 rounding
+# differs with the batch size, and BN groups of 2 images amplify it): allow rounding drift
+# after two SGD steps (updates are ~1e-2; a wrong replica scaling would be off by that
+# much; measured drift up to 4.4e-4 on one stem channel).
+RTOL, ATOL = 1e-3, 1e-3
 
 
 def _assert_same_state(one, two):
@@ -81,7 +88,7 @@ def test_logged_metrics_weight_replicas_by_valid_count():
     # The logged loss and accuracy are the means over all valid rows, from a NumPy
     # re-derivation on the networks' outputs (BN per replica half, as in the step).
     batch = synthetic_batch(4, seed=3, invalid=(0,))
-    twin = build_small_model("vader", queue_size=48)
+    twin = build_small_model("vader", queue_size=48, tiny=True)
     queue = twin.queue.numpy()
     halves = (slice(0, 2), slice(2, 4))
     maps = {

@@ -59,8 +59,10 @@ def test_each_network_runs_on_the_views_of_its_direction(method, symmetric_loss)
         expected_queries["view2"] = expected_keys["view1"] = every_image
     assert views_seen(query_inputs) == expected_queries
     assert views_seen(key_inputs) == expected_keys
-    # BN groups of 2 images: 2 calls per view.
-    assert [len(x) for x in key_inputs] == [2] * 2 * len(expected_keys)
+    # One call per network and step, on all the images of its views (BN groups of 2
+    # images are formed inside the call, by ghost batch norm).
+    assert [len(x) for x in key_inputs] == [4 * len(expected_keys)]
+    assert [len(x) for x in query_inputs] == [4 * len(expected_queries)]
 
 
 def test_one_direction_vader_loss_and_queue_match_numpy():

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.helpers import build_small_model, two_replicas
+from tests.training import reference
+from tests.training.helpers import build_small_model, synthetic_batch, two_replicas
+from vader_tf.models.layers import current_batch_norm_groups
 from vader_tf.training.momentum_contrast import MomentumContrast
 from vader_tf.training.optimizers import TorchSGD
 
@@ -16,13 +18,17 @@ def _group_probe(name):
     """A weightless 'network' whose output tells which images were run together.
 
     Image `i` is a 1x1 pixel of value `i`; every output row is `sum(2 ** i)` over the
-    batch the network was called on (a BN group), so the group can be read back exactly.
+    BN group it was normalised in (the batch of the call, split into the groups
+    `batch_norm_groups` sets, as a batch norm splits it), so the group can be read back.
     """
     inputs = keras.Input((1, 1, 1))
 
     def members(x):
-        code = tf.reduce_sum(tf.pow(2.0, x[:, 0, 0, 0]))
-        return tf.fill([tf.shape(x)[0], 1], code)
+        groups = tf.split(x, current_batch_norm_groups())
+        return tf.concat(
+            [tf.fill([tf.shape(g)[0], 1], tf.reduce_sum(tf.pow(2.0, g[:, 0, 0, 0]))) for g in groups],
+            axis=0,
+        )
 
     return keras.Model(inputs, keras.layers.Lambda(members, output_shape=(1,))(inputs), name=name)
 
@@ -55,7 +61,9 @@ def test_key_groups_are_a_cross_replica_permutation(bn_groups):
     crossings = 0
     for step in range(3):
         model.optimizer.iterations.assign(step)
-        views = _run_per_replica(strategy, lambda x: model._forward_keys([x, x]), images)
+        views = _run_per_replica(
+            strategy, lambda x: model._forward_keys({"view1": x, "view2": x}), images
+        )
         for keys in views:
             groups = [_decode(code) for code in keys[:, 0]]
             # Each key was computed in a group holding its own image, of the right size,
@@ -87,9 +95,12 @@ def test_unshuffled_keys_equal_unshuffled_forward_when_bn_ignores_the_batch():
     for layer in model.key_model._flatten_layers():
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # Keras 3: inference-mode BN
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (GLOBAL_BATCH, 64, 64, 3)).astype("float32")
+    batch = synthetic_batch(GLOBAL_BATCH, seed=0)
     model.optimizer.iterations.assign(5)
-    keys = _run_per_replica(strategy, lambda x: model._forward_keys([x]), images)[0]
-    expected = model.key_model(images, training=False).numpy()
-    np.testing.assert_allclose(keys, expected, rtol=1e-4, atol=1e-4)
+    keys = _run_per_replica(
+        strategy, lambda b: model._forward_keys(b), {k: batch[k] for k in ("view1", "view2", "points1", "points2")}
+    )
+    for view in (1, 2):
+        maps = model.key_model(batch[f"view{view}"], training=False).numpy()
+        expected = [reference.unit(reference.bilinear(m, p)) for m, p in zip(maps, batch[f"points{view}"])]
+        np.testing.assert_allclose(keys[view - 1], np.stack(expected), rtol=1e-4, atol=1e-4)

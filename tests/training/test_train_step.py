@@ -85,15 +85,21 @@ def test_moco_step_loss_matches_numpy():
 
 def test_shuffle_bn_keys_are_computed_per_permuted_group():
     # With 2 BN groups and shuffling, each key equals the key network's output on the
-    # BN group (of the permuted batch) that image was in; never on the whole batch.
-    model = build_small_model("vader", bn_groups=2, shuffle_bn=True)
-    images = synthetic_batch(batch_size=4)["view1"]
-    permutation = model._key_permutation(4, 0).numpy()
-    keys = model._forward_keys([images])[0].numpy()
+    # BN group (of the permuted batch) that image was in, sampled at its points; never on
+    # the whole batch.
+    model = build_small_model("vader", bn_groups=2, shuffle_bn=True, symmetric_loss=False)
+    batch = synthetic_batch(batch_size=4)
+    images, points = batch["view2"], batch["points2"]
+    permutation = model._key_permutation(4, 1).numpy()
+    keys = model._forward_keys({k: tf.constant(v) for k, v in batch.items()})[1].numpy()
+
+    def sampled(maps, rows):
+        return np.stack([reference.unit(reference.bilinear(maps[i], points[r])) for i, r in enumerate(rows)])
+
     for group in (permutation[:2], permutation[2:]):
-        expected = model.key_model(images[group], training=True).numpy()
+        expected = sampled(model.key_model(images[group], training=True).numpy(), group)
         np.testing.assert_allclose(keys[group], expected, atol=1e-5)
-    whole_batch = model.key_model(images, training=True).numpy()
+    whole_batch = sampled(model.key_model(images, training=True).numpy(), range(4))
     assert not np.allclose(keys, whole_batch, atol=1e-3)
 
 

@@ -1,5 +1,8 @@
 """Small layers the dense encoder is made of. TensorFlow backend only."""
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -88,7 +91,30 @@ class BatchNormalization(keras.layers.BatchNormalization):
     It keeps Keras' class name on purpose: Keras names a layer's entry in weights files
     (`*.weights.h5`) after its class, so weights saved from either class load into the
     other (backbone weights files, run directories written before this layer existed).
+
+    Ghost batch norm: inside `with batch_norm_groups(G):` a training-mode call splits
+    the batch into G contiguous groups of equal size and normalises each with its own
+    statistics, updating the moving averages once per group in order, exactly as G
+    separate calls on the groups would (same kernel per group, float32 or fused). The
+    network around it runs once on the whole batch. The group count is read when the call
+    is traced; outside the context (inference, export, evaluation) it is 1.
     """
+
+    def call(self, inputs, training=None, mask=None):
+        groups = current_batch_norm_groups()
+        if groups == 1 or not (training and self.trainable):
+            return self._call_one_group(inputs, training=training, mask=mask)
+        # Same statistics, updates and gradients as `groups` separate calls (the moving
+        # averages follow the groups in order); `tf.split` refuses a batch it cannot
+        # divide evenly.
+        masks = [None] * groups if mask is None else tf.split(mask, groups)
+        return tf.concat(
+            [
+                self._call_one_group(chunk, training=training, mask=chunk_mask)
+                for chunk, chunk_mask in zip(tf.split(inputs, groups), masks)
+            ],
+            axis=0,
+        )
 
     def _fused(self, inputs, mask):
         return (
@@ -100,7 +126,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and inputs.dtype in (tf.bfloat16, tf.float16)
         )
 
-    def call(self, inputs, training=None, mask=None):
+    def _call_one_group(self, inputs, training=None, mask=None):
         if not self._fused(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
@@ -131,6 +157,33 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 is_training=False,
             )
         return tf.cast(outputs, self.compute_dtype)
+
+
+_GROUPS = threading.local()
+
+
+@contextlib.contextmanager
+def batch_norm_groups(num_groups):
+    """Training-mode calls of `BatchNormalization` in this block normalise each of
+    `num_groups` contiguous groups of the batch with its own statistics (ghost batch norm).
+
+    Read when a layer's call is traced, in the calling thread (each replica of a
+    `tf.distribute` strategy sets its own). Inference-mode calls ignore it.
+    """
+    num_groups = int(num_groups)
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be at least 1, got {num_groups}.")
+    previous = current_batch_norm_groups()
+    _GROUPS.value = num_groups
+    try:
+        yield
+    finally:
+        _GROUPS.value = previous
+
+
+def current_batch_norm_groups():
+    """The group count `batch_norm_groups` set for this thread (1 outside it)."""
+    return getattr(_GROUPS, "value", 1)
 
 
 def use_fused_batch_norm(model):

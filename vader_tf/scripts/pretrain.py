@@ -18,6 +18,7 @@ from absl import app, flags, logging
 
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
+from vader_tf.training import traffic
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 define_flags(PretrainConfig)
@@ -56,6 +57,7 @@ def main(argv):
     config = from_flags(PretrainConfig)
     if FLAGS.dry_run:
         config.validate()
+        print(traffic.describe_all_gather(config))
         print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
         return
     model, history = pretrain(config)

@@ -22,13 +22,25 @@ Batch-norm leakage guard ("shuffle BN"): BN computes its statistics over the ima
 go through the network together. If the query and its positive key are normalised with
 statistics of the same group of images, the network can tell the current batch's keys from
 the queue's by those statistics and lower the loss without learning features (MoCo,
-Sec. 3.3). Queries are normalised per BN group: each replica splits its batch into
-`bn_groups` contiguous groups. Keys are normalised per group of a random permutation of
-the *global* batch: under several replicas the key batch is all-gathered, permuted with a
-seed all replicas share (run seed, view, step), each replica runs the key network on its
-slice of the permuted batch (again in `bn_groups` groups), and the keys are all-gathered
-and put back in order (MoCo's shuffle BN). On one replica this is the same permutation
-within the replica. With G key groups of n images in all, the expected share of a key's
+Sec. 3.3). Queries are normalised per BN group: each replica splits each view's batch
+into `bn_groups` contiguous groups. Keys are normalised per group of a random permutation
+of the *global* batch: under several replicas each key view's images are all-gathered
+with the per-image data the method's key reduction needs (`key_reduction_inputs`; VADeR:
+the view's points) and permuted with a seed all replicas share (run seed, view, step);
+each replica runs the key network on its slice of the permuted batch (again in
+`bn_groups` groups per view), reduces the keys there to what the loss reads
+(`reduce_keys`; VADeR: `[B, P, D]` samples at the points instead of whole stride-4 maps),
+and the reduced keys are all-gathered and put back in order (MoCo's shuffle BN,
+`BatchShuffle`). On one replica this is the same permutation within the replica.
+`vader_tf.training.traffic` computes the bytes this gathers.
+
+One forward call per network and step: the query network runs once on both views
+concatenated and the key network once on its (shuffled) images of both views; the BN
+groups are formed inside the batch norms (ghost batch norm,
+`vader_tf.models.layers.batch_norm_groups`, see `grouped_forward` and `views_forward`):
+each of the `views x bn_groups` groups is normalised with its own statistics and the
+moving averages follow the groups in order, exactly as one call per view and group would,
+while the convolutions run on the whole batch and mixed precision casts each weight once. With G key groups of n images in all, the expected share of a key's
 BN group that are its query's own group-mates is `(1 + (n - 1)^2 / (G n - 1)) / n`
 (chance level `1/G`): 52% at G=2, n=16 (one device, 32 images, 2 groups), so on one
 device the guard is weak; 15% at G=8, n=32 (MoCo's 8 GPUs); see docs/training.md. SyncBN would defeat the guard.
@@ -49,23 +61,85 @@ import keras
 import tensorflow as tf
 
 from vader_tf import losses
+from vader_tf.models.layers import BatchNormalization, batch_norm_groups, use_fused_batch_norm
 from vader_tf.training import momentum as momentum_lib
 from vader_tf.training import queue as queue_lib
 
 
 def grouped_forward(model, images, num_groups, training=True):
-    """Runs `model` on `num_groups` contiguous slices of the batch so BN sees each alone.
+    """Runs `model` once on `images`, its batch norms normalising each of `num_groups`
+    contiguous slices of the batch with that slice's own statistics (ghost batch norm,
+    `vader_tf.models.layers.batch_norm_groups`): the same outputs, gradients and moving
+    averages as one call per slice, in one pass of the network.
 
-    `model` may have several outputs (any nest of batch-major tensors)."""
-    if num_groups == 1:
+    `model` may have several outputs (any nest of batch-major tensors); its batch norms
+    must be `vader_tf.models.layers.BatchNormalization` (`MomentumContrast` makes them so).
+    """
+    with batch_norm_groups(num_groups):
         return model(images, training=training)
-    return tf.nest.map_structure(
-        lambda *chunks: tf.concat(chunks, axis=0),
-        *[model(chunk, training=training) for chunk in tf.split(images, num_groups)],
+
+
+def views_forward(model, views, num_groups, training=True):
+    """One call of `model` on the concatenation of `views`, each view in `num_groups` BN
+    groups of its own, so each image sees the statistics of a separate call per view and
+    group; returns the outputs per view (None for a view given as None)."""
+    present = [view for view in views if view is not None]
+    if not present:
+        return [None] * len(views)
+    images = present[0] if len(present) == 1 else tf.concat(present, axis=0)
+    outputs = grouped_forward(model, images, num_groups * len(present), training)
+    flat = [tf.split(x, len(present)) for x in tf.nest.flatten(outputs)]
+    per_view = iter(
+        tf.nest.pack_sequence_as(outputs, [parts[i] for parts in flat])
+        for i in range(len(present))
     )
+    return [None if view is None else next(per_view) for view in views]
 
 
-def shuffled_forward(model, images, num_groups, permutation, replica_context=None):
+class BatchShuffle:
+    """Moves per-image data to the replica that computes it under a permutation of the
+    global batch, and results back (shuffle BN, see the module docstring).
+
+    Args:
+        permutation: `[R * b]` permutation of the global batch (the concatenation of all
+            replicas' batches in replica order), identical on every replica.
+        local_size: b, this replica's batch size.
+        replica_context: the `tf.distribute` replica context (default: the current one).
+    """
+
+    def __init__(self, permutation, local_size, replica_context=None):
+        self.replica = replica_context or tf.distribute.get_replica_context()
+        self.permutation = permutation
+        self.start = tf.cast(self.replica.replica_id_in_sync_group, tf.int32) * local_size
+        self.local_size = local_size
+
+    def _gather_replicas(self, x):
+        if self.replica.num_replicas_in_sync == 1:
+            return x
+        # `identity` places the value on this replica's device: an input batch straight
+        # from a multi-worker iterator has no device, which `all_gather` rejects.
+        return self.replica.all_gather(tf.identity(x), axis=0)
+
+    def _take(self, nest, indices):
+        mine = indices[self.start : self.start + self.local_size]
+        flat = [
+            None if x is None else tf.gather(self._gather_replicas(x), mine)
+            for x in tf.nest.flatten(nest)
+        ]
+        return tf.nest.pack_sequence_as(nest, flat)
+
+    def shuffle(self, nest):
+        """This replica's slice of the permuted global batch of each `[b, ...]` tensor."""
+        return self._take(nest, self.permutation)
+
+    def unshuffle(self, nest):
+        """Results computed on `shuffle`d slices, back in this replica's own order."""
+        return self._take(nest, tf.math.invert_permutation(self.permutation))
+
+
+def shuffled_forward(
+    model, images, num_groups, permutation, replica_context=None, per_image=None, reduce=None
+):
     """Runs `model` on this replica's slice of the permuted global batch; shuffle BN.
 
     Args:
@@ -75,28 +149,20 @@ def shuffled_forward(model, images, num_groups, permutation, replica_context=Non
         permutation: `[R * b]` permutation of the global batch (the concatenation of all
             replicas' batches in replica order), identical on every replica.
         replica_context: the `tf.distribute` replica context (default: the current one).
+        per_image: optional nest of `[b, ...]` tensors that travel with the images.
+        reduce: optional `reduce(outputs, per_image)`, applied on the replica that
+            computed the outputs, before they are gathered back (default: identity).
 
     Returns:
-        `model`'s outputs (any nest) for `images`, in their order, each computed in the
-        BN group of the permuted global batch that the image fell into.
+        `model`'s (reduced) outputs for `images`, in their order, each computed in the BN
+        group of the permuted global batch that the image fell into.
     """
-    replica = replica_context or tf.distribute.get_replica_context()
-    num_replicas = replica.num_replicas_in_sync
-
-    def gather_replicas(x):
-        # `identity` places the value on this replica's device: an input batch straight
-        # from a multi-worker iterator has no device, which `all_gather` rejects.
-        return replica.all_gather(tf.identity(x), axis=0) if num_replicas > 1 else x
-
-    local_size = tf.shape(images)[0]
-    start = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local_size
-    mine = permutation[start : start + local_size]
-    outputs = grouped_forward(model, tf.gather(gather_replicas(images), mine), num_groups)
-    # Outputs of all replicas, in permuted order; take back this replica's images.
-    inverse = tf.math.invert_permutation(permutation)
-    return tf.nest.map_structure(
-        lambda x: tf.gather(gather_replicas(x), inverse[start : start + local_size]), outputs
-    )
+    shuffle = BatchShuffle(permutation, tf.shape(images)[0], replica_context)
+    images, per_image = shuffle.shuffle((images, per_image))
+    outputs = grouped_forward(model, images, num_groups)
+    if reduce is not None:
+        outputs = reduce(outputs, per_image)
+    return shuffle.unshuffle(outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +273,20 @@ class MomentumContrast(keras.Model):
         super().__init__(**kwargs)
         if len(key_model.weights) != len(query_model.weights):
             raise ValueError("key_model must have the same architecture as query_model.")
+        for model in (query_model, key_model):
+            # Ghost batch norm (`grouped_forward`) needs our batch-norm layer everywhere.
+            use_fused_batch_norm(model)
+            others = [
+                layer.name
+                for layer in model._flatten_layers(include_self=False)
+                if isinstance(layer, keras.layers.BatchNormalization)
+                and not isinstance(layer, BatchNormalization)
+            ]
+            if others:
+                raise ValueError(
+                    f"{model.name}: batch norms {others[:3]} are not "
+                    "vader_tf.models.layers.BatchNormalization; the BN guard cannot group them."
+                )
         self.query_model = query_model
         self.key_model = key_model
         self.embedding_dim = embedding_dim
@@ -321,15 +401,40 @@ class MomentumContrast(keras.Model):
 
         Args:
             data: the batch dict.
-            query_outputs, key_outputs: `(view1, view2)` outputs of the query and key
-                networks; an entry is None for a view that network did not run on (the
-                one-direction step runs the query network on view 1 and the key network
-                on view 2 only).
+            query_outputs, key_outputs: `(view1, view2)` outputs of the query network
+                and of the key network reduced by `reduce_keys`; an entry is None for a
+                view that network did not run on (the one-direction step runs the query
+                network on view 1 and the key network on view 2 only).
 
         Returns:
             One `ContrastiveTerm` per entry of `self.terms`, in that order.
         """
         raise NotImplementedError
+
+    def key_reduction_inputs(self, data, view_index):
+        """Per-image data `reduce_keys` needs for the keys of view `view_index`.
+
+        Returns a nest of `[B, ...]` tensors of the batch dict `data`, or None. Under
+        shuffle BN it travels with the images to the replica that runs the key network
+        on them. Default: None (the key outputs are used whole).
+        """
+        return None
+
+    def reduce_keys(self, key_outputs, inputs):
+        """Reduces the key network's outputs for one view to what `contrastive_rows` reads.
+
+        Runs on the replica that computed `key_outputs` (before shuffle BN gathers them
+        back), so a small reduction saves collective traffic. Must treat each image on its
+        own (the batch is a permuted slice of the global batch).
+
+        Args:
+            key_outputs: the key network's outputs on a batch of images of one view.
+            inputs: `key_reduction_inputs` of the same images, in the same order.
+
+        Returns:
+            A nest of `[B, ...]` tensors (default: `key_outputs` unchanged).
+        """
+        return key_outputs
 
     # --- the shared training step ------------------------------------------------------
 
@@ -343,38 +448,57 @@ class MomentumContrast(keras.Model):
         )
         return tf.argsort(tf.random.stateless_uniform([global_batch_size], seed=seed))
 
-    def _forward_keys(self, views):
+    def _forward_keys(self, data):
+        """The key network's outputs per view, reduced by `reduce_keys` (None for a view
+        it does not run on): one call of the network on all its images."""
         replica = tf.distribute.get_replica_context()
         num_replicas = replica.num_replicas_in_sync
+        views = (data["view1"], data["view2"])
         key_views = {k for _, k in self.directions}
-        outputs = []
-        for view_index, images in enumerate(views):
+        shuffle = self.shuffle_bn and num_replicas * self.bn_groups > 1
+        images, inputs, shuffles = [], [], []
+        for view_index, view in enumerate(views):
             if view_index not in key_views:
+                images.append(None)
+                inputs.append(None)
+                shuffles.append(None)
+                continue
+            reduction_inputs = self.key_reduction_inputs(data, view_index)
+            if shuffle:
+                local_size = tf.shape(view)[0]
+                permutation = self._key_permutation(num_replicas * local_size, view_index)
+                shuffles.append(BatchShuffle(permutation, local_size, replica))
+                view, reduction_inputs = shuffles[-1].shuffle((view, reduction_inputs))
+            else:
+                shuffles.append(None)
+            images.append(view)
+            inputs.append(reduction_inputs)
+        outputs = []
+        for view_outputs, reduction_inputs, view_shuffle in zip(
+            views_forward(self.key_model, images, self.bn_groups), inputs, shuffles
+        ):
+            if view_outputs is None:
                 outputs.append(None)
                 continue
-            if self.shuffle_bn and num_replicas * self.bn_groups > 1:
-                permutation = self._key_permutation(
-                    num_replicas * tf.shape(images)[0], view_index
-                )
-                keys = shuffled_forward(
-                    self.key_model, images, self.bn_groups, permutation, replica
-                )
-            else:
-                keys = grouped_forward(self.key_model, images, self.bn_groups)
+            keys = self.reduce_keys(view_outputs, reduction_inputs)
+            if view_shuffle is not None:
+                keys = view_shuffle.unshuffle(keys)
             outputs.append(tf.nest.map_structure(tf.stop_gradient, keys))
         return outputs
 
     def train_step(self, data):
-        views = (data["view1"], data["view2"])
-        key_outputs = self._forward_keys(views)
+        key_outputs = self._forward_keys(data)
         replica = tf.distribute.get_replica_context()
         queries_to_train = self.query_model.trainable_variables
         with tf.GradientTape() as tape:
             query_views = {q for q, _ in self.directions}
-            query_outputs = [
-                grouped_forward(self.query_model, v, self.bn_groups) if i in query_views else None
-                for i, v in enumerate(views)
-            ]
+            # One call on the query views, each view in its own `bn_groups` BN groups.
+            views = (data["view1"], data["view2"])
+            query_outputs = views_forward(
+                self.query_model,
+                [v if i in query_views else None for i, v in enumerate(views)],
+                self.bn_groups,
+            )
             terms = tuple(self.contrastive_rows(data, query_outputs, key_outputs))
             names = [term.name for term in terms]
             if names != [spec.name for spec in self.terms]:

@@ -50,12 +50,21 @@ class VADeR(MomentumContrast):
     def from_pretrain_config(cls, encoder, config, **common):
         return cls(encoder, queue_points_per_image=config.queue_points_per_image, **common)
 
+    def key_reduction_inputs(self, data, view_index):
+        return data[f"points{view_index + 1}"]
+
+    def reduce_keys(self, key_outputs, inputs):
+        # The key maps are needed only at the matched points: `[B, P, D]` unit keys, so
+        # shuffle BN gathers P key pixels per image instead of whole stride-4 maps.
+        return _sample_unit(key_outputs, inputs)
+
     def contrastive_rows(self, data, query_outputs, key_outputs):
+        # `key_outputs` are already sampled at each view's points (`reduce_keys`).
         points = (data["points1"], data["points2"])
         sampled_queries, sampled_keys = [], []
         for query_view, key_view in self.directions:
             sampled_queries.append(_sample_unit(query_outputs[query_view], points[query_view]))
-            sampled_keys.append(_sample_unit(key_outputs[key_view], points[key_view]))
+            sampled_keys.append(key_outputs[key_view])
         dim = tf.shape(sampled_queries[0])[-1]
         queries = tf.reshape(tf.concat(sampled_queries, axis=0), [-1, dim])
         positives = tf.reshape(tf.concat(sampled_keys, axis=0), [-1, dim])
