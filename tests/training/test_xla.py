@@ -30,8 +30,7 @@ def _one_step(jit_compile, method):
 def test_one_xla_step_equals_one_graph_step(method, monkeypatch):
     """Same model and batch (2 BN groups of 4, shuffled keys, an invalid pair): loss,
     updated query and key weights, moving statistics and queue agree to float32 round-off
-    (XLA's kernels differ from oneDNN's, so not bitwise; batch norm over 4 small images
-    amplifies that drift, hence test_distributed's tolerance: updates are ~1e-2).
+    (XLA's kernels differ from oneDNN's, so not bitwise; see below for the weights).
 
     The BN-shuffle permutation is fixed here: XLA turns the same stateless seed into other
     random numbers than TensorFlow's kernels (tf2xla's key/counter derivation; even with
@@ -42,25 +41,24 @@ def test_one_xla_step_equals_one_graph_step(method, monkeypatch):
     graph_model, graph_metrics = _one_step(False, method)
     xla_model, xla_metrics = _one_step(True, method)
     assert xla_metrics["loss"] == pytest.approx(graph_metrics["loss"], rel=1e-5)
-    pairs = list(zip(graph_model.query_model.weights, xla_model.query_model.weights))
-    pairs += list(zip(graph_model.key_model.weights, xla_model.key_model.weights))
-    for graph_weight, xla_weight in pairs:
-        np.testing.assert_allclose(
-            xla_weight.numpy(),
-            graph_weight.numpy(),
-            rtol=1e-3,
-            atol=3e-4,
-            err_msg=graph_weight.path,
-        )
     np.testing.assert_allclose(xla_model.queue.numpy(), graph_model.queue.numpy(), atol=1e-5)
-    # The step moved the query network, so the comparison above compares updated weights.
+    # Updated weights agree to a small fraction of the step's own update: XLA's kernels
+    # round differently from oneDNN's, and one ghost-BN call over groups of 4 small images
+    # amplifies that to a few per cent of the update in the deepest convolutions
+    # (measured: at most 7%), while a wrong computation is off by the update's own size.
     fresh = build_small_model(method, queue_size=64, bn_groups=2, shuffle_bn=True)
-    moved = [
-        not np.allclose(a.numpy(), b.numpy())
-        for a, b in zip(
-            fresh.query_model.trainable_weights, xla_model.query_model.trainable_weights
-        )
+    networks = [
+        (fresh.query_model, graph_model.query_model, xla_model.query_model),
+        (fresh.key_model, graph_model.key_model, xla_model.key_model),
     ]
+    moved = []
+    for initial, graph, xla in networks:
+        for start, graph_weight, xla_weight in zip(initial.weights, graph.weights, xla.weights):
+            update = np.abs(graph_weight.numpy() - start.numpy()).max()
+            drift = np.abs(xla_weight.numpy() - graph_weight.numpy()).max()
+            assert drift <= 0.2 * update + 1e-6, (graph_weight.path, drift, update)
+            moved.append(update > 0)
+    # The step moved the networks, so the comparison above compares updated weights.
     assert any(moved)
 
 
