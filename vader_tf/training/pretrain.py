@@ -187,7 +187,8 @@ class PretrainConfig:
     mixed_precision: str = option(
         "auto",
         "'auto' (default): bfloat16 where the hardware computes it natively "
-        "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float32 elsewhere; "
+        "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float16 with loss "
+        "scaling on GPUs of compute capability 7.x (V100, T4), float32 elsewhere; "
         "'none' (float32), 'mixed_float16' (GPU) or 'mixed_bfloat16'.",
     )
     # Running.
