@@ -121,7 +121,10 @@ def train(
             strategy.run(model.train_step, args=(next(iterator),))
 
     writer = _summary_writer(worker_run.tensorboard_dir, chief)
-    progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
+    # Every value shown is the interval's mean, as in the history and TensorBoard.
+    progbar = keras.utils.Progbar(
+        train_steps, verbose=verbose, stateful_metrics=[m.name for m in model.metrics] + ["images/s"]
+    )
     progbar.update(step)
     history = []
     while step < train_steps:
