@@ -18,10 +18,16 @@ from absl import app, flags, logging
 
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
+from vader_tf.training import precision
+from vader_tf.training.loop import STEP_COUNTER
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 define_flags(PretrainConfig)
-flags.DEFINE_bool("dry_run", False, "Print the resolved configuration as JSON and exit.")
+flags.DEFINE_bool(
+    "dry_run", False,
+    "Print the precision and step counter the run would use, then the resolved "
+    "configuration as JSON, and exit.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -31,6 +37,8 @@ def main(argv):
     config = from_flags(PretrainConfig)
     if FLAGS.dry_run:
         config.validate()
+        print(precision.describe(config.mixed_precision))
+        print(STEP_COUNTER)
         print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
         return
     model, history = pretrain(config)

@@ -49,6 +49,22 @@ def test_paper_scale_config_matches_the_paper_setup():
     assert (config["queue_size"], config["temperature"], config["ema_momentum"]) == (65536, 0.2, 0.999)
 
 
+def test_the_8gpu_dry_run_prints_its_precision_and_step_counter():
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--dry_run",
+         f"--flagfile={os.path.join(REPO, 'experiments', 'configs', 'imagenet_resnet50_8gpu.cfg')}"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    (precision_line,) = [line for line in lines if line.startswith("Precision: ")]
+    assert "--mixed_precision=auto is " in precision_line
+    assert "mixed_bfloat16 on A100/H100-class GPUs" in precision_line
+    assert "mixed_float16 on V100/T4-class GPUs" in precision_line
+    (steps_line,) = [line for line in lines if line.startswith("Steps: ")]
+    assert "applied optimiser updates" in steps_line
+
+
 def test_bad_flag_values_are_clear_errors():
     result = subprocess.run(
         [sys.executable, SCRIPT, "--dry_run", "--image_size=100"],
