@@ -49,7 +49,7 @@ def test_paper_scale_config_matches_the_paper_setup():
     assert (config["queue_size"], config["temperature"], config["ema_momentum"]) == (65536, 0.2, 0.999)
 
 
-def test_paper_scale_dry_run_prints_the_bytes_gathered_per_step():
+def test_the_8gpu_dry_run_prints_its_precision_step_counter_and_bytes_gathered():
     result = subprocess.run(
         [sys.executable, SCRIPT, "--dry_run",
          f"--flagfile={os.path.join(REPO, 'experiments', 'configs', 'imagenet_resnet50_8gpu.cfg')}"],
@@ -61,6 +61,13 @@ def test_paper_scale_dry_run_prints_the_bytes_gathered_per_step():
     # 308.3 MB), their points and 64 sampled 128-d float32 keys per image (16.8 MB), and
     # the enqueue: 16 keys of 128 + 16 mask floats per image (2.1 MB).
     assert "327.4 MB at 8 replica(s) (shuffle BN 325.3 MB, enqueue 2.1 MB)" in line, line
+    lines = result.stdout.splitlines()
+    (precision_line,) = [line for line in lines if line.startswith("Precision: ")]
+    assert "--mixed_precision=auto is " in precision_line
+    assert "mixed_bfloat16 on A100/H100-class GPUs" in precision_line
+    assert "mixed_float16 on V100/T4-class GPUs" in precision_line
+    (steps_line,) = [line for line in lines if line.startswith("Steps: ")]
+    assert "applied optimiser updates" in steps_line
 
 
 def test_bad_flag_values_are_clear_errors():

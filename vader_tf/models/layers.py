@@ -15,18 +15,28 @@ IMAGENET_STD = (0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0)
 
 @keras.saving.register_keras_serializable(package="vader_tf")
 class ImageNormalization(keras.layers.Layer):
-    """Maps RGB pixels in [0, 255] to ImageNet-standardised values."""
+    """Maps RGB pixels in [0, 255] to ImageNet-standardised values.
+
+    Normalises in float32 and only then casts to the compute dtype: in bfloat16 the
+    constants themselves would round (123.675 -> 123.5, 58.395 -> 58.5), so a bfloat16
+    run would see other inputs than float32 evaluation and export.
+    """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
         super().__init__(**kwargs)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
 
+    @property
+    def input_dtype(self):
+        # Keras would cast the pixels to the compute dtype before `call`.
+        return "float32"
+
     def call(self, images):
-        images = tf.cast(images, self.compute_dtype)
-        mean = tf.constant(self.mean, dtype=self.compute_dtype)
-        std = tf.constant(self.std, dtype=self.compute_dtype)
-        return (images - mean) / std
+        images = tf.cast(images, tf.float32)
+        mean = tf.constant(self.mean, dtype=tf.float32)
+        std = tf.constant(self.std, dtype=tf.float32)
+        return tf.cast((images - mean) / std, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

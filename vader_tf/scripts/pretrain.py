@@ -18,11 +18,17 @@ from absl import app, flags, logging
 
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
-from vader_tf.training import traffic
+from vader_tf.training import precision, traffic
+from vader_tf.training.loop import STEP_COUNTER
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 define_flags(PretrainConfig)
-flags.DEFINE_bool("dry_run", False, "Print the resolved configuration as JSON and exit.")
+flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the precision, step counter and all-gather traffic the run would have, then "
+    "the resolved configuration as JSON, and exit.",
+)
 FLAGS = flags.FLAGS
 
 # The sections of `--help` (PretrainConfig's fields and --dry_run); a field missing here
@@ -57,6 +63,8 @@ def main(argv):
     config = from_flags(PretrainConfig)
     if FLAGS.dry_run:
         config.validate()
+        print(precision.describe(config.mixed_precision))
+        print(STEP_COUNTER)
         print(traffic.describe_all_gather(config))
         print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
         return

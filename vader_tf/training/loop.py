@@ -6,6 +6,13 @@ the newest checkpoint of `model_dir` (model, momentum copy, queue, optimizer, st
 the data stream at the next unseen element, writes TensorBoard scalars, and saves
 checkpoints every `checkpoint_every` steps. A non-finite loss stops the run before the
 next checkpoint, so the last good checkpoint stays the newest.
+
+Steps are applied updates: the loop's step is `optimizer.iterations`, which names the
+checkpoints and drives the schedules. A step a loss-scaling optimiser skips (non-finite
+float16 gradients) changes nothing but the loss scale and the model's `skipped_steps`
+(see `MomentumContrast.train_step`); its batch was read, so the stream resumes after
+`iterations + skipped_steps` batches. The progress bar, the history and TensorBoard show
+each logging interval's mean.
 """
 
 import importlib.util
@@ -23,6 +30,18 @@ from vader_tf.training.distribution import is_chief
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite."""
+
+
+# What the loop's steps count (the dry run prints it).
+STEP_COUNTER = (
+    "Steps: train_steps, checkpoint_every, ckpt-N and the schedules count applied "
+    "optimiser updates (optimizer.iterations); a float16 step skipped for non-finite "
+    "gradients reads its batch but is not counted (skipped_steps, logged)."
+)
+
+# A loss-scaling optimiser halves its scale on every skipped step. Below 1 the float16
+# gradients overflow even unscaled: the run has diverged, not merely overflowed.
+MIN_LOSS_SCALE = 1.0
 
 
 def _worker_run(run, strategy):
@@ -48,6 +67,47 @@ def _summary_writer(summary_dir, chief):
         )
         return None
     return tf.summary.create_file_writer(summary_dir)
+
+
+def _check_loss_scale(model, step, newly_skipped, run):
+    """Logs skipped float16 steps; stops the run once the loss scale falls below
+    `MIN_LOSS_SCALE` (the gradients are non-finite even unscaled: the run diverged)."""
+    scale = float(model.optimizer.dynamic_scale.numpy())
+    logging.warning(
+        "Skipped %d step(s) with non-finite float16 gradients at step %d (%d skipped in "
+        "all); loss scale now %g.",
+        newly_skipped, step, int(model.skipped_steps.numpy()), scale,
+    )
+    if scale < MIN_LOSS_SCALE:
+        raise NonFiniteLossError(
+            f"The float16 gradients stayed non-finite at step {step} with the loss scale "
+            f"down to {scale:g}; stopped without saving. The newest checkpoint, "
+            f"{run.latest_checkpoint()}, is the last good one."
+        )
+
+
+def _restore(checkpoint, path):
+    """Restores `path`, every object of the program matched.
+
+    A checkpoint written before skipped steps were counted has no `model/skipped_steps`:
+    it restores with the count at 0 (logged) if that is the only object it lacks.
+    """
+    status = checkpoint.restore(path)
+    stored = {name for name, _ in tf.train.list_variables(path)}
+    if any(name.startswith("model/skipped_steps/") for name in stored):
+        status.assert_existing_objects_matched()
+        return
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        # skipped_steps is certainly unmatched: it must be the only one.
+        if not str(error).startswith("Found 1 Python objects that were not bound"):
+            raise
+    logging.warning(
+        "%s predates the count of skipped float16 steps: counting from 0 (a float16 run "
+        "that skipped steps before resumes its stream that many batches early).",
+        path,
+    )
 
 
 def train(
@@ -104,7 +164,7 @@ def train(
     manager = worker_run.checkpoint_manager(checkpoint, max_to_keep=keep_checkpoints)
     latest = run.latest_checkpoint()
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        _restore(checkpoint, latest)
         logging.info("Resumed from %s.", latest)
     if chief:
         run.remove_stale_leftovers()
@@ -112,11 +172,14 @@ def train(
         if run_config is not None:
             run.write_run_config(run_config)
 
+    # One counter: the optimiser's applied updates. The stream has also served the
+    # batches of skipped steps (non-finite float16 gradients), so it resumes after both.
     step = int(model.optimizer.iterations.numpy())
+    skipped = int(model.skipped_steps.numpy())
     if step >= train_steps:
         logging.info("Nothing to do: %s is already at step %d.", model_dir, step)
         return model, []
-    start_index = step * global_batch_size
+    start_index = (step + skipped) * global_batch_size
     dataset = strategy.distribute_datasets_from_function(
         lambda context: make_dataset(context, start_index)
     )
@@ -132,9 +195,15 @@ def train(
             strategy.run(train_step, args=(next(iterator),))
 
     writer = _summary_writer(worker_run.tensorboard_dir, chief)
-    progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
+    # Every value shown is the interval's mean, as in the history and TensorBoard.
+    progbar = keras.utils.Progbar(
+        train_steps,
+        verbose=verbose,
+        stateful_metrics=[m.name for m in model.metrics] + ["images/s", "skipped_steps"],
+    )
     progbar.update(step)
     history = []
+    reported_skipped = skipped  # skipped steps up to the last history entry
     while step < train_steps:
         next_checkpoint = (step // checkpoint_every + 1) * checkpoint_every
         num_steps = min(log_every, next_checkpoint - step, train_steps - step)
@@ -144,13 +213,22 @@ def train(
         elapsed = time.perf_counter() - started
         for metric in model.metrics:
             metric.reset_state()
-        step += num_steps
+        previous_step, previous_skipped = step, skipped
+        step = int(model.optimizer.iterations.numpy())
+        skipped = int(model.skipped_steps.numpy())
+        if skipped > previous_skipped:
+            _check_loss_scale(model, step, skipped - previous_skipped, run)
+        if step == previous_step:
+            continue  # every batch of the call was skipped: nothing to report or save
         if not math.isfinite(metrics["loss"]):
             raise NonFiniteLossError(
                 f"Loss became {metrics['loss']} by step {step}; stopped without saving. "
                 f"The newest checkpoint, {run.latest_checkpoint()}, is the last good one."
             )
         metrics["images/s"] = num_steps * global_batch_size / elapsed
+        # Skips of calls that applied nothing are reported with the next entry.
+        metrics["skipped_steps"] = skipped - reported_skipped
+        reported_skipped = skipped
         history.append({"step": step, **metrics})
         if writer is not None:
             with writer.as_default(step=step):

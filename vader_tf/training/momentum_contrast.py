@@ -348,6 +348,11 @@ class MomentumContrast(keras.Model):
                 [(t.loss_weight, m["loss"]) for t, m in zip(self.terms, self._term_metrics)]
             )
         )
+        # Steps whose update a loss-scaling optimiser skipped (non-finite float16
+        # gradients); the batches read are `optimizer.iterations + skipped_steps`.
+        self.skipped_steps = self.add_weight(
+            shape=(), initializer="zeros", dtype="int64", trainable=False, name="skipped_steps"
+        )
 
     def _queue_name(self, index):
         """Term `index`'s queue variable (and attribute); its pointer adds `_pointer`."""
@@ -486,7 +491,63 @@ class MomentumContrast(keras.Model):
             outputs.append(tf.nest.map_structure(tf.stop_gradient, keys))
         return outputs
 
+    @property
+    def skips_non_finite_steps(self):
+        """Whether the optimiser skips steps with non-finite gradients: a Keras
+        `LossScaleOptimizer` (mixed_float16) does; see `train_step`."""
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def _forward_state(self):
+        """Variables the forward passes write: the BN moving statistics of both networks
+        (every weight outside the EMA)."""
+        ema = set(self._ema_indices)
+        return [
+            model.weights[i]
+            for model in (self.query_model, self.key_model)
+            for i in range(len(model.weights))
+            if i not in ema
+        ]
+
+    def _apply_gradients(self, gradients, variables, replica):
+        """The optimiser step; returns whether it was applied (a scalar bool tensor).
+
+        A loss-scaling optimiser skips a step whose gradients are not all finite (it only
+        lowers its loss scale). Keras decides that from each replica's own gradients (and
+        under a merge call takes the first replica's word), so replicas could disagree;
+        here the replicas agree first, and a step non-finite on any replica is skipped on
+        all (its gradients are made non-finite everywhere, so Keras skips it too).
+        """
+        if not self.skips_non_finite_steps:
+            self.optimizer.apply(gradients, variables)
+            return tf.constant(True)
+        local_non_finite = tf.cast(
+            tf.logical_not(self.optimizer.check_finite(gradients)), tf.float32
+        )
+        applied = tf.equal(replica.all_reduce(tf.distribute.ReduceOp.SUM, local_non_finite), 0.0)
+        gradients = list(gradients)
+        first = next(i for i, g in enumerate(gradients) if g is not None)
+        # x * 1 is x, bit for bit: an applied step's gradients are unchanged.
+        gradients[first] = gradients[first] * tf.cast(
+            tf.where(applied, 1.0, float("nan")), gradients[first].dtype
+        )
+        self.optimizer.apply(gradients, variables)
+        return applied
+
     def train_step(self, data):
+        """One step; every state change follows the optimiser's applied updates.
+
+        A step the loss-scaling optimiser skips (non-finite float16 gradients) changes
+        nothing but the loss scale and `skipped_steps`: the BN moving statistics its
+        forward passes wrote are put back, the EMA uses momentum 1, nothing is enqueued,
+        and its rows are left out of the metrics (so a non-finite loss of a skipped step
+        does not reach the loop's loss check). `optimizer.iterations` counts the applied
+        updates; the learning-rate and momentum schedules and the BN shuffle follow it.
+        """
+        forward_state = (
+            [tf.identity(v) for v in self._forward_state()]
+            if self.skips_non_finite_steps
+            else []
+        )
         key_outputs = self._forward_keys(data)
         replica = tf.distribute.get_replica_context()
         queries_to_train = self.query_model.trainable_variables
@@ -533,7 +594,13 @@ class MomentumContrast(keras.Model):
             self.total_steps,
             self.momentum_schedule,
         )
-        self.optimizer.apply(gradients, queries_to_train)
+        applied = self._apply_gradients(gradients, queries_to_train, replica)
+        if self.skips_non_finite_steps:
+            for variable, before in zip(self._forward_state(), forward_state):
+                variable.assign(tf.where(applied, variable, before))
+            self.skipped_steps.assign_add(tf.cast(tf.logical_not(applied), tf.int64))
+        # Momentum 1 leaves the key network as it is.
+        momentum = tf.where(applied, momentum, tf.ones_like(momentum))
 
         key_weights, query_weights = self.key_model.weights, self.query_model.weights
         momentum_lib.ema_update(
@@ -548,11 +615,12 @@ class MomentumContrast(keras.Model):
             queue_lib.enqueue(
                 *self._queue_of(index),
                 replica.all_gather(term.keys_to_enqueue, axis=0),
-                all_mask > 0.5,
+                tf.logical_and(all_mask > 0.5, applied),
             )
 
         # Metrics weighted by each replica's count of rows, so that the value read across
         # replicas (sum of weighted totals / sum of counts) is the global mean.
+        # A skipped step counts no rows.
         for index, (w, r, trackers) in enumerate(zip(weights, rows, self._term_metrics)):
             local_count = local_counts[index]
             for key, values in (
@@ -562,5 +630,8 @@ class MomentumContrast(keras.Model):
                 ("accuracy", r["correct"]),
             ):
                 mean = tf.reduce_sum(w * values) / tf.maximum(local_count, 1.0)
-                trackers[key].update_state(mean, sample_weight=local_count)
+                trackers[key].update_state(
+                    tf.where(applied, mean, 0.0),
+                    sample_weight=tf.where(applied, local_count, 0.0),
+                )
         return {m.name: m.result() for m in self.metrics}

@@ -12,6 +12,10 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf import storage
+# TensorFlow exports `enable_op_determinism` only; the getter and the switch back that
+# `op_determinism` needs to restore the previous state live beside it.
+from tensorflow.python.framework import config as tf_config
+
 from vader_tf.config_flags import option
 from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
@@ -196,7 +200,8 @@ class PretrainConfig:
     mixed_precision: str = option(
         "auto",
         "'auto' (default): bfloat16 where the hardware computes it natively "
-        "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float32 elsewhere; "
+        "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float16 with loss "
+        "scaling on GPUs of compute capability 7.x (V100, T4), float32 elsewhere; "
         "'none' (float32), 'mixed_float16' (GPU) or 'mixed_bfloat16'.",
     )
     # Running.
@@ -373,6 +378,24 @@ def dtype_policy(mixed_precision):
         keras.mixed_precision.set_global_policy(previous)
 
 
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """TensorFlow op determinism turned on for a block when `enabled`, then restored.
+
+    `enable_op_determinism` is process-wide: left on, it would make every later
+    computation of the process deterministic (and unseeded `tf.random` calls raise), so
+    one run's setting would leak into the next (e.g. the next test of a pytest run).
+    """
+    previous = tf_config.is_op_determinism_enabled()
+    if enabled and not previous:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not previous:
+            tf_config.disable_op_determinism()
+
+
 def build_model(config):
     """The compiled model of `config.method` (call under the strategy's scope).
 
@@ -429,8 +452,6 @@ def pretrain(config, strategy=None):
     config.validate()
     storage.check_writable_dir(config.model_dir, "model_dir")
     config.check_resumable()
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     strategy = strategy or distribution.create_strategy(config.strategy, config.num_cpu_devices)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -466,7 +487,8 @@ def pretrain(config, strategy=None):
         )
 
     logging.info("Pretraining %s on %s into %s.", config.method, config.data, config.model_dir)
-    with source.no_usable_images_reraised():
+    # Determinism (`deterministic`) holds for this run only, not the rest of the process.
+    with op_determinism(config.deterministic), source.no_usable_images_reraised():
         every = config.image_summary_every
         image_summaries = summaries.ImageSummaries.from_source(
             source, config.image_size, config.checkpoint_every if every is None else every
