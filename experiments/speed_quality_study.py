@@ -8,7 +8,7 @@ variant runs the same steps at the same batch, so it sees the same images with h
 the backbone work. For each variant this writes its loss curve (from the run's
 TensorBoard events), wall time per training step (median over the logged intervals,
 from the loop's images/s, pipeline included) and the CamVid val linear-probe mIoU at
-the `features` tap (the study's probe, `small_study.Evaluations`), then one JSON and a
+the served `decoder` tap (the study's probe, `small_study.Evaluations`), then one JSON and a
 markdown table comparing them. Every variant is probed in float32: a run's saved
 architecture does not record its training precision (`DenseEncoder.get_config`).
 
@@ -35,7 +35,10 @@ VARIANTS = {
     "bfloat16_symmetric": dict(mixed_precision="mixed_bfloat16", symmetric_loss=True),
     "float32_one_direction": dict(mixed_precision="none", symmetric_loss=False),
 }
-LAYER = "features"
+# The served output (`decoder` = the served `features` since serving contract 2). The
+# committed results of issue 13 were probed at the projection head's output (`embedding`,
+# then called `features`; their JSON's `note` says so).
+LAYER = small_study.SERVED_TAP
 
 
 @dataclasses.dataclass
@@ -70,14 +73,15 @@ def step_seconds(history, batch_size):
 
 
 def probe(config, variant, evaluations):
-    """The CamVid val linear probe of one variant's encoder at the `features` tap."""
+    """The CamVid val linear probe of one variant's encoder at the `LAYER` tap."""
     path = small_study.result_path(config.results_dir, "linear_probe", variant, LAYER)
     if not config.force and evaluations.is_done(path, "linear_probe"):
         return storage.read_json(path)["metrics"]
     spec = config.pretrain_config(variant).model_dir
     extractor = load_feature_extractor(spec, seed=config.seed, layer=LAYER)
     metrics = small_study.evaluate_and_write(
-        evaluations, "linear_probe", extractor, spec, LAYER, config.seed, path
+        evaluations, "linear_probe", extractor, spec, LAYER, config.seed, path,
+        training=small_study.encoder_training(config.results_dir, variant),
     )
     keras.backend.clear_session()
     return metrics

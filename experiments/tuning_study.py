@@ -61,7 +61,11 @@ class TuningConfig(small_study.VariantsConfig):
     )
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
     seeds: tuple[int, ...] = option((0,), "Seeds of every variant.")
-    layers: tuple[str, ...] = option(("features",), f"Taps evaluated, from {LAYERS}.")
+    layers: tuple[str, ...] = option(
+        (small_study.SERVED_TAP,),
+        f"Taps evaluated, from {LAYERS} (`decoder` = the served `features` since serving "
+        "contract 2).",
+    )
     davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
 
@@ -132,6 +136,24 @@ def write_tables(config, command, final_losses):
     storage.write_json_atomic(path + ".json", payload)
     storage.write_atomic(path + ".md", table(variants, config.seeds))
     return payload
+
+
+def rewrite_table(results_dir):
+    """Rewrites `tuning.md` in `results_dir` from its `tuning.json` (no training)."""
+    path = os.path.join(results_dir, small_study.TUNING_FILE)
+    payload = storage.read_json(path + ".json")
+    for variant in payload["variants"].values():
+        if "features" in variant["taps"] and "note" not in payload:
+            raise ValueError(
+                f"{path}.json: tap `features` without a serving contract version (before "
+                "contract 2 it was the projection head's output, now `embedding`)."
+            )
+    variants = {  # In the order they were run (`--variants`), as `write_tables` has them.
+        variant: payload["variants"][variant]
+        for variant in payload["config"]["variants"]
+        if variant in payload["variants"]
+    }
+    storage.write_atomic(path + ".md", table(variants, payload["config"]["seeds"]))
 
 
 def table(variants, seeds):
