@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from tests.eval.conftest import save_png, square_scene
+from vader_tf.studies import small_study
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
 SCRIPT = os.path.join(EXPERIMENTS, "reproduce_small.py")
-sys.path.insert(0, EXPERIMENTS)
-import small_study  # noqa: E402
 
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
 # The protocols of TINY_BUDGET: the study's shrunk sizes and steps, other fields default.

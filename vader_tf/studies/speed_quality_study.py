@@ -24,10 +24,10 @@ from typing import ClassVar
 import keras
 from absl import logging
 
-import small_study
 from vader_tf import storage
 from vader_tf.config_flags import option
 from vader_tf.eval.encoders import load_feature_extractor
+from vader_tf.studies import small_study
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run.
 VARIANTS = {

@@ -1,7 +1,7 @@
 """The small-scale study behind RESULTS.md: VADeR vs MoCo v2 vs random init, over seeds.
 
-This is the orchestration of `experiments/reproduce_small.py` (kept out of the library:
-it pretrains, evaluates, draws and writes a report). For every seed it
+This is the orchestration behind `experiments/reproduce_small.py` (the study harness, an
+importable module shared with `tuning_study` and `speed_quality_study`). For every seed it
 
 1. pretrains VADeR and MoCo v2 from the same random initialisation (the seed's), on
    BSDS500 train + test photos and the CamVid train frames (no labels);
@@ -905,7 +905,7 @@ def write_report(config, command, figures, elapsed):
     ]
     tuning = os.path.join(c.results_dir, TUNING_FILE)
     if tf.io.gfile.exists(tuning + ".json"):
-        import tuning_study  # Beside this module; imports it.
+        from vader_tf.studies import tuning_study  # It imports this module.
 
         tuning_study.rewrite_table(c.results_dir)
         lines += [

@@ -23,10 +23,10 @@ from typing import ClassVar
 
 import keras
 
-import small_study
 from vader_tf import storage
 from vader_tf.config_flags import option
 from vader_tf.eval.encoders import LAYERS
+from vader_tf.studies import small_study
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run
 # (temperature 0.2, 64 matched points and 16 queued key pixels per image, decoder 128).
