@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's front door on a bare install: a fresh venv with `pip install -e .` (no
-# extras) must run the main job, the export command that job prints, `load_encoder`, and
-# the export must load in plain TensorFlow. Fails if the main path ever needs an extra.
+# extras) must run the main job through its console command (`vader-pretrain`, from a
+# directory outside the repository), the export command that job prints, `load_encoder`,
+# and the export must load in plain TensorFlow. Fails if the main path ever needs an
+# extra.
 #
 # Usage: .ci/bare_install_check.sh [VENV_DIR]   (default: .venv-bare, recreated each run)
 set -euo pipefail
@@ -22,10 +24,14 @@ for extra in tensorflow_serving ai_edge_litert torch pytest; do
   fi
 done
 
-# The README's main job, shortened (run from a scratch directory so nothing lands in
-# the repository; the printed command is pasteable from there too).
+# The README's main job, shortened, as its command in the activated venv (run from a
+# scratch directory so nothing lands in the repository; the printed command is
+# pasteable from there too).
+export PATH="$VENV/bin:$PATH"
+test "$(command -v vader-pretrain)" = "$VENV/bin/vader-pretrain" \
+  || { echo "bare install check: pip made no vader-pretrain command" >&2; exit 1; }
 cd "$SCRATCH"
-"$PY" "$REPO/experiments/pretrain.py" --train_steps=3 --log_every=1 --checkpoint_every=3 \
+vader-pretrain --train_steps=3 --log_every=1 --checkpoint_every=3 \
   --verbose=0 --model_dir=runs/vader_samples | tee pretrain.out
 test -f runs/vader_samples/encoder.keras
 ls runs/vader_samples/tensorboard/events.* >/dev/null \
@@ -36,7 +42,7 @@ NEXT="$(sed -n 's/^Next: //p' pretrain.out)"
 test -n "$NEXT" || { echo "bare install check: the main job printed no 'Next:' command" >&2; exit 1; }
 echo "+ $NEXT"
 bash -c "$NEXT"
-test -s exports/vader/1/assets.extra/tf_serving_warmup_requests
+test -s exports/vader_samples/1/assets.extra/tf_serving_warmup_requests
 
 # The export in plain TensorFlow (vader_tf and Keras unimportable), and load_encoder.
 "$PY" - <<'PYTHON'
@@ -44,7 +50,7 @@ import sys
 for name in ("keras", "keras_hub", "vader_tf"):
     sys.modules[name] = None
 import tensorflow as tf
-serve = tf.saved_model.load("exports/vader/1").signatures["serving_default"]
+serve = tf.saved_model.load("exports/vader_samples/1").signatures["serving_default"]
 features = serve(images=tf.zeros([2, 64, 96, 3], tf.uint8))["features"]
 assert features.shape[:3] == (2, 16, 24), features.shape
 print("export loads in plain TensorFlow:", features.shape)

@@ -99,13 +99,19 @@ _torchvision_stub_ops = None
 def import_peer():
     """`(torch, torchvision, lightly modules)`, or ImportError naming the extra to install.
 
-    PyPI's torchvision wheels are built against CUDA torch. Next to the CPU torch this
-    project installs, their compiled ops (nms, roi_align, ...) cannot load, and
-    torchvision 0.28's import then fails registering a fake kernel for
-    `torchvision::nms`. The ResNets use none of those ops, so in that case the two
-    schemas the registration needs are declared and the import is retried.
+    The extras pin torch 2.14.1 with torchvision 0.29.1, which load together. With a
+    mismatched pair (torch 2.13.0+cpu beside PyPI's torchvision 0.28.0, built against CUDA
+    torch) torchvision's compiled ops (nms, roi_align, ...) cannot load, and its import
+    fails registering a fake kernel for `torchvision::nms`. The ResNets use none of those
+    ops, so in that case the two schemas the registration needs are declared and the
+    import is retried (`torchvision_compiled_ops` in the JSON says which case ran).
     """
     global _torchvision_stub_ops
+    # torch's x86_64 wheel brings triton, whose libtriton crashes the process (SIGSEGV)
+    # when loaded after TensorFlow (their LLVM symbols clash). torch imports it only to
+    # offer its GPU kernel compiler, which this CPU peer does not use, and reads an
+    # ImportError as "no triton", so it is made unimportable here.
+    sys.modules.setdefault("triton", None)
     try:
         import torch
         import lightly  # noqa: F401

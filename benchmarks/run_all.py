@@ -32,6 +32,7 @@ BENCHMARKS = (
     "precision",
     "peer_densecl",
     "label_propagation",
+    "image_summaries",
 )
 # Benchmarks that need an optional extra: skipped, with a note, when it is not installed.
 NEEDS = {"peer_densecl": ("lightly", "pip install -e '.[peer]'")}
@@ -83,6 +84,11 @@ def headline(name, results):
         return [
             f"one-direction speed-up vader {results['vader_one_direction_speedup']}, "
             f"moco {results['moco_one_direction_speedup']}"
+        ]
+    if name == "image_summaries":
+        return [
+            f"pictures' share of wall time at the default cadence "
+            f"{results['share_of_wall_time_at_default_cadence']} (budget {results['budget']})"
         ]
     cases = {case: r for case, r in results.items() if isinstance(r, dict) and "steps" in r}
     if name == "precision":

@@ -1,48 +1,10 @@
 """Geometric correspondence (PCK) of frozen dense features under known warps of photos.
 
-Warps each photo of `--image_dir` by random crops/scales/flips and homographies, matches
-features by nearest neighbour and reports PCK at `--thresholds` pixels; see
-`vader_tf.eval.correspondence` for the protocol. Every field of
-`vader_tf.eval.protocols.CorrespondenceProtocol` is a flag of the same name.
-
-    python experiments/eval_correspondence.py --encoder=runs/vader_r18 \
-        --image_dir=$VADER_SHARED_DATA/bsds500/images/val --output=results/corr_vader.json
+The `vader-eval-correspondence` command (`vader-eval-correspondence --help`);
+its code is in `vader_tf.scripts.eval_correspondence`.
 """
 
-from absl import flags, logging
-
-from vader_tf import cli
-from vader_tf.config_flags import define_flags, from_flags
-from vader_tf.eval.correspondence import evaluate_correspondence, load_images
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
-from vader_tf.eval.protocols import CorrespondenceProtocol
-from vader_tf.eval.reporting import script_flags, write_results
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
-)
-flags.DEFINE_string("image_dir", None, "Folder of photos (searched recursively).")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_integer("num_images", 100, "Use the first N photos (sorted by path).")
-flags.DEFINE_integer("seed", 0, "Seed of the warps and of random encoders.")
-flags.mark_flags_as_required(["encoder", "image_dir", "output"])
-define_flags(CorrespondenceProtocol)
-
-
-def main(argv):
-    del argv
-    protocol = from_flags(CorrespondenceProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
-    images = load_images(FLAGS.image_dir, protocol.image_size, limit=FLAGS.num_images)
-    metrics = evaluate_correspondence(extractor, images, protocol, seed=FLAGS.seed)
-    write_results(
-        FLAGS.output, "correspondence", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
-    logging.info("%s correspondence: %s", FLAGS.encoder, metrics["all"])
-
+from vader_tf.scripts.eval_correspondence import main, run  # noqa: F401  (main: for tests)
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

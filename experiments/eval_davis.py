@@ -1,55 +1,10 @@
 """DAVIS video object segmentation by label propagation with frozen dense features.
 
-Given each sequence's first-frame mask, propagates it by k-nearest-neighbour matching
-of features (see `vader_tf.eval.davis` for the protocol) and reports J and F. Every field
-of `vader_tf.eval.protocols.DavisProtocol` is a flag of the same name.
-
-    python experiments/eval_davis.py --encoder=runs/vader_r18 \
-        --davis_root=$VADER_SHARED_DATA/davis2016 --output=results/davis_vader.json
+The `vader-eval-davis` command (`vader-eval-davis --help`);
+its code is in `vader_tf.scripts.eval_davis`.
 """
 
-from absl import flags, logging
-
-from vader_tf import cli
-from vader_tf.config_flags import define_flags, from_flags
-from vader_tf.eval.davis import evaluate_davis
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
-from vader_tf.eval.protocols import DavisProtocol
-from vader_tf.eval.reporting import script_flags, write_results
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
-)
-flags.DEFINE_string("davis_root", None, "Folder in the DAVIS layout (JPEGImages/, Annotations/).")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_list("sequences", None, "Sequences to evaluate (default: all in the folder).")
-flags.DEFINE_string("resolution", "480p", "Resolution sub-folder.")
-flags.DEFINE_integer("max_frames", None, "Use only the first N frames of each sequence.")
-flags.DEFINE_integer("seed", 0, "Seed of random encoders.")
-flags.mark_flags_as_required(["encoder", "davis_root", "output"])
-define_flags(DavisProtocol)
-
-
-def main(argv):
-    del argv
-    protocol = from_flags(DavisProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
-    metrics = evaluate_davis(
-        extractor,
-        FLAGS.davis_root,
-        protocol,
-        sequences=FLAGS.sequences,
-        resolution=FLAGS.resolution,
-        max_frames=FLAGS.max_frames,
-    )
-    write_results(
-        FLAGS.output, "davis_label_propagation", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
-    logging.info("%s DAVIS J&F %.4f", FLAGS.encoder, metrics["JF_mean"])
-
+from vader_tf.scripts.eval_davis import main, run  # noqa: F401  (main: for tests)
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

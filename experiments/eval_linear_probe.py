@@ -1,64 +1,10 @@
 """Linear-probe semantic segmentation on frozen dense features (e.g. CamVid).
 
-Trains a 1x1 linear classifier on frozen stride-4 features of `--split` and reports
-mIoU on `--eval_split`; see `vader_tf.eval.linear_probe` for the protocol. Every field of
-`vader_tf.eval.protocols.CamVidProbeProtocol` is a flag of the same name.
-
-    python experiments/eval_linear_probe.py --encoder=runs/vader_r18 \
-        --data_root=$VADER_SHARED_DATA/camvid --num_classes=11 --ignore_label=11 \
-        --output=results/probe_vader.json
+The `vader-eval-linear-probe` command (`vader-eval-linear-probe --help`);
+its code is in `vader_tf.scripts.eval_linear_probe`.
 """
 
-from absl import flags, logging
-
-from vader_tf import cli
-from vader_tf.config_flags import define_flags, from_flags
-from vader_tf.data.segmentation import load_segmentation_split
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
-from vader_tf.eval.linear_probe import run_linear_probe
-from vader_tf.eval.protocols import CamVidProbeProtocol
-from vader_tf.eval.reporting import script_flags, write_results
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum(
-    "layer", FEATURES_LAYER, LAYERS, LAYER_HELP
-)
-flags.DEFINE_string("data_root", None, "Folder with <split>.txt files of 'image label' pairs.")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_string("split", "train", "Split the probe is trained on.")
-flags.DEFINE_string("eval_split", "val", "Split the probe is scored on.")
-flags.DEFINE_integer("limit", None, "Use only the first N images of each split (smoke tests).")
-flags.DEFINE_integer("seed", 0, "Seed of sampling, probe initialisation and random encoders.")
-flags.mark_flags_as_required(["encoder", "data_root", "output"])
-define_flags(CamVidProbeProtocol)
-
-
-def main(argv):
-    del argv
-    protocol = from_flags(CamVidProbeProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
-    train_images, train_labels = load_segmentation_split(
-        FLAGS.data_root, FLAGS.split, protocol.image_size, limit=FLAGS.limit
-    )
-    val_images, val_labels = load_segmentation_split(
-        FLAGS.data_root, FLAGS.eval_split, protocol.image_size, limit=FLAGS.limit
-    )
-    metrics = run_linear_probe(
-        extractor,
-        train_images,
-        train_labels,
-        val_images,
-        val_labels,
-        protocol,
-        seed=FLAGS.seed,
-    )
-    write_results(
-        FLAGS.output, "linear_probe", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
-    logging.info("%s mIoU on %s: %.4f", FLAGS.encoder, FLAGS.eval_split, metrics["mean_iou"])
-
+from vader_tf.scripts.eval_linear_probe import main, run  # noqa: F401  (main: for tests)
 
 if __name__ == "__main__":
-    cli.run(main)
+    run()

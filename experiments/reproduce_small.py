@@ -33,6 +33,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = from_flags(small_study.StudyConfig)
     config.validate()
+    cli.check_outputs(config, directories=("run_dir", "results_dir"), files=("report",))
     small_study.run_study(config, command=["python", *sys.argv])
     print(f"Wrote {config.report}; figures and JSONs in {config.results_dir}/")
 

@@ -29,6 +29,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = from_flags(speed_quality_study.SpeedQualityConfig)
     config.validate()
+    cli.check_outputs(config, directories=("run_dir", "results_dir"))
     speed_quality_study.run(config, command=["python", *sys.argv])
     print(f"Wrote {config.results_dir}/speed_quality.json and speed_quality.md")
 

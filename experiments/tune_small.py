@@ -31,6 +31,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = from_flags(tuning_study.TuningConfig)
     config.validate()
+    cli.check_outputs(config, directories=("run_dir", "results_dir"))
     tuning_study.run(config, command=["python", *sys.argv])
     print(f"Wrote {config.results_dir}/tuning.json and tuning.md")
 

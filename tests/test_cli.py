@@ -65,12 +65,12 @@ def test_other_exceptions_keep_their_traceback():
         cli.report_user_errors(main, script_path=__file__)([])
 
 
-def test_hint_commands_use_this_interpreter_and_can_be_pasted():
-    command = cli.command("export/export_saved_model.py", model_dir="runs/my run", export_dir="e")
+def test_hint_commands_use_this_interpreter_and_can_be_pasted(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # The command is not installed on PATH.
+    command = cli.command("vader-export", model_dir="runs/my run", export_dir="e")
     words = shlex.split(command)
-    assert words[0] == sys.executable
-    assert os.path.samefile(words[1], os.path.join(REPO, "export", "export_saved_model.py"))
-    assert words[2:] == ["--model_dir=runs/my run", "--export_dir=e"]
+    assert words[:3] == [sys.executable, "-m", "vader_tf.scripts.export_saved_model"]
+    assert words[3:] == ["--model_dir=runs/my run", "--export_dir=e"]
 
 
 def _run_script(script, *args, cwd=None):

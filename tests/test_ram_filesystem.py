@@ -1,9 +1,11 @@
 """A whole run on a filesystem that is not the local one: TensorFlow's in-memory `ram://`.
 
-What works there works on any filesystem `tf.io.gfile` knows (e.g. `gs://`): data is read,
-a run is trained, resumed and exported, and a TFLite model is written, all in `ram://`
-(which lives in this process only, so everything runs in-process). Running in an empty
-working directory catches paths that would land in a local folder named `ram:`.
+Every path goes through `tf.io.gfile`, not the local filesystem: data is read, a run is
+trained, resumed and exported, and a TFLite model is written, all in `ram://` (which
+lives in this process only, so everything runs in-process). Running in an empty working
+directory catches paths that would land in a local folder named `ram:`. `ram://` still
+has directories and an atomic rename, unlike gs://; tests/test_object_store.py covers
+object-store semantics.
 """
 
 import json

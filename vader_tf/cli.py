@@ -1,9 +1,13 @@
-"""What the command-line scripts in `experiments/` and `export/` share.
+"""What the commands share (`vader_tf.scripts`, run as `vader-*` or `experiments/*.py`).
 
-- `run(main)`: `absl.app.run` for a script, printing errors in what the user gave
-  (flags, paths, data specs) as one line instead of a traceback.
-- `command(script, **flags)`: a shell command line that runs another script with the
-  interpreter that is running now, for hints such as "Next: ...".
+- `COMMANDS`: the console commands `pip install` makes, and the module of each (setup.cfg's
+  `console_scripts` lists the same).
+- `run(main, flag_groups)`: `absl.app.run` for a command, printing errors in what the user
+  gave (flags, paths, data specs) as one line instead of a traceback, and a `--help` of
+  the command's own flags, in groups (absl's `--helpfull` lists absl's too).
+- `check_outputs(config, ...)`: the output paths among a config's fields are writable.
+- `command(name, **flags)`: a shell command line that runs another command, for hints
+  such as "Next: ...".
 
 Which errors are the user's: the exception types in `USER_ERROR_TYPES`, raised by this
 project's own code (a `raise` in `vader_tf`, in the running script or in a module beside
@@ -16,9 +20,26 @@ traceback.
 import functools
 import os
 import shlex
+import shutil
 import sys
+import textwrap
 
-from absl import app
+from absl import app, flags
+
+# Console command -> module with its `run()` (setup.cfg's console_scripts must agree).
+COMMANDS = {
+    "vader-pretrain": "vader_tf.scripts.pretrain",
+    "vader-export": "vader_tf.scripts.export_saved_model",
+    "vader-export-tflite": "vader_tf.scripts.export_tflite",
+    "vader-export-keras-hub-preset": "vader_tf.scripts.export_keras_hub_preset",
+    "vader-convert-torch-weights": "vader_tf.scripts.convert_torch_weights",
+    "vader-eval-linear-probe": "vader_tf.scripts.eval_linear_probe",
+    "vader-eval-davis": "vader_tf.scripts.eval_davis",
+    "vader-eval-correspondence": "vader_tf.scripts.eval_correspondence",
+    "vader-eval-depth": "vader_tf.scripts.eval_depth",
+    "vader-finetune-segmentation": "vader_tf.scripts.finetune_segmentation",
+    "vader-visualize-features": "vader_tf.scripts.visualize_features",
+}
 
 # Exceptions this project raises for bad flags, paths and data.
 USER_ERROR_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
@@ -27,7 +48,6 @@ USER_ERROR_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirector
 USAGE_EXIT_CODE = 2
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_SCRIPT_ROOT = os.path.dirname(_PACKAGE_DIR)
 
 
 def _raised_here(error, script_path):
@@ -62,24 +82,108 @@ def report_user_errors(main, script_path=None):
     return wrapped
 
 
-def run(main):
-    """`absl.app.run(main)`, with errors in the user's input reported as one line."""
-    app.run(report_user_errors(main))
+_HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
-def command(script, **flags):
-    """A pasteable command line running `script` with this interpreter and flags.
+def _own_flags(flag_values):
+    """The flags the running command defined: those of `vader_tf` modules and of the
+    script (`__main__`), not absl's."""
+    own = {}
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module.startswith("vader_tf") or module == "__main__" or module.endswith(".py"):
+            own.update({flag.name: flag for flag in module_flags})
+    return own
+
+
+def _describe(flag):
+    default = flag.default
+    if default is None:
+        default = "none"
+    elif isinstance(default, bool):
+        default = str(default).lower()
+    elif isinstance(default, str):
+        default = repr(default)
+    elif isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    return f"--{flag.name}: {' '.join(flag.help.split())} (default: {default})"
+
+
+def help_text(doc, flag_groups=None, flag_values=flags.FLAGS, program=None):
+    """The `--help` page: `doc`, then the command's own flags under `flag_groups`
+    (`{title: [flag names]}`; flags in no group come last, under "other")."""
+    program = program or os.path.basename(sys.argv[0])
+    own = _own_flags(flag_values)
+    groups = {
+        title: [name for name in names if name in own]
+        for title, names in (flag_groups or {}).items()
+    }
+    grouped = {name for names in groups.values() for name in names}
+    rest = sorted(set(own) - grouped)
+    if rest:
+        groups["other" if flag_groups else "flags"] = rest
+    lines = [f"usage: {program} [--flag=value ...]", ""]
+    lines += [(doc or "").strip(), ""]
+    for title, names in groups.items():
+        lines.append(f"{title}:")
+        for name in names:
+            lines += textwrap.wrap(
+                _describe(own[name]), width=88, initial_indent="  ", subsequent_indent="      "
+            )
+        lines.append("")
+    lines.append("--flagfile=FILE reads flags from a file (one --flag=value a line);")
+    lines.append("--helpfull lists absl's own flags too.")
+    return "\n".join(lines)
+
+
+def run(main, flag_groups=None):
+    """`absl.app.run(main)`, with errors in the user's input reported as one line and
+    `--help` (`-h`) printing `help_text` of `main`'s module docstring and `flag_groups`."""
+    doc = sys.modules[main.__module__].__doc__
+
+    def parse(argv):
+        if any(arg in _HELP_FLAGS for arg in argv[1:]):
+            print(help_text(doc, flag_groups))
+            sys.exit(0)
+        return app.parse_flags_with_usage(argv)
+
+    app.run(report_user_errors(main), flags_parser=parse)
+
+
+def check_outputs(config, directories=(), files=()):
+    """Checks that the output paths among `config`'s fields can be written, before any
+    work (see `storage.check_writable_dir`); raises `ValueError` in one line naming the
+    first that cannot."""
+    from vader_tf import storage  # Imported here: TensorFlow loads with it.
+
+    for name in directories:
+        storage.check_writable_dir(getattr(config, name), name)
+    for name in files:
+        storage.check_writable_file(getattr(config, name), name)
+
+
+def export_dir_for(model_dir):
+    """The export directory a hint proposes for run `model_dir`: `exports/<run name>`, so
+    that each run becomes its own model (with versions 1, 2, ... of its own), never a
+    new version of another run's model."""
+    name = os.path.basename(model_dir.rstrip("/")) or "vader"
+    return os.path.join("exports", name)
+
+
+def command(name, **flag_values):
+    """A pasteable command line running command `name` (a key of `COMMANDS`) with flags.
+
+    The bare name when the `name` found on PATH is the one installed beside this
+    interpreter; else `<this interpreter> -m <module>`, which works from any directory
+    wherever this package is importable.
 
     Args:
-        script: path relative to the repository, e.g. "export/export_saved_model.py".
-            It is given relative to the working directory when it lies below it, else
-            absolute (as is the interpreter), so the line works where it is printed.
-        **flags: `--name=value` flags, in order.
+        name: e.g. "vader-export".
+        **flag_values: `--name=value` flags, in order.
     """
-    path = os.path.join(_SCRIPT_ROOT, script)
-    if not os.path.isfile(path):  # Not a source checkout: name the script as given.
-        path = script
-    elif not os.path.relpath(path).startswith(os.pardir):
-        path = os.path.relpath(path)
-    words = [sys.executable, path] + [f"--{name}={value}" for name, value in flags.items()]
-    return shlex.join(words)
+    installed = os.path.join(os.path.dirname(sys.executable), name)
+    on_path = shutil.which(name)
+    if on_path and os.path.exists(installed) and os.path.samefile(on_path, installed):
+        words = [name]
+    else:
+        words = [sys.executable, "-m", COMMANDS[name]]
+    return shlex.join(words + [f"--{key}={value}" for key, value in flag_values.items()])

@@ -12,8 +12,11 @@ directory (`--model_dir` of `experiments/pretrain.py`, local or on any filesyste
 - `encoder.keras`: the final query encoder as a Keras file, written at the end of a run.
 
 A run killed while writing may leave `checkpoints/ckpt-<step>_temp/` (TensorFlow's
-staging folder of a checkpoint being written) or `*.tmp-<pid>*` files of an atomic
-write; `RunDir.remove_stale_leftovers` deletes them when the run is restarted.
+staging folder of a checkpoint being written), `checkpoints/checkpoint.tmp<hex>` (its
+temporary copy of the checkpoint state file, left where a rename is a copy and a delete
+that TensorFlow believes atomic, as with filesystem plugins such as tensorflow-io's; gs://
+has TensorFlow write the state file in place) or `*.tmp-<pid>*` files of an atomic write; `RunDir.remove_stale_leftovers`
+deletes them when the run is restarted.
 
 `load_encoder` rebuilds the encoder from `encoder_config.json` and restores only its
 weights from a checkpoint, so it needs neither the optimizer nor the queue.
@@ -31,6 +34,8 @@ from vader_tf import storage
 # `*.tmp-<pid>` (JSON files) and `*.tmp-<pid>.keras` (the encoder's atomic save).
 _ATOMIC_WRITE_TMP = re.compile(r"\.tmp-(\d+)(\.keras)?$")
 _CHECKPOINT_STEP = re.compile(r"-(\d+)$")
+# TensorFlow writes `checkpoints/checkpoint` through `checkpoint.tmp<uuid hex>` and a rename.
+_STATE_FILE_TMP = "checkpoint.tmp" + "[0-9a-f]" * 32
 
 
 class RunDir:
@@ -162,11 +167,14 @@ class RunDir:
     def remove_stale_leftovers(self):
         """Deletes what a killed run left half-written, with a log line each.
 
-        That is every `checkpoints/*_temp/` staging folder (only the chief writes
-        checkpoints into the run directory, and it calls this before its first save) and
-        every temporary file of an atomic write whose process is no longer running.
+        That is every `checkpoints/*_temp/` staging folder, every temporary copy of
+        TensorFlow's checkpoint state file (`checkpoints/checkpoint.tmp<hex>`) (only the
+        chief writes checkpoints into the run directory, and it calls this before its
+        first save), and every temporary file of an atomic write whose process is no
+        longer running.
         """
         leftovers = tf.io.gfile.glob(os.path.join(self.checkpoint_dir, "*_temp"))
+        leftovers += tf.io.gfile.glob(os.path.join(self.checkpoint_dir, _STATE_FILE_TMP))
         if tf.io.gfile.isdir(self.path):
             for name in tf.io.gfile.listdir(self.path):
                 match = _ATOMIC_WRITE_TMP.search(name.rstrip("/"))

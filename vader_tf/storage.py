@@ -7,13 +7,17 @@ What is guaranteed where:
   `publish_directory` write a temporary name next to the target and rename it, so readers
   see either the old content or the complete new one, never a partial file or directory.
 - Object stores such as GCS have no atomic rename: `tf.io.gfile.rename` of a file is a
-  copy and a delete, and a directory cannot be renamed at all. A single object is still
-  never seen half-written (an upload becomes visible only once complete), so
-  `write_atomic` keeps its guarantee per file. A directory is staged locally
+  copy and a delete, and a directory's is one per object (never at once, so it is never
+  used here). A single object is still never seen half-written (an upload becomes
+  visible only once complete), so `write_atomic` keeps its guarantee per file. A directory is staged locally
   (`staging_directory`) and `publish_directory` copies it file by file, `saved_model.pb`
   last: while it runs, or if it is killed, the target may exist without its
-  `saved_model.pb`, which `tf.saved_model.contains_saved_model` (and TF Serving, which
-  retries) treat as not (yet) a SavedModel.
+  `saved_model.pb`, which `tf.saved_model.contains_saved_model` treats as not (yet) a
+  SavedModel; a killed copy's target stays so (and its local staging folder stays).
+  Not guaranteed there: a directory appearing at once, or any lock between writers.
+  tests/test_object_store.py checks these guarantees, and a run killed inside a
+  copy-and-delete rename resuming bit-identically, on `objstore://`, a test double of
+  an object store (a TensorFlow filesystem plugin, tests/support/objstore_filesystem.c).
 - `ram://` behaves like an object store here: its directory rename drops the
   directory's content, and its listings mix up siblings whose names share a prefix
   (`assets` lists `assets.extra`'s files), so directories are never walked there.
@@ -148,20 +152,78 @@ def staging_directory(target, name):
     return tempfile.mkdtemp(prefix=f"vader{name}-")
 
 
-def publish_directory(tmp, target):
+def publish_directory(tmp, target, last="saved_model.pb"):
     """Moves the finished directory `tmp` (from `staging_directory`) to `target`, which
     must not exist.
 
-    A rename on the local filesystem; elsewhere a copy with `saved_model.pb` last and a
-    deletion of `tmp` (see the module docstring for what readers may see meanwhile).
+    A rename on the local filesystem; elsewhere a copy with `last` (the file readers
+    look for first) copied last and a deletion of `tmp` (see the module docstring for
+    what readers may see meanwhile).
     """
     if is_local(target):
         tf.io.gfile.rename(tmp, target)
         return
     try:
-        copy_tree(tmp, target, last="saved_model.pb")
+        copy_tree(tmp, target, last=last)
     except Exception:
         if tf.io.gfile.exists(target):  # A failed copy leaves no partial target behind.
             tf.io.gfile.rmtree(target)
         raise
     tf.io.gfile.rmtree(tmp)
+
+
+def _probe_reason(error):
+    """The first line of an I/O error's message, for a one-line report."""
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    # TensorFlow's messages start with the path ("<probe>; Permission denied").
+    return message.strip().splitlines()[0].rpartition("; ")[2]
+
+
+def check_writable_dir(path, flag_name):
+    """Checks, before any work, that directory `path` can be created or written into.
+
+    A probe file is created and removed (on any `tf.io.gfile` filesystem: local,
+    `gs://`, `ram://`...): in `path` if it exists, else in its nearest existing ancestor
+    on the local filesystem (nothing is created: `path` itself is made later by its
+    writer), or at `path` itself on object stores, where directories are only prefixes.
+
+    Args:
+        path: the output directory a flag names.
+        flag_name: the flag's name, for the message (e.g. "model_dir").
+
+    Raises:
+        ValueError: one line naming `--flag_name=path` and the reason (a regular file in
+            the way, permission denied, read-only or virtual filesystem...).
+    """
+
+    def refuse(reason):
+        raise ValueError(f"--{flag_name}={path} cannot be written: {reason}.")
+
+    if not path:
+        refuse("the path is empty")
+    probe_dir = path
+    if is_local(path):
+        probe_dir = os.path.abspath(path[len("file://"):] if path.startswith("file://") else path)
+        while not tf.io.gfile.exists(probe_dir):
+            probe_dir = os.path.dirname(probe_dir)
+    if tf.io.gfile.exists(probe_dir) and not tf.io.gfile.isdir(probe_dir):
+        refuse(f"{probe_dir} is a file, not a directory")
+    probe = os.path.join(probe_dir, f".write-probe-{os.uname().nodename}-{os.getpid()}")
+    try:
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as error:
+        refuse(f"no file can be created in {probe_dir} ({_probe_reason(error)})")
+
+
+def check_writable_file(path, flag_name):
+    """`check_writable_dir` for an output file `path`: its folder must be writable and
+    `path` must not be a directory. Raises `ValueError` in one line."""
+    if path and tf.io.gfile.isdir(path):
+        raise ValueError(f"--{flag_name}={path} cannot be written: it is a directory.")
+    folder = os.path.dirname(path) if path else path
+    try:
+        check_writable_dir(folder or ".", flag_name)
+    except ValueError as error:
+        raise ValueError(str(error).replace(f"={folder or '.'} ", f"={path} ", 1)) from None

@@ -136,6 +136,160 @@ def test_a_huge_jpeg_is_used(tmp_path):
     assert source.skipped.count == 0
 
 
+def constant_png(width, height, rgb=(120, 80, 40)):
+    """A PNG of one colour, written row by row: a 12000 x 12000 one takes 1 s and 2 MB."""
+    row = b"\x00" + bytes(rgb) * width
+    compressor = zlib.compressobj(1)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (
+        decoding.PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", body)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png_header_only(width, height):
+    """A PNG whose IHDR declares `width` x `height` but whose image data is garbage: it
+    fails if anything tries to decode it, so a size refusal proves nothing was decoded."""
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return (
+        decoding.PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", b"not zlib data")
+        + png_chunk(b"IEND", b"")
+    )
+
+
+SIZE_FORMATS = {
+    "jpg": {"image_format": "JPEG"},
+    "png": {"image_format": "PNG"},
+    "gif": {"image_format": "GIF"},
+    "bmp": {"image_format": "BMP"},
+    "lossy.webp": {"image_format": "WEBP"},
+    "lossless.webp": {"image_format": "WEBP", "lossless": True},
+    "exif.webp": {"image_format": "WEBP", "exif": b"Exif\x00\x00II*\x00"},  # VP8X chunk.
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZE_FORMATS))
+def test_the_header_size_of_every_format_is_what_pil_reads(name):
+    encoded = encode(RGB[:, :29], **SIZE_FORMATS[name])
+    expected_width, expected_height = Image.open(io.BytesIO(encoded)).size
+    size = decoding.encoded_image_size(tf.constant(encoded)).numpy()
+    if name == "exif.webp":
+        assert encoded[12:16] == b"VP8X"
+    assert size.tolist() == [expected_height, expected_width] == [24, 29]
+
+
+def test_images_outside_the_size_limits_are_skipped_and_counted_before_decoding(tmp_path, caplog):
+    limits = decoding.SizeLimits.for_views(64, max_pixels=100 * 100)
+    assert limits.min_side == 16
+    files = {
+        "ok.png": encode(RGB, "PNG"),  # 32 x 24: above 64 // 4 on both sides.
+        "one_pixel.png": encode(RGB[:1, :1], "PNG"),
+        "thin.jpg": encode(SMOOTH[:, :15], "JPEG"),
+        "huge_header.png": png_header_only(101, 100),
+        "huge.jpg": encode(Image.new("RGB", (200, 60), (9, 9, 9)), "JPEG"),
+        "huge.webp": encode(Image.new("RGB", (120, 90), (9, 9, 9)), "WEBP"),
+    }
+    write_corpus(str(tmp_path), files)
+    source = sources.folder_source(str(tmp_path), size_limits=limits)
+    with caplog.at_level("WARNING"):
+        (element,) = source.dataset().as_numpy_iterator()
+    np.testing.assert_array_equal(element["image"], RGB)
+    reasons = {os.path.basename(path): reason for path, reason in source.skipped.files.items()}
+    assert reasons == {
+        "one_pixel.png": "1 x 1 pixels, a side below the minimum of 16",
+        "thin.jpg": "15 x 24 pixels, a side below the minimum of 16",
+        # Not "could not be decoded": refused from its header, never decoded.
+        "huge_header.png": "101 x 100 pixels, above the limit of 10000 (max_image_pixels)",
+        "huge.jpg": "200 x 60 pixels, above the limit of 10000 (max_image_pixels)",
+        "huge.webp": "120 x 90 pixels, above the limit of 10000 (max_image_pixels)",
+    }
+    assert source.skipped.count == 5
+    for name in reasons:
+        assert name in caplog.text
+
+
+def test_pretraining_skips_a_one_pixel_image(tmp_path, monkeypatch):
+    from vader_tf.training import pretrain as pretrain_module
+
+    write_corpus(str(tmp_path), {"one_pixel.png": encode(RGB[:1, :1], "PNG"), "ok.png": PNG})
+    made = []
+
+    def stop_after_the_source(*args, **kwargs):
+        made.append(parse_data_spec(*args, **kwargs))
+        raise KeyboardInterrupt  # Stops `pretrain` before the model is built.
+
+    parse_data_spec = sources.parse_data_spec
+    monkeypatch.setattr(sources, "parse_data_spec", stop_after_the_source)
+    config = pretrain_module.PretrainConfig(
+        model_dir=str(tmp_path / "run"), data=f"folder:{tmp_path}", image_size=32,
+        batch_size=2, bn_groups=1, cache_decoded_mb=0,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_module.pretrain(config)
+    (source,) = made
+    assert [os.path.basename(element["source_id"].decode())
+            for element in source.dataset().as_numpy_iterator()] == ["ok.png"]
+    assert [os.path.basename(path) for path in source.skipped.files] == ["one_pixel.png"]
+
+
+def test_a_symlink_loop_is_listed_once_and_named(tmp_path, caplog):
+    photos = tmp_path / "photos"
+    write_corpus(str(photos), {f"photo{i}.png": PNG for i in range(3)})
+    os.symlink(".", photos / "loop")
+    os.symlink(photos, tmp_path / "link_to_photos")
+    with caplog.at_level("WARNING"):
+        listed = sources.list_image_files(str(photos))
+        pooled = sources.folder_source([str(photos), str(tmp_path / "link_to_photos")])
+    assert listed == [str(photos / f"photo{i}.png") for i in range(3)]
+    assert pooled.source_ids == listed
+    assert caplog.text.count(f"Not listing {photos / 'loop'}: it leads to {photos}") == 2
+    assert caplog.text.count(f"Not listing {tmp_path / 'link_to_photos'}:") == 1
+
+
+# Peak memory (ru_maxrss) of reading a folder of photos, then of the same folder with a
+# 12000 x 12000 PNG added, through the decoded cache and one pass of the stream.
+_PEAK_MEMORY = """
+import resource, sys
+from vader_tf.data import sources
+
+def peak_after_reading(folder):
+    source = sources.folder_source(folder)
+    source.cache_decoded(512 * 2**20)
+    count = sum(1 for _ in source.dataset())
+    return count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, source.skipped.files
+
+print(peak_after_reading(sys.argv[1]))
+print(peak_after_reading(sys.argv[2]))
+"""
+
+
+def test_a_huge_image_among_photos_is_skipped_within_a_memory_bound(tmp_path):
+    photos, with_huge = tmp_path / "photos", tmp_path / "with_huge"
+    normal = {f"photo{i}.png": encode(np.tile(RGB, (20, 20, 1)), "PNG") for i in range(3)}
+    write_corpus(str(photos), normal)
+    write_corpus(str(with_huge), {**normal, "huge.png": constant_png(12000, 12000)})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, str(photos), str(with_huge)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (count, peak_mb, skipped), (count_huge, peak_huge_mb, skipped_huge) = map(
+        eval, result.stdout.splitlines()[-2:]
+    )
+    # Decoding it would take at least 12000 * 12000 * 3 bytes (412 MiB); decoded, the
+    # peak was 3.8 GB higher.
+    assert peak_huge_mb - peak_mb < 200, (peak_mb, peak_huge_mb)
+    assert count == count_huge == 3 and not skipped
+    assert list(skipped_huge) == [str(with_huge / "huge.png")]
+    assert "12000 x 12000 pixels, above the limit" in skipped_huge[str(with_huge / "huge.png")]
+
+
 def test_training_pipeline_goes_on_through_the_corpus(corpus):
     source = sources.folder_source(corpus)
     dataset = pipeline.two_view_dataset(

@@ -65,6 +65,9 @@ def test_read_split_errors_name_the_missing_piece(segmentation_root, tmp_path):
     (tmp_path / "broken.txt").write_text("a.png b.png\n")
     with pytest.raises(FileNotFoundError, match="a.png"):
         segmentation.read_split(str(tmp_path), "broken")
+    missing = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=f"^Data root {missing}: no such directory.$"):
+        segmentation.read_split(missing, "train")
 
 
 def test_load_split_resizes_to_multiples_of_32(segmentation_root):

@@ -88,9 +88,11 @@ def test_main_job_runs_without_tensorboard_and_prints_a_pasteable_next_step(tmp_
     assert not glob.glob(str(tmp_path / "run" / "tensorboard" / "events.*"))
     (next_step,) = [line for line in result.stdout.splitlines() if line.startswith("Next: ")]
     words = shlex.split(next_step[len("Next: "):])
-    assert words[0] == sys.executable
-    assert os.path.samefile(words[1], os.path.join(REPO, "export", "export_saved_model.py"))
-    assert words[2:] == ["--model_dir=run", "--export_dir=exports/vader"]
+    # The export directory is the run's own (not one shared by every run).
+    assert words[-2:] == ["--model_dir=run", "--export_dir=exports/run"]
+    # The command when installed on PATH, else its module through this interpreter.
+    module = [sys.executable, "-m", "vader_tf.scripts.export_saved_model"]
+    assert words[:-2] in (["vader-export"], module)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -255,8 +256,14 @@ def test_a_model_base_directory_means_its_newest_version(export_base, export_dir
 
 
 def test_a_run_directory_or_missing_path_is_not_a_saved_model(model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="pretraining run directory.*export it first: .*export_saved_model.py"):
+    with pytest.raises(FileNotFoundError, match="pretraining run directory.*export it first: ") as error:
         saved_model.resolve_version_dir(model_dir)
+    # The export the hint proposes is the run's own model, not a new version of another's.
+    name = os.path.basename(model_dir.rstrip("/"))
+    assert re.search(
+        rf"(vader-export|-m vader_tf\.scripts\.export_saved_model) .*--export_dir=exports/{name}$",
+        str(error.value),
+    ), str(error.value)
     with pytest.raises(FileNotFoundError, match="No SavedModel"):
         saved_model.resolve_version_dir(str(tmp_path / "missing"))
 

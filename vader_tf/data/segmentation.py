@@ -24,12 +24,14 @@ def read_split(root, split):
     """The `(image_path, label_path)` pairs of `<root>/<split>.txt`, as absolute paths.
 
     Raises:
-        FileNotFoundError: naming the missing split list or the first missing file.
+        FileNotFoundError: naming the missing root, split list or first missing file.
         ValueError: naming the file and line of a line that is not a pair.
     """
+    if not tf.io.gfile.isdir(root):
+        raise FileNotFoundError(f"Data root {root}: no such directory.")
     list_path = os.path.join(root, f"{split}.txt")
     if not storage.isfile(list_path):
-        listing = storage.listdir(root) if tf.io.gfile.isdir(root) else []
+        listing = storage.listdir(root)
         available = sorted(name[: -len(".txt")] for name in listing if name.endswith(".txt"))
         raise FileNotFoundError(
             f"Split {split!r} not found: no {list_path}. Available splits: {available}."

@@ -23,8 +23,10 @@ Two kinds implement the interface:
   resume re-reads (without decoding) the current epoch's records up to its position.
 
 Reading and decoding go through `vader_tf.data.decoding.checked_decode` (format check,
-decode to RGB, skip-and-count of bad files). `parse_data_spec` builds a source from a
-`--data` string; `list_image_files` is the one image lister of the library.
+size check from the header against the source's `SizeLimits`, decode to RGB,
+skip-and-count of bad files). `parse_data_spec` builds a source from a `--data` string;
+`list_image_files` is the one image lister of the library (it follows each symlinked
+folder at most once).
 """
 
 import abc
@@ -41,6 +43,7 @@ from vader_tf import storage
 from vader_tf.data import ordering
 from vader_tf.data.decoding import (
     NoUsableImagesError,  # noqa: F401  (re-exported: what an all-bad source raises)
+    SizeLimits,
     SkipCounter,
     checked_decode,
     without_icc_profile,
@@ -101,16 +104,19 @@ class ImageSource(abc.ABC):
     Args:
         description: what the source is, for messages.
         num_images: number of distinct images (the bound of `NoUsableImagesError`).
+        size_limits: `SizeLimits` of the images used (default `SizeLimits()`); others
+            are skipped and counted before they are decoded.
 
     Attributes:
-        description: as given.
-        skipped: the `SkipCounter` of the inputs skipped as unreadable.
+        description, size_limits: as given.
+        skipped: the `SkipCounter` of the inputs skipped as unreadable or of a refused size.
     """
 
-    def __init__(self, description, num_images):
+    def __init__(self, description, num_images, size_limits=None):
         if not num_images:
             raise ValueError(f"No images found in {description}.")
         self.description = description
+        self.size_limits = size_limits or SizeLimits()
         self.skipped = SkipCounter(num_images, description)
 
     @abc.abstractmethod
@@ -200,10 +206,11 @@ class IndexedImageSource(ImageSource):
         read_encoded: maps a scalar int64 index tensor to the encoded image bytes (a scalar
             `tf.string`). A read that fails counts the image as skipped.
         description: what the source is, for error messages.
+        size_limits: see `ImageSource`.
     """
 
-    def __init__(self, source_ids, read_encoded, description):
-        super().__init__(description, len(set(source_ids)))
+    def __init__(self, source_ids, read_encoded, description, size_limits=None):
+        super().__init__(description, len(set(source_ids)), size_limits)
         self.source_ids = list(source_ids)
         self._read_encoded = read_encoded
         self._source_id_table = tf.constant(self.source_ids, dtype=tf.string)
@@ -222,7 +229,9 @@ class IndexedImageSource(ImageSource):
             image = tf.reshape(pixels[offsets[index] : offsets[index + 1]], shapes[index])
             image = tf.ensure_shape(image, [None, None, 3])
             return {"image": image, "source_id": source_id, "ok": ok[index]}
-        return checked_decode(lambda: self._read_encoded(index), source_id, self.skipped)
+        return checked_decode(
+            lambda: self._read_encoded(index), source_id, self.skipped, self.size_limits
+        )
 
     def images(self, order, num_parallel_calls=tf.data.AUTOTUNE):
         """See `ImageSource.stream`: indices are permuted per epoch by `(seed, epoch)`
@@ -300,8 +309,12 @@ class TfdsRecordSource(ImageSource):
     epoch up to that point. Never cached (`cache_decoded` returns False).
     """
 
-    def __init__(self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024):
-        super().__init__(f"TFDS dataset {name!r} split {split!r} (TFRecord)", num_examples)
+    def __init__(
+        self, name, split, filepaths, num_examples, feature, shuffle_buffer=1024, size_limits=None
+    ):
+        super().__init__(
+            f"TFDS dataset {name!r} split {split!r} (TFRecord)", num_examples, size_limits
+        )
         self.num_examples = num_examples
         self.filepaths = sorted(str(path) for path in filepaths)
         self.feature = feature
@@ -351,7 +364,8 @@ class TfdsRecordSource(ImageSource):
             def read():
                 return tf.io.parse_single_example(record, spec)[self.feature]
 
-            return {"global_index": global_index, **checked_decode(read, source_id, self.skipped)}
+            decoded = checked_decode(read, source_id, self.skipped, self.size_limits)
+            return {"global_index": global_index, **decoded}
 
         epochs = ordering.epoch_range(num_examples, start_index, order.repeat)
         records = epochs.flat_map(epoch_elements)
@@ -362,14 +376,17 @@ class TfdsRecordSource(ImageSource):
         )
 
 
-def _file_source(paths, description):
+def _file_source(paths, description, size_limits=None):
     path_table = tf.constant(paths, dtype=tf.string)
     return IndexedImageSource(
-        paths, lambda index: tf.io.read_file(tf.gather(path_table, index)), description
+        paths,
+        lambda index: tf.io.read_file(tf.gather(path_table, index)),
+        description,
+        size_limits,
     )
 
 
-def samples_source():
+def samples_source(size_limits=None):
     """The real photographs that ship inside the installed scikit-image wheel.
 
     The 13 files (5 MB) are read once and served from memory, without their colour
@@ -388,14 +405,55 @@ def samples_source():
         paths,
         lambda index: tf.gather(content_table, index),
         f"the scikit-image sample images in {folder}",
+        size_limits,
     )
 
 
-def list_image_files(folder):
+def _resolved_folder(path):
+    """The identity of a folder for loop detection: its resolved path on the local
+    filesystem (symlinks followed); other `tf.io.gfile` filesystems have no links."""
+    return path if "://" in path else os.path.realpath(path)
+
+
+def _walk_folders_once(folder, seen):
+    """`(folder, [file names])` of `folder` and every folder below it, each real folder
+    once: a folder whose resolved path is in `seen` (a symlink loop such as
+    `ln -s . loop`, or a second link to one folder) is skipped with one warning."""
+    pending = [folder]
+    while pending:
+        directory = pending.pop()
+        resolved = _resolved_folder(directory)
+        if resolved in seen:
+            logging.warning(
+                "Not listing %s: it leads to %s, which is already listed (a symlink loop or "
+                "a second link to one folder).", directory, resolved,
+            )
+            continue
+        seen.add(resolved)
+        files, subfolders = [], []
+        for entry in sorted(tf.io.gfile.listdir(directory)):
+            path = os.path.join(directory, entry.rstrip("/"))
+            if tf.io.gfile.isdir(path):
+                subfolders.append(path)
+            else:
+                files.append(entry)
+        yield directory, files
+        pending.extend(reversed(subfolders))  # Depth first, in sorted order.
+
+
+def list_image_files(folder, seen=None):
     """Every image file below `folder` (recursive), sorted; the one image lister.
 
     Files are selected by extension (`IMAGE_EXTENSIONS`, any case); their content is only
-    checked when read.
+    checked when read. Symlinked folders are followed, but each folder (by resolved path)
+    is listed at most once: a link back up the tree (`ln -s . loop`) or a second link to
+    a listed folder is named in one warning and skipped, instead of listing its files
+    again and again.
+
+    Args:
+        folder: a local or `tf.io.gfile` path.
+        seen: optional set of resolved folders already listed (shared across calls to
+            list several folders without duplicates); updated.
 
     Raises:
         FileNotFoundError: `folder` is not a directory.
@@ -403,22 +461,24 @@ def list_image_files(folder):
     if not tf.io.gfile.isdir(folder):
         raise FileNotFoundError(f"Image folder not found: {folder}")
     return sorted(
-        os.path.join(root, name)
-        for root, _, names in tf.io.gfile.walk(folder)
+        os.path.join(directory, name)
+        for directory, names in _walk_folders_once(folder, set() if seen is None else seen)
         for name in names
         if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
     )
 
 
-def folder_source(path):
+def folder_source(path, size_limits=None):
     """Every image file below `path` (see `list_image_files`), sorted by path.
 
-    `path` may also be a list of folders, whose images are pooled. Unreadable files are
-    skipped and counted when read.
+    `path` may also be a list of folders, whose images are pooled (a folder reached from
+    two of them is listed once). Unreadable files and images outside `size_limits` (see
+    `ImageSource`) are skipped and counted when read.
     """
     folders = [path] if isinstance(path, str) else list(path)
-    paths = sorted(file for folder in folders for file in list_image_files(folder))
-    return _file_source(paths, f"image folder(s) {', '.join(folders)}")
+    seen = set()
+    paths = sorted(file for folder in folders for file in list_image_files(folder, seen))
+    return _file_source(paths, f"image folder(s) {', '.join(folders)}", size_limits)
 
 
 def _image_feature_name(builder):
@@ -431,7 +491,7 @@ def _image_feature_name(builder):
     return "image" if "image" in names else names[0]
 
 
-def tfds_source(name, split="train", data_dir=None):
+def tfds_source(name, split="train", data_dir=None, size_limits=None):
     """A TFDS image dataset that is already prepared on disk (never downloads).
 
     The image feature is picked automatically (`"image"` if present, else the first
@@ -467,7 +527,8 @@ def tfds_source(name, split="train", data_dir=None):
         # TFRecord preparations (TFDS' default) cannot be read by index: stream them.
         split_info = builder.info.splits[split]
         return TfdsRecordSource(
-            name, split, split_info.filepaths, split_info.num_examples, feature
+            name, split, split_info.filepaths, split_info.num_examples, feature,
+            size_limits=size_limits,
         )
 
     def read_record(index):
@@ -478,11 +539,13 @@ def tfds_source(name, split="train", data_dir=None):
         return tf.ensure_shape(encoded, [])
 
     source_ids = [f"tfds:{name}:{split}:{index}" for index in range(len(records))]
-    return IndexedImageSource(source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}")
+    return IndexedImageSource(
+        source_ids, read_encoded, f"TFDS dataset {name!r} split {split!r}", size_limits
+    )
 
 
-def parse_data_spec(spec):
-    """Builds a source from a command-line string.
+def parse_data_spec(spec, size_limits=None):
+    """Builds a source from a command-line string, with `size_limits` (see `ImageSource`).
 
     Accepted forms: `"samples"`, `"folder:PATH"`, `"tfds:NAME"` or `"tfds:NAME:SPLIT"`.
     Several folders are pooled with commas: `"folder:PATH1,folder:PATH2"`.
@@ -497,15 +560,15 @@ def parse_data_spec(spec):
                 f"Unrecognised data spec {spec!r}: only folders can be pooled "
                 "('folder:PATH1,folder:PATH2')."
             )
-        return folder_source([part[len("folder:") :] for part in parts])
+        return folder_source([part[len("folder:") :] for part in parts], size_limits)
     kind, _, rest = spec.partition(":")
     if kind == "samples" and not rest:
-        return samples_source()
+        return samples_source(size_limits)
     if kind == "folder" and rest:
-        return folder_source(rest)
+        return folder_source(rest, size_limits)
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
-        return tfds_source(name, split or "train")
+        return tfds_source(name, split or "train", size_limits=size_limits)
     raise ValueError(
         f"Unrecognised data spec {spec!r}: expected 'samples', 'folder:PATH' or "
         "'tfds:NAME[:SPLIT]'."

@@ -72,7 +72,15 @@ def same_protocol(result, protocol):
 
 
 def script_flags():
-    """`{name: value}` of the flags defined by the running script (`sys.argv[0]`) itself;
-    the flags `config_flags.define_flags` generates from a protocol are not among them
-    (they are recorded as the protocol)."""
-    return {flag.name: flag.value for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0])}
+    """`{name: value}` of the flags defined by the running command itself (its module in
+    `vader_tf.scripts`, or the script `sys.argv[0]`); the flags
+    `config_flags.define_flags` generates from a protocol are not among them (they are
+    recorded as the protocol)."""
+    modules = [sys.argv[0]] + [
+        name for name in flags.FLAGS.flags_by_module_dict() if name.startswith("vader_tf.scripts.")
+    ]
+    return {
+        flag.name: flag.value
+        for module in modules
+        for flag in flags.FLAGS.get_key_flags_for_module(module)
+    }

@@ -235,15 +235,13 @@ def resolve_version_dir(path):
             logging.info("%s is a model base directory; using its newest version, %s.", path, found)
         return found
     if RunDir(path).looks_like_run():
-        export = cli.command(
-            "export/export_saved_model.py", model_dir=path, export_dir="exports/vader"
-        )
+        export = cli.command("vader-export", model_dir=path, export_dir=cli.export_dir_for(path))
         raise FileNotFoundError(
             f"{path!r} is a pretraining run directory, not a SavedModel; export it first: {export}"
         )
     raise FileNotFoundError(
         f"No SavedModel at {path!r}: expected a version directory written by "
-        "export/export_saved_model.py (EXPORT_DIR/<version>) or its EXPORT_DIR."
+        "vader-export (EXPORT_DIR/<version>) or its EXPORT_DIR."
     )
 
 

@@ -19,10 +19,16 @@ bottleneck, explicit zero padding), so weights converted from PyTorch (MoCo v2,
 torchvision, DenseCL) load one-to-one; see `vader_tf.models.torch_weights`.
 """
 
+import contextlib
 import inspect
+import shutil
+import tempfile
 
 import keras
 import keras_hub
+import tensorflow as tf
+
+from vader_tf import storage
 
 # Constructor arguments of `keras_hub.models.ResNetBackbone` per architecture.
 BACKBONE_CONFIGS = {
@@ -91,8 +97,10 @@ def build_backbone(name="resnet18", preset=None, weights=None, config=None):
             "csp_resnet50"), or with `config` the name of a keras-hub
             `FeaturePyramidBackbone` class (e.g. "CSPNetBackbone"). Ignored when `preset`
             is given.
-        preset: optional keras-hub preset name or local preset directory (for example
-            "resnet_50_imagenet"); loading a named preset needs internet access.
+        preset: optional keras-hub preset name (for example "resnet_50_imagenet";
+            needs internet access) or preset directory, local or on any filesystem
+            `tf.io.gfile` knows (e.g. one written by
+            `export/export_keras_hub_preset.py` on `gs://`).
         weights: optional path to a backbone weights file (`*.weights.h5`), e.g. one
             written by `export/convert_torch_weights.py`.
         config: constructor arguments of the keras-hub class `name`.
@@ -104,7 +112,8 @@ def build_backbone(name="resnet18", preset=None, weights=None, config=None):
         ValueError: an unknown name or class, or a backbone `check_pyramid` refuses.
     """
     if preset is not None:
-        backbone = keras_hub.models.Backbone.from_preset(preset)
+        with local_preset(preset) as path:
+            backbone = keras_hub.models.Backbone.from_preset(path)
         source = f"preset {preset!r}"
     else:
         if config is None:
@@ -130,6 +139,26 @@ def build_backbone(name="resnet18", preset=None, weights=None, config=None):
     if weights is not None:
         backbone.load_weights(weights)
     return backbone
+
+
+@contextlib.contextmanager
+def local_preset(preset):
+    """Yields `preset` itself when it is a local path or a preset name, else the path of
+    a local temporary copy of the preset directory (keras-hub reads local files only),
+    deleted afterwards."""
+    try:
+        remote_dir = not storage.is_local(preset) and tf.io.gfile.isdir(preset)
+    except tf.errors.OpError:  # A scheme tf.io.gfile does not know, e.g. "hf://".
+        remote_dir = False
+    if not remote_dir:
+        yield preset
+        return
+    copy = tempfile.mkdtemp(prefix="vader-preset-")
+    try:
+        storage.copy_tree(preset, copy)
+        yield copy
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def backbone_name(backbone):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf.run_dir import RunDir
+from vader_tf.training import summaries
 from vader_tf.training.distribution import is_chief
 
 
@@ -61,6 +62,8 @@ def train(
     keep_checkpoints=3,
     verbose=1,
     run_config=None,
+    image_summaries=None,
+    jit_compile=False,
 ):
     """Trains a `MomentumContrast` model, resuming from `model_dir` if it holds a run.
 
@@ -81,6 +84,10 @@ def train(
         run_config: optional JSON-serialisable dict written to `run_config.json` (by the
             chief) once the model is built and any checkpoint restored, so a run that
             fails before that leaves the directory as it was.
+        image_summaries: optional `summaries.ImageSummaries`, written by the chief when
+            due (pictures of the features in TensorBoard).
+        jit_compile: compile each replica's `train_step` with XLA. The step, not the
+            loop: XLA cannot compile the loop's `next(iterator)`.
 
     Returns:
         `(model, history)` where history is a list of dicts of metrics per logging step.
@@ -115,10 +122,14 @@ def train(
     )
     iterator = iter(dataset)
 
+    train_step = model.train_step
+    if jit_compile:
+        train_step = tf.function(train_step, jit_compile=True)
+
     @tf.function
     def run_steps(iterator, num_steps):
         for _ in tf.range(num_steps):
-            strategy.run(model.train_step, args=(next(iterator),))
+            strategy.run(train_step, args=(next(iterator),))
 
     writer = _summary_writer(worker_run.tensorboard_dir, chief)
     progbar = keras.utils.Progbar(train_steps, verbose=verbose, stateful_metrics=["images/s"])
@@ -146,6 +157,7 @@ def train(
                 for name, value in metrics.items():
                     tf.summary.scalar(name.replace("/", "_per_"), value)
                 tf.summary.scalar("learning_rate", float(model.optimizer.learning_rate))
+        summaries.maybe_write(image_summaries, model, step, num_steps, step == train_steps, writer)
         progbar.update(step, [(k, v) for k, v in metrics.items()])
         if step % checkpoint_every == 0 or step == train_steps:
             manager.save(checkpoint_number=step)

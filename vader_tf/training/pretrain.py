@@ -11,12 +11,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from vader_tf import storage
 from vader_tf.config_flags import option
-from vader_tf.data import pipeline, sources, views
+from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
 from vader_tf.run_dir import RunDir
-from vader_tf.training import distribution, loop, methods, precision
+from vader_tf.training import distribution, loop, methods, precision, summaries
 from vader_tf.training import densecl, moco, vader  # noqa: F401  (registers the built-in methods)
 from vader_tf.training.optimizers import TorchSGD
 
@@ -33,6 +34,7 @@ _POSITIVE_INTS = (
     "bn_groups",
     "train_steps",
     "reference_batch_size",
+    "max_image_pixels",
     "num_cpu_devices",
     "checkpoint_every",
     "log_every",
@@ -71,6 +73,8 @@ RESUMABLE_FIELDS = (
     "num_cpu_devices",
     "deterministic",
     "cache_decoded_mb",
+    "image_summary_every",
+    "jit_compile",
 )
 
 
@@ -140,6 +144,11 @@ class PretrainConfig:
         "Smallest accepted crop overlap (VADeR only; MoCo and DenseCL draw independent "
         "crops as MoCo v2).",
     )
+    max_image_pixels: int = option(
+        decoding.DEFAULT_MAX_IMAGE_PIXELS,
+        "Skip (and count) images of more pixels than this (default 8192 x 8192), from their "
+        "header, before decoding; images with a side below image_size/4 are skipped too.",
+    )
     # The stream is bitwise the same with and without the cache.
     cache_decoded_mb: int = option(
         512,
@@ -199,9 +208,23 @@ class PretrainConfig:
     )
     checkpoint_every: int = option(50, "Steps between checkpoints.")
     log_every: int = option(10, "Steps between metric reads (one compiled loop call).")
+    image_summary_every: int | None = option(
+        None,
+        "Steps between TensorBoard pictures of the features (2 photos of --data: photo, "
+        "PCA colours, similarity map; similarity histograms); default: checkpoint_every; "
+        "0 = off.",
+    )
     keep_checkpoints: int = option(3, "Checkpoints kept.")
     seed: int = option(0, "Seed of data order, augmentation, queue init and BN shuffles.")
     deterministic: bool = option(False, "Enable TensorFlow op determinism (slower).")
+    # Off by default: on this project's CPUs the XLA step is 1.31x slower than the default
+    # graph, whose convolutions run on oneDNN (benchmarks/results/xla.json). Same model and
+    # state (only round-off and the BN shuffles drawn differ), so a resumed run may change it.
+    jit_compile: bool = option(
+        False,
+        "Compile the train step with XLA (tf.function(jit_compile=True)), one replica only: "
+        "may pay on a GPU; measure first with `python -m benchmarks.xla`.",
+    )
     verbose: int = option(1, "1 shows a progress bar.")
 
     def validate(self):
@@ -228,6 +251,8 @@ class PretrainConfig:
         for name in _POSITIVE_INTS:
             if getattr(self, name) < 1:
                 _invalid(name, getattr(self, name), "at least 1")
+        if self.image_summary_every is not None and self.image_summary_every < 0:
+            _invalid("image_summary_every", self.image_summary_every, "at least 0")
         for name in ("warmup_steps", "cache_decoded_mb"):
             if getattr(self, name) < 0:
                 _invalid(name, getattr(self, name), "at least 0")
@@ -402,6 +427,7 @@ def pretrain(config, strategy=None):
             settings, `sources.NoUsableImagesError` when no image of the data decodes).
     """
     config.validate()
+    storage.check_writable_dir(config.model_dir, "model_dir")
     config.check_resumable()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -411,12 +437,22 @@ def pretrain(config, strategy=None):
         raise ValueError(
             f"batch_size={config.batch_size} must be divisible by the {replicas} replicas."
         )
+    if config.jit_compile and replicas > 1:
+        # Keras 3's optimizer updates every replica's copy of a variable from one device,
+        # which a per-replica XLA cluster cannot reach ('variable on a different device').
+        raise ValueError(
+            f"--jit_compile compiles a single-replica step; this strategy has {replicas} "
+            "replicas (Keras' optimizer updates each replica's variables from one device, "
+            "which XLA refuses). Drop --jit_compile or train on one device."
+        )
     if (config.batch_size // replicas) % config.bn_groups:
         raise ValueError(
             f"The per-replica batch ({config.batch_size // replicas}) must be divisible by "
             f"bn_groups={config.bn_groups}."
         )
-    source = sources.parse_data_spec(config.data)
+    source = sources.parse_data_spec(
+        config.data, decoding.SizeLimits.for_views(config.image_size, config.max_image_pixels)
+    )
     source.cache_decoded(config.cache_decoded_mb * 2**20)
 
     def make_dataset(context, start_index):
@@ -431,6 +467,10 @@ def pretrain(config, strategy=None):
 
     logging.info("Pretraining %s on %s into %s.", config.method, config.data, config.model_dir)
     with source.no_usable_images_reraised():
+        every = config.image_summary_every
+        image_summaries = summaries.ImageSummaries.from_source(
+            source, config.image_size, config.checkpoint_every if every is None else every
+        )
         return loop.train(
             lambda: build_model(config),
             make_dataset,
@@ -443,4 +483,6 @@ def pretrain(config, strategy=None):
             keep_checkpoints=config.keep_checkpoints,
             verbose=config.verbose,
             run_config=dataclasses.asdict(config),
+            image_summaries=image_summaries,
+            jit_compile=config.jit_compile,
         )

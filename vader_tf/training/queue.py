@@ -30,7 +30,8 @@ def enqueue(queue, pointer, keys, mask=None):
     # With more keys than slots only the newest K survive; writing all of them would
     # scatter duplicate indices, whose order TensorFlow leaves undefined.
     kept = tf.minimum(num_keys, queue_size)
-    newest = keys[num_keys - kept :]
+    # int32: XLA (`--jit_compile`) slices at a dynamic start only with an int32 index.
+    newest = keys[tf.cast(num_keys - kept, tf.int32) :]
     start = pointer + (num_keys - kept)
     slots = (start + tf.range(kept, dtype=tf.int64)) % queue_size
     queue.assign(tf.tensor_scatter_nd_update(queue, slots[:, None], tf.cast(newest, queue.dtype)))

@@ -1,0 +1,130 @@
+"""TensorBoard pictures of the features: what is written, when, and that training does
+not notice them."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vader_tf
+from tests.training.helpers import small_config, write_smooth_photos
+from vader_tf.run_dir import RunDir
+from vader_tf.training import summaries
+from vader_tf.training.pretrain import PretrainConfig, pretrain
+
+
+def read_summaries(model_dir):
+    """`{(tag, step): value}` of a run's event files: images as uint8 arrays
+    `[N, H, W, 3]`, histograms as their bucket tensors, scalars as floats."""
+    found = {}
+    for path in RunDir(model_dir).event_files():
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor)
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "images":
+                    images = [tf.image.decode_png(png).numpy() for png in tensor[2:]]
+                    found[(value.tag, event.step)] = np.stack(images)
+                else:
+                    found[(value.tag, event.step)] = tensor
+    return found
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    write_smooth_photos(folder, 4)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def runs(photos_dir, tmp_path_factory):
+    """The same 4-step run with pictures (default cadence, on ram://) and without."""
+    with_pictures = small_config("ram://summaries_test/with", photos_dir)
+    without = small_config(tmp_path_factory.mktemp("without"), photos_dir, image_summary_every=0)
+    pretrain(with_pictures)
+    pretrain(without)
+    return with_pictures.model_dir, without.model_dir
+
+
+def test_pictures_at_each_checkpoint_show_the_served_features(runs, photos_dir):
+    model_dir, _ = runs
+    found = read_summaries(model_dir)
+    tags = {"pictures/photo", "pictures/features_pca", "pictures/similarity"}
+    for step in (2, 4):  # checkpoint_every=2, train_steps=4
+        assert tags <= {tag for tag, s in found if s == step}
+        assert {("similarity/positive", step), ("similarity/negative", step)} <= set(found)
+    assert not [tag for tag, s in found if s in (1, 3) and tag.startswith("pictures/")]
+
+    photos = found[("pictures/photo", 4)]
+    assert photos.shape == (2, 64, 64, 3) and photos.std() > 1
+    # Oracle: the run's final encoder on the photos the pictures show, cosine
+    # similarities to the centre of the first photo re-derived in NumPy.
+    encoder = vader_tf.load_encoder(model_dir)
+    features = np.asarray(encoder(photos.astype("float32"), training=False))
+    unit = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    want = (unit @ unit[0, 8, 8] + 1) / 2 * 255
+    got = found[("pictures/similarity", 4)]
+    assert got.shape == (2, 16, 16, 3)
+    outside_box = np.ones((2, 16, 16), bool)
+    outside_box[0, 7:10, 7:10] = False
+    np.testing.assert_allclose(got[..., 0][outside_box], want[outside_box], atol=1.01)
+    assert got[0, 8, 8, 0] == 255 and got[0, 7, 7, 0] == 0  # the point and its box
+
+    pca = found[("pictures/features_pca", 4)]
+    assert pca.shape == (2, 16, 16, 3) and pca.std() > 10
+
+
+def test_pictures_change_no_checkpoint(runs):
+    with_pictures, without = runs
+    for step in (2, 4):
+        # (The reader itself: tf.train.load_checkpoint takes a ram:// prefix for a folder.)
+        a = tf.compat.v1.train.NewCheckpointReader(f"{with_pictures}/checkpoints/ckpt-{step}")
+        b = tf.compat.v1.train.NewCheckpointReader(f"{without}/checkpoints/ckpt-{step}")
+        names = sorted(a.get_variable_to_shape_map())
+        assert names == sorted(b.get_variable_to_shape_map())
+        for name in names:
+            np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
+    assert not [tag for tag, _ in read_summaries(without) if tag.startswith(("pictures/", "similarity/"))]
+    assert ("loss", 4) in read_summaries(without)
+
+
+def test_off_reads_nothing_and_cadence():
+    assert summaries.ImageSummaries.from_source(None, 64, 0) is None
+    pictures = summaries.ImageSummaries(np.zeros((2, 64, 64, 3), np.uint8), every=5)
+    # Chunks of 3 steps: crossing 5 (at 6), 10 (at 12), 15 (at 15), and the last chunk.
+    assert [s for s in range(3, 16, 3) if pictures.due(s, 3, last=False)] == [6, 12, 15]
+    assert pictures.due(14, 2, last=True)
+
+
+def test_image_summary_every_is_validated_and_resumable(tmp_path):
+    with pytest.raises(ValueError, match="image_summary_every must be at least 0"):
+        PretrainConfig(model_dir=str(tmp_path), image_summary_every=-1).validate()
+    from vader_tf.training.pretrain import RESUMABLE_FIELDS
+
+    assert "image_summary_every" in RESUMABLE_FIELDS
+
+
+def test_pca_rgb_colours_follow_the_main_component():
+    # Features varying along one direction: the first component orders the red channel.
+    ramp = np.linspace(-1, 1, 16)
+    features = np.zeros((1, 4, 4, 8))
+    features[..., 3] = ramp.reshape(1, 4, 4)
+    features[..., 5] = 0.01 * np.random.default_rng(0).normal(size=(1, 4, 4))
+    red = np.asarray(summaries.pca_rgb(features))[..., 0].ravel().astype(int)
+    assert (np.diff(red) >= 0).all() and red[0] == 0 and red[-1] == 255
+
+
+def test_rendered_grid_is_read_back_from_the_event_files(runs):
+    model_dir, _ = runs
+    pictures, histograms = summaries.read_pictures(RunDir(model_dir).event_files())
+    assert sorted(pictures) == [2, 4] and sorted(histograms) == [2, 4]
+    found = read_summaries(model_dir)
+    for tag in summaries.PICTURE_TAGS:
+        np.testing.assert_array_equal(pictures[4][tag], found[(tag, 4)])
+    grid = summaries.picture_grid(pictures[4], scale=2)
+    assert grid.shape == (2 * (2 * 64 + 4), 2 * (3 * 64 + 8), 3)
+    # Top-left: the first photo, enlarged; right of it (after the gap), the PCA colours
+    # of its first feature cell, repeated over a 4 x 4 block (x 2).
+    np.testing.assert_array_equal(grid[:128:2, :128:2], pictures[4]["pictures/photo"][0])
+    np.testing.assert_array_equal(grid[0, 136], pictures[4]["pictures/features_pca"][0, 0, 0])
+    assert (grid[:, 128:136] == 255).all()

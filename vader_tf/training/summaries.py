@@ -1,0 +1,234 @@
+"""Pictures of the features in TensorBoard while a run trains.
+
+Every `image_summary_every` steps (`PretrainConfig`; by default at each checkpoint, 0 =
+off) the chief writes, for 2 fixed photos of the run's own data (the first two of the
+source, centre-cropped to the training view size):
+
+- `pictures/photo`: the photo;
+- `pictures/features_pca`: the served features (`SERVED_REPRESENTATION`) projected on their
+  first 3 principal components (fitted on both photos' pixels together) and mapped to
+  RGB, so the same colour means the same feature across the two photos;
+- `pictures/similarity`: the cosine similarity of every pixel's feature to the feature
+  at one fixed point (the centre of the first photo, marked in both pictures by a
+  small box), in grey levels from -1 (black) to 1 (white);
+- histograms `similarity/positive` (query vs. key network at the same pixel of the same
+  photo: the key network's view of a perfect positive pair) and `similarity/negative`
+  (the photos' query embeddings, at most 64 pixels, against at most 1024 evenly spaced
+  entries of the method's first queue, the negatives the next step contrasts with; left
+  out when the queue's width differs from the embedding's, as for MoCo's image-level
+  keys). Both histograms are of the training embedding (the projection head's output,
+  what the loss compares), the pictures of the served features. The train step keeps only the means
+  of its own similarities (the scalars `positive_similarity` and
+  `negative_similarity`), so the histograms are measured on the fixed photos instead.
+
+Everything runs in inference mode on the chief's own copy of the networks, reads no
+random state and changes no variable, so the training stream, the checkpoints and
+bitwise resume are the same with and without pictures (tested).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vader_tf.export.sample_images import load_images
+from vader_tf.models.encoder import EMBEDDING, DenseEncoder
+from vader_tf.serving_contract import SERVED_REPRESENTATION
+
+NUM_PHOTOS = 2
+NEGATIVE_PIXELS = 64
+NEGATIVE_KEYS = 1024
+
+
+def representations_model(encoder):
+    """`encoder` returning `{"decoder": ..., "embedding": ...}` in one forward pass, same
+    weights: the served features (`SERVED_REPRESENTATION`, the one place that says what
+    the pictures show) and the training embedding (what the histograms compare with the
+    key network and the queue)."""
+    return keras.Model(encoder.input, encoder.representations, name="summary_probe")
+
+
+def pca_rgb(features):
+    """`[N, h, w, D]` features -> `[N, h, w, 3]` uint8: each pixel's coordinates on the
+    first 3 principal components of all pixels, each component stretched from its 1st
+    to 99th percentile onto 0..255 (sign fixed so the largest loading is positive).
+
+    TensorFlow ops (an eigendecomposition of the D x D covariance), so it compiles into
+    the same graph as the forward pass.
+    """
+    features = tf.convert_to_tensor(features, tf.float32)
+    shape = tf.shape(features)
+    flat = tf.reshape(features, [-1, shape[-1]])
+    centred = flat - tf.reduce_mean(flat, axis=0)
+    _, vectors = tf.linalg.eigh(tf.matmul(centred, centred, transpose_a=True))
+    components = tf.reverse(vectors, axis=[1])[:, :3]  # Largest eigenvalues first.
+    largest = tf.gather(
+        components, tf.argmax(tf.abs(components), axis=0, output_type=tf.int32), axis=0
+    )
+    signs = tf.sign(tf.linalg.diag_part(largest))
+    projected = tf.matmul(centred, components * signs)
+    projected = tf.pad(projected, [[0, 0], [0, 3 - tf.shape(projected)[1]]])
+    ordered = tf.sort(projected, axis=0)
+    count = tf.cast(tf.shape(ordered)[0] - 1, tf.float32)
+    low = ordered[tf.cast(tf.round(0.01 * count), tf.int32)]
+    high = ordered[tf.cast(tf.round(0.99 * count), tf.int32)]
+    scaled = tf.clip_by_value((projected - low) / tf.maximum(high - low, 1e-12), 0.0, 1.0)
+    rgb = tf.cast(tf.round(scaled * 255.0), tf.uint8)
+    return tf.reshape(rgb, tf.concat([shape[:-1], [3]], axis=0))
+
+
+def similarity_map(features, point):
+    """Cosine similarity of every pixel of `[N, h, w, D]` features to the feature of
+    the first image at `point` (row, column), as uint8 grey `[N, h, w, 3]` (-1 black,
+    1 white), the point (white) marked by a black 3 x 3 box around it."""
+    unit = _unit(tf.convert_to_tensor(features, tf.float32))
+    row, column = point
+    similarity = tf.einsum("nhwd,d->nhw", unit, unit[0, row, column])
+    grey = tf.cast(tf.round(tf.clip_by_value((similarity + 1.0) / 2.0, 0.0, 1.0) * 255.0), tf.uint8)
+    height, width = tf.shape(grey)[1], tf.shape(grey)[2]
+    rows = tf.range(height)[:, None]
+    columns = tf.range(width)[None, :]
+    box = (tf.abs(rows - row) <= 1) & (tf.abs(columns - column) <= 1)
+    centre = (rows == row) & (columns == column)
+    first = tf.where(centre, tf.constant(255, tf.uint8), tf.where(box, tf.constant(0, tf.uint8), grey[0]))
+    grey = tf.concat([first[None], grey[1:]], axis=0)
+    return tf.repeat(grey[..., None], 3, axis=-1)
+
+
+def _unit(x):
+    return x / tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _key_encoder(model):
+    """The key network's `DenseEncoder` (the key model itself for VADeR, inside the key
+    model's heads for MoCo and DenseCL), or None for a method without one."""
+    key_model = getattr(model, "key_model", None)
+    if key_model is None or isinstance(key_model, DenseEncoder):
+        return key_model
+    layers = key_model._flatten_layers()  # pylint: disable=protected-access
+    return next((layer for layer in layers if isinstance(layer, DenseEncoder)), None)
+
+
+class ImageSummaries:
+    """Writes the pictures of the module docstring into a summary writer.
+
+    Args:
+        photos: uint8 `[NUM_PHOTOS, S, S, 3]`, S a multiple of 32.
+        every: steps between pictures (0 = never).
+    """
+
+    def __init__(self, photos, every):
+        self.photos = np.asarray(photos, np.uint8)
+        self.every = int(every)
+        self._write = self._written_by = None
+
+    @classmethod
+    def from_source(cls, source, image_size, every):
+        """The first `NUM_PHOTOS` images of `source`, centre-cropped and resized to
+        `image_size`; None when `every` is 0 (nothing is read)."""
+        if not every:
+            return None
+        from PIL import Image  # pylint: disable=import-outside-toplevel
+
+        photos = [
+            Image.fromarray(element["image"])
+            for element in source.dataset().take(NUM_PHOTOS).as_numpy_iterator()
+        ]
+        return cls(load_images(photos, NUM_PHOTOS, image_size, image_size), every)
+
+    def due(self, step, num_steps, last):
+        """Whether the chunk of `num_steps` steps that ended at `step` crossed a multiple
+        of `every` (or ended the run)."""
+        return bool(self.every) and (step // self.every > (step - num_steps) // self.every or last)
+
+    def write(self, model, step, writer):
+        """Writes the pictures and histograms of `model` at `step` into `writer`.
+
+        The forward passes, the pictures and the summary ops run as one `tf.function`,
+        traced at the first write (a few seconds) and reused after that.
+        """
+        if self._written_by != (id(model), id(writer)):
+            self._written_by = (id(model), id(writer))
+            probe = representations_model(model.encoder)
+
+            @tf.function
+            def write_pictures(photos, step):
+                pictures = _probe(model, probe, tf.cast(photos, tf.float32))
+                with writer.as_default(step=step):
+                    tf.summary.image("pictures/photo", photos, max_outputs=NUM_PHOTOS)
+                    for name in ("features_pca", "similarity"):
+                        tf.summary.image(f"pictures/{name}", pictures[name], max_outputs=NUM_PHOTOS)
+                    for name in ("positive", "negative"):
+                        if name in pictures:
+                            tf.summary.histogram(f"similarity/{name}", pictures[name])
+
+            self._write = write_pictures
+        self._write(tf.constant(self.photos), tf.constant(step, tf.int64))
+
+
+def _probe(model, probe, images):
+    """What `ImageSummaries.write` shows, computed in one graph (no variable written).
+
+    `probe` is `representations_model(model.encoder)`."""
+    outputs = probe(images, training=False)
+    features = tf.cast(outputs[SERVED_REPRESENTATION], tf.float32)
+    embedding = tf.cast(outputs[EMBEDDING], tf.float32)
+    point = (features.shape[1] // 2, features.shape[2] // 2)
+    pictures = {"features_pca": pca_rgb(features), "similarity": similarity_map(features, point)}
+    key_encoder = _key_encoder(model)
+    if key_encoder is not None:
+        keys = tf.cast(key_encoder(images, training=False), tf.float32)
+        pictures["positive"] = tf.reduce_sum(_unit(embedding) * _unit(keys), axis=-1)
+    queue = model._queue_of(0)[0]  # pylint: disable=protected-access
+    if queue.shape.rank == 2 and queue.shape[1] == embedding.shape[-1]:
+        pixels = tf.reshape(_unit(embedding), [-1, embedding.shape[-1]])
+        # Evenly spaced samples of at most NEGATIVE_PIXELS pixels and NEGATIVE_KEYS
+        # queue entries: the histogram's cost stays bounded whatever the sizes.
+        pixels = pixels[:: max(pixels.shape[0] // NEGATIVE_PIXELS, 1)]
+        keys = queue[:: max(queue.shape[0] // NEGATIVE_KEYS, 1)]
+        pictures["negative"] = tf.matmul(pixels, _unit(tf.cast(keys, tf.float32)), transpose_b=True)
+    return pictures
+
+
+def maybe_write(summaries, model, step, num_steps, last, writer):
+    """The loop's hook: writes `summaries` when due (nothing when either is None)."""
+    if summaries is not None and writer is not None and summaries.due(step, num_steps, last):
+        summaries.write(model, step, writer)
+
+
+PICTURE_TAGS = ("pictures/photo", "pictures/features_pca", "pictures/similarity")
+
+
+def read_pictures(event_files):
+    """`{step: {tag: uint8 [N, H, W, 3]}}` of the pictures in TensorBoard event files
+    (decoded from their PNGs), and `{step: {tag: [low, high, count] buckets}}` of the
+    similarity histograms."""
+    pictures, histograms = {}, {}
+    for path in event_files:
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in PICTURE_TAGS:
+                    pngs = tf.make_ndarray(value.tensor)[2:]  # [width, height, png...]
+                    images = np.stack([tf.image.decode_png(png).numpy() for png in pngs])
+                    pictures.setdefault(event.step, {})[value.tag] = images
+                elif value.tag.startswith("similarity/"):
+                    buckets = tf.make_ndarray(value.tensor)
+                    histograms.setdefault(event.step, {})[value.tag] = buckets
+    return pictures, histograms
+
+
+def picture_grid(pictures, scale=1):
+    """One uint8 picture: a row per photo, the `PICTURE_TAGS` side by side, each
+    feature picture enlarged (nearest neighbour) to the photo's size, then everything
+    by `scale`, with 4-pixel white gaps."""
+    photos = pictures[PICTURE_TAGS[0]]
+    height, width = photos.shape[1:3]
+    rows = []
+    for index in range(len(photos)):
+        cells = []
+        for tag in PICTURE_TAGS:
+            image = pictures[tag][index]
+            image = np.repeat(np.repeat(image, height // image.shape[0], 0), width // image.shape[1], 1)
+            cells += [image, np.full((height, 4, 3), 255, np.uint8)]
+        rows += [np.concatenate(cells[:-1], axis=1), np.full((4, cells[0].shape[1] * 3 + 8, 3), 255, np.uint8)]
+    grid = np.concatenate(rows[:-1], axis=0)
+    return np.repeat(np.repeat(grid, scale, 0), scale, 1)
