@@ -309,6 +309,8 @@ def read_history(model_dir):
         for record in tf.data.TFRecordDataset(path):
             event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
+                if value.tensor.tensor_shape.dim:  # Not a scalar (e.g. an image summary).
+                    continue
                 scalar = float(tf.make_ndarray(value.tensor))
                 by_step.setdefault(int(event.step), {})[value.tag] = scalar
     return [{"step": step, **metrics} for step, metrics in sorted(by_step.items())]
