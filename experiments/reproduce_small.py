@@ -4,7 +4,7 @@ For each seed, pretrains VADeR and MoCo v2 from the same random initialisation o
 CamVid train frames, continues both from the MoCo backbone (the paper's setting, equal
 total compute), evaluates every encoder with frozen features (CamVid linear probe, DAVIS
 label propagation, BSDS500 correspondence) and writes RESULTS.md with mean ± std over the
-seeds, plus figures and result JSONs under --results_dir. See `experiments/small_study.py`.
+seeds, plus figures and result JSONs under --results_dir. See `vader_tf/studies/small_study.py`.
 
     python experiments/reproduce_small.py --before_dir=results/before_fixes
     python experiments/reproduce_small.py --seeds=0 --train_steps=20 --image_size=64 ...  # smoke
@@ -20,9 +20,9 @@ import sys
 
 from absl import app, flags
 
-import small_study
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
+from vader_tf.studies import small_study
 
 define_flags(small_study.StudyConfig)
 flags.FLAGS.set_default("data_root", os.environ.get("VADER_SHARED_DATA", "../shared/data"))

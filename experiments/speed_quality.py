@@ -1,7 +1,7 @@
 """Speed against quality (issue 13 §1-2): the small reproduction's VADeR pretraining in
 float32, in bfloat16, and with the one-direction step (same seed, same images seen),
 each probed on CamVid val; writes <results_dir>/speed_quality.json and .md.
-See `experiments/speed_quality_study.py`.
+See `vader_tf/studies/speed_quality_study.py`.
 
     python experiments/speed_quality.py                       # 300 steps per variant
     python experiments/speed_quality.py --train_steps=3 --image_size=64 --batch_size=4 \
@@ -16,9 +16,9 @@ import sys
 
 from absl import app, flags
 
-import speed_quality_study
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
+from vader_tf.studies import speed_quality_study
 
 define_flags(speed_quality_study.SpeedQualityConfig)
 flags.FLAGS.set_default("data_root", os.environ.get("VADER_SHARED_DATA", "../shared/data"))

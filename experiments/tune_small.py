@@ -1,7 +1,7 @@
 """Tunes VADeR's settings on the tuning sets only (CamVid val, the 3 shared DAVIS
 sequences): the small study's VADeR run with one setting changed per variant, evaluated
 at the study's protocols; writes <results_dir>/tuning.json and tuning.md. See
-`experiments/tuning_study.py`.
+`vader_tf/studies/tuning_study.py`.
 
     python experiments/tune_small.py --variants=default,temperature_0.1,decoder_256
     python experiments/tune_small.py --variants=default,points_128 --train_steps=3 \
@@ -18,9 +18,9 @@ import sys
 
 from absl import app, flags
 
-import tuning_study
 from vader_tf import cli
 from vader_tf.config_flags import define_flags, from_flags
+from vader_tf.studies import tuning_study
 
 define_flags(tuning_study.TuningConfig)
 flags.FLAGS.set_default("data_root", os.environ.get("VADER_SHARED_DATA", "../shared/data"))

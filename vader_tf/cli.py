@@ -11,7 +11,7 @@
 
 Which errors are the user's: the exception types in `USER_ERROR_TYPES`, raised by this
 project's own code (a `raise` in `vader_tf`, in the running script or in a module beside
-it, such as `experiments/small_study.py` for `reproduce_small.py`), which validates
+it, such as `vader_tf/studies/small_study.py` for `reproduce_small.py`), which validates
 its inputs and says what is wrong with them. The same types raised inside TensorFlow,
 Keras or Python itself, and every other exception, are unexpected: they keep their
 traceback.

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from tests.eval.conftest import save_png, square_scene
+from vader_tf.studies import small_study
 
 EXPERIMENTS = os.path.join(os.path.dirname(__file__), "..", "..", "experiments")
 SCRIPT = os.path.join(EXPERIMENTS, "reproduce_small.py")
-sys.path.insert(0, EXPERIMENTS)
-import small_study  # noqa: E402
 
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
 # The protocols of TINY_BUDGET: the study's shrunk sizes and steps, other fields default.
@@ -26,6 +25,8 @@ PROTOCOLS = {
 }
 ENCODERS = ("vader", "moco", "random", "vader_from_moco", "moco_continued")
 FIGURES = ("pretraining_curves.png", "camvid_miou.png", "feature_pca.png")
+# The study pins float32 and the symmetric loss.
+TRAINING = {"mixed_precision": "float32", "symmetric_loss": True}
 
 TINY_BUDGET = [
     "--train_steps=2", "--continue_steps=1", "--image_size=64", "--batch_size=4",
@@ -97,10 +98,14 @@ def check_outputs(paths, seeds, layers, continued=True, unrecorded=()):
                         result = json.load(f)
                     assert result["config"]["layer"] == layer
                     assert result["config"]["seed"] == seed
-                    assert result["command"][0].endswith(".py")
                     if path in unrecorded:
                         assert "protocol" not in result
                         continue
+                    # The tap names are those of this serving contract; the encoder's
+                    # precision and loss direction are recorded (none for random init).
+                    assert result["config"]["serving_contract"] == 2
+                    assert result.get("training") == (None if name == "random" else TRAINING)
+                    assert result["command"][0].endswith(".py")
                     protocol = result["protocol"]
                     assert protocol.items() >= PROTOCOLS[evaluation].items(), protocol
                     # The recorded command sets every field of the protocol.
@@ -115,11 +120,13 @@ def check_outputs(paths, seeds, layers, continued=True, unrecorded=()):
             )
             assert np.isfinite(summary["metrics"]["final_loss"])
             assert f"--seed={seed}" in summary["command"]
+            assert summary["training"] == TRAINING
     for figure in FIGURES:
         assert 0 < os.path.getsize(os.path.join(results_dir, figure)) < 300_000
     with open(paths["report"]) as f:
         report = f.read()
-    taps = {"features": "`features` (trained)", "P4": "`P4` (backbone)"}
+    taps = {"embedding": "`embedding` (trained)", "decoder": "`decoder` (trained, served)",
+            "P4": "`P4` (backbone)"}
     rows = ["| VADeR from MoCo | `", "| MoCo v2 continued | `"] if continued else []
     for text in (f"| VADeR | {taps[layers[0]]} |", "| MoCo v2 | `", "| random init | `",
                  *rows, "## Budget", "## Caveats", "**Goal**", "--train_steps=2"):
@@ -214,20 +221,109 @@ def test_bad_flags_are_one_line_errors(tmp_path):
 
 
 def test_mean_std_and_goal_check_against_numpy():
-    values = {"mIoU": [0.30, 0.34, 0.32], "J&F": [0.60, 0.64, 0.62]}
-    baseline_p4 = {"mIoU": [0.25, 0.27, 0.26], "J&F": [0.61, 0.60, 0.62]}
-    aggregated = {("vader", "features"): values, ("moco", "P4"): baseline_p4,
-                  ("moco", "features"): {"mIoU": [0.2, 0.2, 0.2], "J&F": [0.5, 0.5, 0.5]}}
+    values = {"mIoU": [0.30, 0.34, 0.32], "J&F": [0.70, 0.74, 0.72]}
+    baseline_p4 = {"mIoU": [0.25, 0.27, 0.26], "J&F": [0.41, 0.40, 0.42]}
+    aggregated = {
+        ("vader", "decoder"): values,
+        ("vader", "embedding"): {"mIoU": [0.9] * 3, "J&F": [0.9] * 3},  # not served
+        ("moco", "P4"): baseline_p4,
+        ("moco", "decoder"): {"mIoU": [0.2, 0.2, 0.2], "J&F": [0.5, 0.5, 0.5]},
+        ("random", "decoder"): {"mIoU": [0.1, 0.1, 0.1], "J&F": [0.6, 0.63, 0.6]},
+    }
     mean, std = small_study.mean_std(values["mIoU"])
     assert mean == pytest.approx(np.mean(values["mIoU"]))
     assert std == pytest.approx(np.std(values["mIoU"], ddof=1))
     assert small_study.mean_std([0.5]) == (0.5, None)
     lines = small_study.goal_check(aggregated)
-    # mIoU gap: 32 - 26 = +6 points, std 2 < 6 -> met; J&F: 62 - 61 = +1 -> missed.
-    assert "+6.0 points" in lines[0] and "met" in lines[0] and "`P4`" in lines[0]
-    assert "+1.0 points" in lines[1] and "missed" in lines[1]
+    # The served `decoder` against the strongest baseline tap. mIoU: MoCo's P4,
+    # 32 - 26 = +6 points >= 3, std 2 < 6 -> met.
+    assert "`decoder` (served) 32.0" in lines[0] and "MoCo v2's `P4` 26.0" in lines[0]
+    assert "random init's best `decoder` 10.0" in lines[0]
+    assert "+6.0 points" in lines[0] and "-> met" in lines[0]
+    # J&F: random init's decoder (61) beats MoCo's best (50): 72 - 61 = +11 >= 10, but
+    # random's seed std (1.7) < 11 -> met; against MoCo alone it would read +22.
+    assert "strongest baseline, random init's `decoder` 61.0" in lines[1]
+    assert "MoCo v2's best `decoder` 50.0" in lines[1]
+    assert "+11.0 points" in lines[1] and "-> met" in lines[1]
+    aggregated["random", "P4"] = {"J&F": [0.65, 0.65, 0.65]}
+    assert "+7.0 points" in small_study.goal_check(aggregated)[1]
+    assert "-> missed" in small_study.goal_check(aggregated)[1]
     table = small_study.results_table(aggregated)
-    assert "| VADeR | `features` (trained) | 3 | 0.320 ± 0.020 |" in table
+    assert "| VADeR | `decoder` (trained, served) | 3 | 0.320 ± 0.020 |" in table
+
+
+def write_result(path, layer, training=None, **config):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    result = {"evaluation": "linear_probe", "config": {"layer": layer, **config},
+              "metrics": {"mean_iou": 0.5}}
+    if training is not None:
+        result["training"] = training
+    with open(path, "w") as f:
+        json.dump(result, f)
+
+
+def write_summary(path, **config):
+    with open(path, "w") as f:
+        json.dump({"evaluation": "pretraining", "config": config, "metrics": {}}, f)
+
+
+def test_a_features_result_of_unknown_meaning_is_refused(tmp_path):
+    """A `features` JSON without a serving contract version may be the projection head's
+    output (contract 1) or the decoder's (2): the report refuses it, by name, instead of
+    averaging the two meanings; one that records its contract is read."""
+    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1),
+                                     layers=("features",))
+    old = os.path.join(config.seed_results(0), "linear_probe_vader_features.json")
+    write_result(old, "features")
+    write_result(os.path.join(config.seed_results(1), "linear_probe_vader_features.json"),
+                 "features", serving_contract=2)
+    with pytest.raises(ValueError, match="linear_probe_vader_features.json: tap `features`"):
+        small_study.aggregate(config)
+    with pytest.raises(ValueError, match="tap `features`"):
+        small_study.Evaluations(config).is_done(old, "linear_probe")
+    os.remove(old)
+    assert small_study.aggregate(config) == {("vader", "features"): {"mIoU": [0.5]}}
+
+
+def test_runs_of_different_precision_or_direction_are_not_aggregated(tmp_path):
+    """Result JSONs record their run's precision and direction (or count as their
+    pretraining summary's config says); the report refuses to average mixed ones."""
+    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1, 2),
+                                     layers=("decoder",))
+    float32 = {"mixed_precision": "float32", "symmetric_loss": True}
+    for seed in (0, 1):
+        write_result(os.path.join(config.seed_results(seed), "linear_probe_vader_decoder.json"),
+                     "decoder", training=float32)
+    # Seed 2 records nothing: its pretraining summary (written before `training` was
+    # recorded) says bfloat16.
+    seed2 = config.seed_results(2)
+    write_result(os.path.join(seed2, "linear_probe_vader_decoder.json"), "decoder")
+    write_summary(os.path.join(seed2, "pretrain_vader.json"),
+                  mixed_precision="mixed_bfloat16", symmetric_loss=True)
+    with pytest.raises(ValueError, match=r"precision or loss direction: .*seed[01]/.*seed2/"):
+        small_study.aggregate(config)
+    # The same summary in float32 (the study's pinned setting; a summary older than the
+    # option counts as symmetric) aggregates.
+    write_summary(os.path.join(seed2, "pretrain_vader.json"), mixed_precision="none")
+    assert small_study.aggregate(config)["vader", "decoder"]["mIoU"] == [0.5] * 3
+    # One direction in one seed's record is refused too.
+    write_result(os.path.join(seed2, "linear_probe_vader_decoder.json"), "decoder",
+                 training=dict(float32, symmetric_loss=False))
+    with pytest.raises(ValueError, match="'symmetric_loss': False"):
+        small_study.aggregate(config)
+
+
+def test_report_refuses_ambiguous_results_in_one_line_and_writes_nothing(tmp_path):
+    data_root = str(tmp_path / "data")
+    make_data_root(data_root)
+    write_result(str(tmp_path / "results" / "seed0" / "linear_probe_vader_features.json"),
+                 "features")
+    completed = run_reproduce(tmp_path, data_root, "--seeds=0", "--layers=features",
+                              "--report_only", expect_ok=False)
+    assert completed.returncode == 2
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("reproduce_small.py: error: ") and "vader_features.json" in last
+    assert not os.path.exists(tmp_path / "RESULTS.md")
 
 
 @pytest.mark.skipif(
@@ -236,7 +332,7 @@ def test_mean_std_and_goal_check_against_numpy():
 def test_real_data_end_to_end(tmp_path):
     # The paper's setting is covered on generated data; here only the real-data readers.
     paths = run_reproduce(
-        tmp_path, os.environ["VADER_SHARED_DATA"], "--seeds=0", "--layers=features",
+        tmp_path, os.environ["VADER_SHARED_DATA"], "--seeds=0", "--layers=decoder",
         "--continue_steps=0",
     )
-    check_outputs(paths, seeds=(0,), layers=("features",), continued=False)
+    check_outputs(paths, seeds=(0,), layers=("decoder",), continued=False)

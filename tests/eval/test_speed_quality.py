@@ -43,7 +43,15 @@ def test_speed_quality_writes_every_variant_and_resumes(tmp_path):
     table = (tmp_path / "results" / "speed_quality.md").read_text().splitlines()
     assert [row.split("|")[1].strip() for row in table[2:]] == list(VARIANTS)
 
-    probes = [tmp_path / "results" / f"linear_probe_{name}_features.json" for name in VARIANTS]
+    # Probed at the served tap; each probe JSON records its run's precision and direction.
+    assert result["layer"] == "decoder"
+    probes = [tmp_path / "results" / f"linear_probe_{name}_decoder.json" for name in VARIANTS]
+    for name, path in zip(VARIANTS, probes):
+        with open(path) as f:
+            assert json.load(f)["training"] == {
+                "bfloat16_symmetric": {"mixed_precision": "mixed_bfloat16", "symmetric_loss": True},
+                "float32_one_direction": {"mixed_precision": "float32", "symmetric_loss": False},
+            }[name]
     written = [path.stat().st_mtime_ns for path in probes]
     again = run_script(tmp_path, data_root)
     assert [path.stat().st_mtime_ns for path in probes] == written

@@ -40,7 +40,7 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     results = tmp_path / "results" / "seed0"
     written = sorted(name for name in os.listdir(results) if not name.startswith("pretrain_"))
     assert written == sorted(
-        f"{evaluation}_{run}_features.json"
+        f"{evaluation}_{run}_decoder.json"
         for evaluation in ("davis_label_propagation", "linear_probe")
         for run in ("vader", "vader_temperature_0.1")
     )
@@ -50,7 +50,7 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     summary = json.loads((tmp_path / "results" / "tuning.json").read_text())
     assert list(summary["variants"]) == ["default", "temperature_0.1"]
     for variant in summary["variants"].values():
-        tap = variant["taps"]["features"]
+        tap = variant["taps"]["decoder"]
         assert len(tap["mIoU"]) == 1 and 0.0 <= tap["mIoU"][0] <= 1.0
         assert len(tap["J&F"]) == 1 and 0.0 <= tap["J&F"][0] <= 1.0
     table = (tmp_path / "results" / "tuning.md").read_text().splitlines()
@@ -89,15 +89,16 @@ def test_an_unknown_variant_is_one_line_and_writes_nothing(tmp_path):
 def test_the_study_budget_leaves_out_the_tuning_runs_beside_it(tmp_path):
     """The tuning (and speed/quality) JSONs share the study's results folder; the study's
     budget line sums only its own runs and encoders."""
-    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1))
+    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1),
+                                     layers=("embedding", "decoder", "P4"))
     seconds = {
         "seed0/pretrain_vader.json": dict(seconds=60.0, session_seconds=[60.0]),
         "seed1/pretrain_moco.json": dict(seconds=120.0),
         "seed0/pretrain_vader_temperature_0.1.json": dict(seconds=6000.0),
-        "seed0/linear_probe_vader_features.json": dict(seconds=30.0),
+        "seed0/linear_probe_vader_embedding.json": dict(seconds=30.0),
         "seed1/correspondence_random_P4.json": dict(seconds=90.0),
-        "seed0/linear_probe_vader_temperature_0.1_features.json": dict(seconds=6000.0),
-        "seed0/davis_label_propagation_vader_queued_8_features.json": dict(seconds=6000.0),
+        "seed0/linear_probe_vader_temperature_0.1_embedding.json": dict(seconds=6000.0),
+        "seed0/davis_label_propagation_vader_queued_8_decoder.json": dict(seconds=6000.0),
         "seed2/pretrain_vader.json": dict(seconds=6000.0),  # not one of the seeds
     }
     for name, metrics in seconds.items():

@@ -20,7 +20,7 @@ Protocol: script in `experiments/`, function in `vader_tf.eval`:
 - `FinetuneProtocol`: `finetune_segmentation.py`, `finetune.finetune_segmentation` (and
   `finetune.build_segmentation_model`).
 
-A study that shrinks a protocol (e.g. `experiments/small_study.py`) derives its
+A study that shrinks a protocol (e.g. `vader_tf/studies/small_study.py`) derives its
 objects with `dataclasses.replace`, and the changed values are recorded with its results.
 """
 

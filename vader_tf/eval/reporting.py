@@ -9,11 +9,14 @@ Format (JSON, written atomically through a temporary file and a rename)::
       "config": {...},                       # the other settings: data, tap, seed, limits
       "protocol": {"name": "CamVidProbeProtocol", "steps": 2000, ...},  # every field
       "metrics": {...}                       # the numbers; NaN is written as null
+      "training": {"mixed_precision": "float32", "symmetric_loss": true}  # optional
     }
 
 `protocol` is `vader_tf.eval.protocols.record` of the protocol object the numbers were
 computed with (null for files without one, e.g. pretraining summaries). Files written
 before it existed lack the key: readers use `result.get("protocol")` (`same_protocol`).
+`training` (written only when given) is the resolved precision policy and loss direction
+of the pretraining run the numbers come from (the study harness records it).
 """
 
 import math
@@ -42,7 +45,8 @@ def to_json_value(value):
 
 
 def write_results(
-    path, evaluation, encoder_spec, metrics, config=None, argv=None, protocol=None
+    path, evaluation, encoder_spec, metrics, config=None, argv=None, protocol=None,
+    training=None,
 ):
     """Writes the result JSON (see the module docstring) to `path` and returns its dict."""
     payload = to_json_value(
@@ -53,6 +57,7 @@ def write_results(
             "config": config or {},
             "protocol": None if protocol is None else record(protocol),
             "metrics": metrics,
+            **({} if training is None else {"training": training}),
         }
     )
     write_json_atomic(path, payload)

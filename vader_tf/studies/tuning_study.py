@@ -1,0 +1,187 @@
+"""Tuning VADeR on the tuning sets only: CamVid val and the 3 shared DAVIS sequences.
+
+Each variant is the small study's VADeR run (`small_study.StudyConfig`: data, backbone,
+view size, batch, steps, learning rate, queue, seed) with some of the settings issue 11
+allows to tune changed (`VARIANTS`: InfoNCE temperature, matched points per image, key
+pixels queued per image, decoder width). Variant runs live beside the study's own, in
+`<run_dir>/seed<S>/vader_<variant>`, and the `default` variant *is* the study's VADeR
+run (`vader`): pointed at the study's directories, the tuning reuses its run and JSONs
+instead of training it again.
+
+Every run is evaluated with the study's protocols on the two tuning benchmarks only (the
+CamVid val linear probe and DAVIS label propagation), never on the BSDS500 val photos
+of the correspondence protocol, which stay a check no setting was chosen on. Resumable
+like the study: pretraining resumes from its run directory, and an evaluation whose
+JSON exists is skipped (unless `force`). After every variant it rewrites `tuning.json`
+and `tuning.md` (mean over the seeds done, difference to `default`) in `results_dir`,
+where the study's report (`small_study.write_report`) shows them in a "Tuning" section.
+"""
+
+import dataclasses
+import os
+from typing import ClassVar
+
+import keras
+
+from vader_tf import storage
+from vader_tf.config_flags import option
+from vader_tf.eval.encoders import LAYERS
+from vader_tf.studies import small_study
+
+# Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run
+# (temperature 0.2, 64 matched points and 16 queued key pixels per image, decoder 128).
+VARIANTS = {
+    "default": {},
+    "temperature_0.1": dict(temperature=0.1),
+    "temperature_0.4": dict(temperature=0.4),
+    "points_128": dict(num_points=128),
+    "queued_8": dict(queue_points_per_image=8),
+    "queued_64": dict(queue_points_per_image=64),
+    "decoder_256": dict(decoder_channels=256),
+}
+# The tuning benchmarks (CamVid val, the shared DAVIS sequences).
+EVALUATIONS = ("linear_probe", "davis_label_propagation")
+# The columns of the table, and the evaluation each comes from.
+COLUMNS = {"mIoU": "CamVid val mIoU", "J&F": "DAVIS J&F"}
+
+
+@dataclasses.dataclass
+class TuningConfig(small_study.VariantsConfig):
+    """Variants and locations; each field is a flag of `experiments/tune_small.py`. The
+    budget fields default to the study's."""
+
+    VARIANTS: ClassVar[dict] = VARIANTS
+
+    run_dir: str = option(
+        small_study.StudyConfig.run_dir, "Runs go to <run_dir>/seed<S>/vader_<variant>."
+    )
+    results_dir: str = option(
+        small_study.StudyConfig.results_dir,
+        "JSONs in <results_dir>/seed<S>/, tuning.json and tuning.md in <results_dir>.",
+    )
+    variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
+    seeds: tuple[int, ...] = option((0,), "Seeds of every variant.")
+    layers: tuple[str, ...] = option(
+        (small_study.SERVED_TAP,),
+        f"Taps evaluated, from {LAYERS} (`decoder` = the served `features` since serving "
+        "contract 2).",
+    )
+    davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
+    davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
+
+    def seed_list(self):
+        return self.seeds
+
+    def study(self):
+        return super().study(
+            layers=self.layers,
+            davis_image_size=self.davis_image_size,
+            davis_max_frames=self.davis_max_frames,
+        )
+
+    @staticmethod
+    def run_name(variant):
+        return "vader" if variant == "default" else f"vader_{variant}"
+
+    def pretrain_config(self, variant, seed):
+        model_dir = os.path.join(self.study().seed_dir(seed), self.run_name(variant))
+        return self.variant_pretrain_config(variant, seed, model_dir)
+
+
+def run(config, command):
+    """Pretrains and evaluates every variant for every seed (resuming); after each one,
+    rewrites `tuning.json` and `tuning.md` in `results_dir` with the variants done so far.
+    Returns the last JSON's dict."""
+    study = config.study()
+    evaluations = small_study.Evaluations(study)
+    final_losses = {}
+    for seed in config.seeds:
+        for variant in config.variants:
+            name = config.run_name(variant)
+            summary = small_study.pretrain_and_summarize(
+                config.pretrain_config(variant, seed),
+                small_study.pretrain_summary_path(study.seed_results(seed), name),
+                command_flags=small_study.PRETRAIN_FLAGS + tuple(VARIANTS[variant]),
+            )
+            keras.backend.clear_session()
+            final_losses.setdefault(variant, []).append(summary["final_loss"])
+            small_study.evaluate_encoders(
+                evaluations, {name: os.path.join(study.seed_dir(seed), name)}, config.layers,
+                seed, study.seed_results(seed), force=config.force, which=EVALUATIONS,
+            )
+            payload = write_tables(config, command, final_losses)
+    return payload
+
+
+def write_tables(config, command, final_losses):
+    """Writes `tuning.json` and `tuning.md` for the variants in `final_losses` (their
+    runs done), from the result JSONs of the seeds done."""
+    results = small_study.aggregate(
+        config.study(), [config.run_name(variant) for variant in final_losses]
+    )
+    variants = {
+        variant: {
+            "settings": VARIANTS[variant],
+            "final_loss": losses,
+            "taps": {
+                layer: {column: results[config.run_name(variant), layer][column]
+                        for column in COLUMNS}
+                for layer in config.layers
+            },
+        }
+        for variant, losses in final_losses.items()
+    }
+    payload = {"command": list(command), "config": dataclasses.asdict(config), "variants": variants}
+    path = os.path.join(config.results_dir, small_study.TUNING_FILE)
+    storage.write_json_atomic(path + ".json", payload)
+    storage.write_atomic(path + ".md", table(variants, config.seeds))
+    return payload
+
+
+def rewrite_table(results_dir):
+    """Rewrites `tuning.md` in `results_dir` from its `tuning.json` (no training)."""
+    path = os.path.join(results_dir, small_study.TUNING_FILE)
+    payload = storage.read_json(path + ".json")
+    for variant in payload["variants"].values():
+        if "features" in variant["taps"] and "note" not in payload:
+            raise ValueError(
+                f"{path}.json: tap `features` without a serving contract version (before "
+                "contract 2 it was the projection head's output, now `embedding`)."
+            )
+    variants = {  # In the order they were run (`--variants`), as `write_tables` has them.
+        variant: payload["variants"][variant]
+        for variant in payload["config"]["variants"]
+        if variant in payload["variants"]
+    }
+    storage.write_atomic(path + ".md", table(variants, payload["config"]["seeds"]))
+
+
+def table(variants, seeds):
+    """Markdown table: per variant and tap, the mean (± std) over `seeds` of each column
+    and its difference to the `default` variant's mean, when that was run."""
+    default = variants.get("default")
+    header = ["variant", "changed", "tap", "final loss"]
+    for title in COLUMNS.values():
+        header += [title, "vs default"]
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; mean ± std over the seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    for variant, v in variants.items():
+        changed = ", ".join(f"{k}={value}" for k, value in v["settings"].items()) or "-"
+        for layer, row in v["taps"].items():
+            cells = [variant, changed, f"`{layer}`", small_study.format_cell(v["final_loss"])]
+            for column in COLUMNS:
+                cells.append(small_study.format_cell(row[column]))
+                if default is None:
+                    cells.append("-")
+                else:
+                    difference = (
+                        small_study.mean_std(row[column])[0]
+                        - small_study.mean_std(default["taps"][layer][column])[0]
+                    )
+                    cells.append(f"{difference:+.3f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
