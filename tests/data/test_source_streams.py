@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 from PIL import Image
 
@@ -151,6 +152,26 @@ def test_tfrecord_stream_reorders_a_single_file_every_epoch(tmp_path):
     epochs = [tuple(ids[start : start + size]) for start in range(0, len(ids), size)]
     assert all(sorted(epoch) == sorted(epochs[0]) for epoch in epochs)
     assert len(set(epochs)) > 2
+
+
+def test_tfrecord_stream_ignores_the_global_seed(tmp_path):
+    """Pretraining sets the global seed (`keras.utils.set_random_seed(config.seed)`)
+    before it builds the stream: the TFRecord stream must not depend on it, and a global
+    seed of 0 (the default run seed) once failed while the shuffle was built."""
+    TinyPictures(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+    source = sources.tfds_source("tiny_pictures", "train", data_dir=str(tmp_path))
+
+    def ids():
+        stream = source.stream(seed=3, start_index=2).take(2 * len(source))
+        return [e["source_id"] for e in stream.as_numpy_iterator()]
+
+    unseeded = ids()
+    try:
+        for global_seed in (0, 5):
+            keras.utils.set_random_seed(global_seed)
+            assert ids() == unseeded, global_seed
+    finally:
+        tf.random.set_seed(None)
 
 
 class EveryFourthUnreadable(sources.ImageSource):

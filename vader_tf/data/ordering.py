@@ -6,6 +6,8 @@ sources read by index (`vader_tf.data.sources.IndexedImageSource`, through
 resumed run visits the same order.
 """
 
+import contextlib
+
 import tensorflow as tf
 
 
@@ -23,6 +25,26 @@ def epoch_permutation(size, seed, epoch):
     """A stateless permutation of `range(size)` seeded by `(seed, epoch)`, int64."""
     keys = tf.random.stateless_uniform([size], seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
     return tf.cast(tf.argsort(keys, stable=True), tf.int64)
+
+
+@contextlib.contextmanager
+def without_global_seed():
+    """Random dataset ops made in this block (inside a dataset function's graph, as
+    `flat_map` traces them) ignore the global seed.
+
+    `Dataset.shuffle(seed=...)` combines its seed with the graph's, which is the global
+    seed of `tf.random.set_seed` / `keras.utils.set_random_seed` (pretraining sets it
+    when it builds the model): the stream would then depend on a seed set elsewhere,
+    and a global seed of 0 made TensorFlow compare the tensor `epoch_seed` in Python,
+    which fails while the graph is built. Without it the op seed alone decides.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    previous = graph.seed
+    graph.seed = None
+    try:
+        yield
+    finally:
+        graph.seed = previous
 
 
 def epoch_seed(seed, epoch):

@@ -351,9 +351,10 @@ class TfdsRecordSource(ImageSource):
                 file_order = ordering.epoch_permutation(len(self.filepaths), seed, epoch)
             records = tf.data.Dataset.from_tensor_slices(file_order).flat_map(file_records)
             if shuffle:
-                records = records.shuffle(
-                    self.shuffle_buffer, seed=ordering.epoch_seed(seed, epoch)
-                )
+                with ordering.without_global_seed():
+                    records = records.shuffle(
+                        self.shuffle_buffer, seed=ordering.epoch_seed(seed, epoch)
+                    )
             global_indices = tf.data.Dataset.range(epoch * num_examples, (epoch + 1) * num_examples)
             skip = tf.maximum(start_index - epoch * num_examples, 0)
             return tf.data.Dataset.zip(global_indices, records).skip(skip)
