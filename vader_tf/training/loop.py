@@ -93,7 +93,8 @@ def _restore(checkpoint, path):
     it restores with the count at 0 (logged) if that is the only object it lacks.
     """
     status = checkpoint.restore(path)
-    stored = {name for name, _ in tf.train.list_variables(path)}
+    # The reader itself: `tf.train.list_variables` takes a ram:// prefix for a folder.
+    stored = set(tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map())
     if any(name.startswith("model/skipped_steps/") for name in stored):
         status.assert_existing_objects_matched()
         return
