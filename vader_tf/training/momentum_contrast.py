@@ -137,34 +137,6 @@ class BatchShuffle:
         return self._take(nest, tf.math.invert_permutation(self.permutation))
 
 
-def shuffled_forward(
-    model, images, num_groups, permutation, replica_context=None, per_image=None, reduce=None
-):
-    """Runs `model` on this replica's slice of the permuted global batch; shuffle BN.
-
-    Args:
-        model: the key network.
-        images: this replica's `[b, ...]` batch.
-        num_groups: BN groups per replica.
-        permutation: `[R * b]` permutation of the global batch (the concatenation of all
-            replicas' batches in replica order), identical on every replica.
-        replica_context: the `tf.distribute` replica context (default: the current one).
-        per_image: optional nest of `[b, ...]` tensors that travel with the images.
-        reduce: optional `reduce(outputs, per_image)`, applied on the replica that
-            computed the outputs, before they are gathered back (default: identity).
-
-    Returns:
-        `model`'s (reduced) outputs for `images`, in their order, each computed in the BN
-        group of the permuted global batch that the image fell into.
-    """
-    shuffle = BatchShuffle(permutation, tf.shape(images)[0], replica_context)
-    images, per_image = shuffle.shuffle((images, per_image))
-    outputs = grouped_forward(model, images, num_groups)
-    if reduce is not None:
-        outputs = reduce(outputs, per_image)
-    return shuffle.unshuffle(outputs)
-
-
 @dataclasses.dataclass(frozen=True)
 class TermSpec:
     """One contrastive term a method declares: its queue and its weight in the loss.
