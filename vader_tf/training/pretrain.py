@@ -10,12 +10,11 @@ import math
 import keras
 import tensorflow as tf
 from absl import logging
-
-from vader_tf import storage
 # TensorFlow exports `enable_op_determinism` only; the getter and the switch back that
 # `op_determinism` needs to restore the previous state live beside it.
 from tensorflow.python.framework import config as tf_config
 
+from vader_tf import storage
 from vader_tf.config_flags import option
 from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
