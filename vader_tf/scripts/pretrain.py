@@ -42,7 +42,8 @@ FLAG_GROUPS = {
     "model": ("backbone", "backbone_preset", "init_weights", "decoder_channels", "embedding_dim"),
     "method": (
         "method", "queue_size", "queue_points_per_image", "temperature",
-        "densecl_loss_weight", "ema_momentum", "momentum_schedule", "bn_groups", "shuffle_bn",
+        "densecl_loss_weight", "global_loss_weight", "global_queue_size", "coarse_level",
+        "coarse_loss_weight", "ema_momentum", "momentum_schedule", "bn_groups", "shuffle_bn",
         "symmetric_loss",
     ),
     "optimiser": (

@@ -29,7 +29,8 @@ from vader_tf.eval.encoders import LAYERS
 from vader_tf.studies import small_study
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run
-# (temperature 0.2, 64 matched points and 16 queued key pixels per image, decoder 128).
+# (temperature 0.2, 64 matched points and 16 queued key pixels per image, decoder 128,
+# the pixel term alone).
 VARIANTS = {
     "default": {},
     "temperature_0.1": dict(temperature=0.1),
@@ -38,6 +39,11 @@ VARIANTS = {
     "queued_8": dict(queue_points_per_image=8),
     "queued_64": dict(queue_points_per_image=64),
     "decoder_256": dict(decoder_channels=256),
+    # Method variants (issue 20): an image-level term beside the pixel term, and the
+    # pixel term also at stride 16 (`vader_tf/training/vader.py`).
+    "global_0.25": dict(global_loss_weight=0.25),
+    "global_0.5": dict(global_loss_weight=0.5),
+    "coarse_P4": dict(coarse_level="P4"),
 }
 # The tuning benchmarks (CamVid val, the shared DAVIS sequences).
 EVALUATIONS = ("linear_probe", "davis_label_propagation")

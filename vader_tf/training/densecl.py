@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from vader_tf.models.encoder import DenseEncoder
 from vader_tf.training.methods import register_method
-from vader_tf.training.moco import image_embedding_model, image_term
+from vader_tf.training.moco import image_embedding_model, image_term, select_outputs
 from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast, TermSpec
 
 
@@ -51,11 +51,6 @@ def _unit_cells(feature_map):
     shape = tf.shape(feature_map)
     cells = tf.reshape(feature_map, [shape[0], shape[1] * shape[2], shape[3]])
     return tf.math.l2_normalize(cells, axis=-1)
-
-
-def _select(outputs, key):
-    """One output of each view's dict (None where the network did not run)."""
-    return [None if views is None else views[key] for views in outputs]
 
 
 @register_method("densecl")
@@ -109,8 +104,8 @@ class DenseCL(MomentumContrast):
         global_term = image_term(
             "global",
             self.directions,
-            _select(query_outputs, "global"),
-            _select(key_outputs, "global"),
+            select_outputs(query_outputs, "global"),
+            select_outputs(key_outputs, "global"),
         )
         queries, positives = [], []
         for query_view, key_view in self.directions:

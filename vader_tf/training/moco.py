@@ -20,14 +20,20 @@ from vader_tf.training.methods import register_method
 from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast
 
 
-def image_embedding_model(encoder, hidden_dim=None, embedding_dim=128, name="image_embedder"):
-    """Images -> unit-norm global embeddings, sharing `encoder`'s backbone layers."""
+def image_embedding_model(
+    encoder, hidden_dim=None, embedding_dim=128, name="image_embedder", prefix=""
+):
+    """Images -> unit-norm global embeddings, sharing `encoder`'s backbone layers.
+
+    `prefix` starts the head's layer names (a model that also outputs the encoder's own
+    `embedding` needs one).
+    """
     c5 = encoder.pyramid_outputs["P5"]
     hidden_dim = hidden_dim or c5.shape[-1]
-    x = keras.layers.GlobalAveragePooling2D(name="global_pool")(c5)
-    x = keras.layers.Dense(hidden_dim, activation="relu", name="mlp_hidden")(x)
-    x = keras.layers.Dense(embedding_dim, name="mlp_output")(x)
-    return keras.Model(encoder.input, L2Normalize(name="embedding")(x), name=name)
+    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}global_pool")(c5)
+    x = keras.layers.Dense(hidden_dim, activation="relu", name=f"{prefix}mlp_hidden")(x)
+    x = keras.layers.Dense(embedding_dim, name=f"{prefix}mlp_output")(x)
+    return keras.Model(encoder.input, L2Normalize(name=f"{prefix}embedding")(x), name=name)
 
 
 @register_method("moco")
@@ -48,6 +54,12 @@ class MoCo(MomentumContrast):
 
     def contrastive_rows(self, data, query_outputs, key_outputs):
         return (image_term(self.terms[0].name, self.directions, query_outputs, key_outputs),)
+
+
+def select_outputs(outputs, key):
+    """One output of each view's dict of a multi-output network (None where the network
+    did not run on the view)."""
+    return [None if views is None else views[key] for views in outputs]
 
 
 def image_term(name, directions, query_embeddings, key_embeddings):

@@ -34,6 +34,7 @@ _POSITIVE_INTS = (
     "num_points",
     "queue_size",
     "queue_points_per_image",
+    "global_queue_size",
     "bn_groups",
     "train_steps",
     "reference_batch_size",
@@ -58,6 +59,7 @@ _FLOAT_RANGES = {
     "weight_decay": (0.0, math.inf, True),
     "sgd_momentum": (0.0, 1.0, True),
     "densecl_loss_weight": (0.0, 1.0, True),
+    "coarse_loss_weight": (0.0, 1.0, True),
 }
 
 
@@ -165,6 +167,23 @@ class PretrainConfig:
     densecl_loss_weight: float = option(
         0.5, "DenseCL: weight lambda of the dense term; the global term gets 1 - lambda."
     )
+    # VADeR's optional terms (vader_tf/training/vader.py); off by default.
+    global_loss_weight: float = option(
+        0.0,
+        "VADeR: weight lambda of an image-level MoCo term on pooled C5 (own head and "
+        "queue); the loss is (1 - lambda) * dense + lambda * global; 0 = off.",
+    )
+    global_queue_size: int = option(
+        256, "VADeR's image-level term: images in its queue (keep it below the data's size)."
+    )
+    coarse_level: str | None = option(
+        None,
+        "VADeR: also contrast the matched points on this backbone level (P3, P4 or P5), "
+        "through its own head and queue; default: off.",
+    )
+    coarse_loss_weight: float = option(
+        0.5, "VADeR: the coarse level's share w of the dense loss (stride 4 gets 1 - w)."
+    )
     ema_momentum: float = option(0.99, "Momentum of the key network's EMA.")
     momentum_schedule: str = option(
         "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
@@ -266,6 +285,17 @@ class PretrainConfig:
                 self.queue_points_per_image,
                 f"at most num_points={self.num_points}",
             )
+        weight = self.global_loss_weight
+        if not (math.isfinite(weight) and 0.0 <= weight < 1.0):
+            _invalid("global_loss_weight", weight, "in [0, 1)")
+        if self.coarse_level is not None and self.coarse_level not in vader.COARSE_LEVELS:
+            _invalid("coarse_level", self.coarse_level, f"one of {', '.join(vader.COARSE_LEVELS)}")
+        if self.method != "vader":
+            for name, off in (("global_loss_weight", 0.0), ("coarse_level", None)):
+                if getattr(self, name) != off:
+                    _invalid(
+                        name, getattr(self, name), f"{off} (a VADeR option) for {self.method}"
+                    )
         for name, (low, high, closed_low) in _FLOAT_RANGES.items():
             value = getattr(self, name)
             inside = (value >= low if closed_low else value > low) and value <= high

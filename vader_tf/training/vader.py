@@ -5,20 +5,68 @@ point in one view, its positive the key network's feature at the same scene poin
 other view, and the negatives the queue of key pixels from earlier batches (other images).
 Both directions (view1 -> view2 and view2 -> view1) are used, or only view1 -> view2
 with `symmetric_loss=False`.
+
+Two optional terms beside the stride-4 pixel term (issue 20's method variants; both off
+by default, and then the model, its checkpoint and its step are the plain method's):
+
+- global (`global_loss_weight` = lambda > 0): an image-level MoCo v2 term on the same
+  backbone (pooled C5, its own two-layer MLP head and its own queue of images), as
+  DenseCL and PixPro add one; the loss is `(1 - lambda) * dense + lambda * global`.
+- coarse (`coarse_level`, e.g. "P4"): the pixel InfoNCE also on a coarser backbone level,
+  through its own 1x1-convolution MLP head and queue; the matched points are mapped onto
+  that level's grid by the convention of `vader_tf.ops.grid` (grid coordinate `g` at
+  stride 4 is `g / 4` at stride 16). The dense loss is then
+  `(1 - w) * stride-4 + w * coarse` with `w = coarse_loss_weight`.
+
+The extra heads train the backbone only: the encoder's decoder and head (what is served)
+are trained by the stride-4 term alone, and the heads are not part of the exported
+encoder.
 """
 
+import keras
 import tensorflow as tf
 
+from vader_tf.models.backbone import PYRAMID_STRIDES
 from vader_tf.models.encoder import DenseEncoder
+from vader_tf.ops import grid as grid_lib
 from vader_tf.ops.sampling import sample_points
 from vader_tf.training.methods import register_method
-from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast
+from vader_tf.training.moco import image_embedding_model, image_term, select_outputs
+from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContrast, TermSpec
+
+# Backbone levels the coarse term may use (P2 is the stride-4 term's own resolution).
+COARSE_LEVELS = ("P3", "P4", "P5")
 
 
 def _sample_unit(feature_map, points):
     """Bilinear samples at grid points, re-normalised to unit length, as `[B, P, D]`."""
     sampled = sample_points(tf.cast(feature_map, tf.float32), points)
     return tf.math.l2_normalize(sampled, axis=-1)
+
+
+def coarse_points(points, stride):
+    """Grid coordinates of the stride-4 map -> the same input positions on a stride-`stride`
+    map (`vader_tf.ops.grid`'s convention)."""
+    return grid_lib.image_to_grid(grid_lib.grid_to_image(points), stride)
+
+
+def vader_heads_model(encoder, global_term=False, coarse_level=None, name="vader_heads"):
+    """Images -> `{"dense": the encoder's embedding map, "global": [B, D] unit image
+    embedding (if `global_term`), "coarse": [B, h, w, D] map on `coarse_level` (if
+    given; not normalised)}`, sharing `encoder`'s layers."""
+    outputs = {"dense": encoder.output}
+    dim = encoder.embedding_dim
+    if global_term:
+        outputs["global"] = image_embedding_model(
+            encoder, None, dim, name=f"{name}_image", prefix="image_"
+        ).output
+    if coarse_level is not None:
+        level = encoder.pyramid_outputs[coarse_level]
+        x = keras.layers.Conv2D(
+            level.shape[-1], 1, activation="relu", name="coarse_hidden"
+        )(level)
+        outputs["coarse"] = keras.layers.Conv2D(dim, 1, name="coarse_output")(x)
+    return keras.Model(encoder.input, outputs, name=name)
 
 
 @register_method("vader")
@@ -29,26 +77,85 @@ class VADeR(MomentumContrast):
         encoder: the query `DenseEncoder`; the key encoder is built from its config.
         queue_points_per_image: how many key pixels of each image enter the queue per
             step (the first ones of its matched points, which are drawn at random); pairs
-            that are not `valid` enqueue nothing.
-        **kwargs: `MomentumContrast` arguments (queue size, temperature, momentum, ...).
+            that are not `valid` enqueue nothing. The coarse term enqueues as many.
+        global_loss_weight: lambda, the image-level term's weight (0 = no such term).
+        global_queue_size: images kept in the image-level term's queue.
+        coarse_level: backbone level of the coarse pixel term (one of `COARSE_LEVELS`),
+            or None (no such term).
+        coarse_loss_weight: w, the coarse term's share of the dense loss.
+        **kwargs: `MomentumContrast` arguments (queue size, temperature, momentum, ...);
+            `queue_size` is the size of each pixel term's queue.
 
     The batch is the dict made by `vader_tf.data.pipeline.two_view_dataset`: `view1`,
     `view2` `[B, S, S, 3]`, `points1`, `points2` `[B, P, 2]` grid coordinates of the same
     scene points in each view, and `valid` `[B]` (pairs without enough overlap count zero).
     """
 
-    def __init__(self, encoder, queue_points_per_image=16, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        queue_points_per_image=16,
+        global_loss_weight=0.0,
+        global_queue_size=256,
+        coarse_level=None,
+        coarse_loss_weight=0.5,
+        **kwargs,
+    ):
+        if not 0.0 <= global_loss_weight < 1.0:
+            raise ValueError(
+                f"global_loss_weight must be in [0, 1), got {global_loss_weight!r}."
+            )
+        if coarse_level is not None and coarse_level not in COARSE_LEVELS:
+            raise ValueError(
+                f"coarse_level must be one of {COARSE_LEVELS} or None, got {coarse_level!r}."
+            )
+        if not 0.0 <= coarse_loss_weight <= 1.0:
+            raise ValueError(
+                f"coarse_loss_weight must be in [0, 1], got {coarse_loss_weight!r}."
+            )
         key_encoder = DenseEncoder.from_config({**encoder.get_config(), "name": "key_encoder"})
         kwargs.setdefault("name", "vader")
-        super().__init__(encoder, key_encoder, encoder.embedding_dim, **kwargs)
+        self.has_global = global_loss_weight > 0
+        self.coarse_level = coarse_level
+        dim = encoder.embedding_dim
+        if self.has_global or coarse_level is not None:
+            query_model = vader_heads_model(encoder, self.has_global, coarse_level)
+            key_model = vader_heads_model(
+                key_encoder, self.has_global, coarse_level, name="key_vader_heads"
+            )
+            queue_size = kwargs.pop("queue_size", 65536)
+            dense_weight = 1.0 - global_loss_weight
+            coarse_weight = coarse_loss_weight if coarse_level is not None else 0.0
+            terms = [TermSpec("dense", queue_size, dim, dense_weight * (1.0 - coarse_weight))]
+            if coarse_level is not None:
+                terms.append(TermSpec(coarse_level, queue_size, dim, dense_weight * coarse_weight))
+            if self.has_global:
+                terms.append(TermSpec("global", global_queue_size, dim, global_loss_weight))
+            super().__init__(query_model, key_model, dim, queue_size, terms=terms, **kwargs)
+        else:
+            super().__init__(encoder, key_encoder, dim, **kwargs)
         self.encoder = encoder
         self.queue_points_per_image = queue_points_per_image
+        self.global_loss_weight = global_loss_weight
+        self.coarse_loss_weight = coarse_loss_weight
 
     needs_overlapping_views = True
 
+    @property
+    def _has_heads(self):
+        return self.has_global or self.coarse_level is not None
+
     @classmethod
     def from_pretrain_config(cls, encoder, config, **common):
-        return cls(encoder, queue_points_per_image=config.queue_points_per_image, **common)
+        return cls(
+            encoder,
+            queue_points_per_image=config.queue_points_per_image,
+            global_loss_weight=config.global_loss_weight,
+            global_queue_size=config.global_queue_size,
+            coarse_level=config.coarse_level,
+            coarse_loss_weight=config.coarse_loss_weight,
+            **common,
+        )
 
     def key_reduction_inputs(self, data, view_index):
         return data[f"points{view_index + 1}"]
@@ -56,31 +163,79 @@ class VADeR(MomentumContrast):
     def reduce_keys(self, key_outputs, inputs):
         # The key maps are needed only at the matched points: `[B, P, D]` unit keys, so
         # shuffle BN gathers P key pixels per image instead of whole stride-4 maps.
-        return _sample_unit(key_outputs, inputs)
+        if not self._has_heads:
+            return _sample_unit(key_outputs, inputs)
+        reduced = {"dense": _sample_unit(key_outputs["dense"], inputs)}
+        if self.coarse_level is not None:
+            stride = PYRAMID_STRIDES[self.coarse_level]
+            reduced["coarse"] = _sample_unit(key_outputs["coarse"], coarse_points(inputs, stride))
+        if self.has_global:
+            reduced["global"] = tf.cast(key_outputs["global"], tf.float32)
+        return reduced
 
-    def contrastive_rows(self, data, query_outputs, key_outputs):
-        # `key_outputs` are already sampled at each view's points (`reduce_keys`).
+    def _pixel_term(self, name, data, query_maps, sampled_keys, stride):
+        """The pixel InfoNCE rows of one level: query maps per view (stride `stride`),
+        key samples per view (`reduce_keys`), at the pairs' matched points."""
         points = (data["points1"], data["points2"])
-        sampled_queries, sampled_keys = [], []
+        queries, positives = [], []
         for query_view, key_view in self.directions:
-            sampled_queries.append(_sample_unit(query_outputs[query_view], points[query_view]))
-            sampled_keys.append(key_outputs[key_view])
-        dim = tf.shape(sampled_queries[0])[-1]
-        queries = tf.reshape(tf.concat(sampled_queries, axis=0), [-1, dim])
-        positives = tf.reshape(tf.concat(sampled_keys, axis=0), [-1, dim])
+            view_points = points[query_view]
+            if stride != grid_lib.FEATURE_STRIDE:
+                view_points = coarse_points(view_points, stride)
+            queries.append(_sample_unit(query_maps[query_view], view_points))
+            positives.append(sampled_keys[key_view])
+        dim = tf.shape(queries[0])[-1]
         point_valid = tf.broadcast_to(
-            tf.cast(data["valid"], tf.float32)[:, None], tf.shape(sampled_queries[0])[:2]
+            tf.cast(data["valid"], tf.float32)[:, None], tf.shape(queries[0])[:2]
         )
         weights = tf.reshape(tf.concat([point_valid] * len(self.directions), axis=0), [-1])
         # The first direction's keys are view 2's.
-        queued = sampled_keys[0][:, : self.queue_points_per_image]
-        keys_to_enqueue = tf.reshape(queued, [-1, dim])
+        queued = positives[0][:, : self.queue_points_per_image]
         # Invalid pairs' keys sit at placeholder points: keep them out of the queue.
         enqueue_mask = tf.reshape(
             tf.broadcast_to(tf.cast(data["valid"], tf.bool)[:, None], tf.shape(queued)[:2]), [-1]
         )
-        return (
-            ContrastiveTerm(
-                self.terms[0].name, queries, positives, weights, keys_to_enqueue, enqueue_mask
-            ),
+        return ContrastiveTerm(
+            name,
+            tf.reshape(tf.concat(queries, axis=0), [-1, dim]),
+            tf.reshape(tf.concat(positives, axis=0), [-1, dim]),
+            weights,
+            tf.reshape(queued, [-1, dim]),
+            enqueue_mask,
         )
+
+    def contrastive_rows(self, data, query_outputs, key_outputs):
+        # `key_outputs` are already sampled at each view's points (`reduce_keys`).
+        if not self._has_heads:
+            return (
+                self._pixel_term(
+                    self.terms[0].name, data, query_outputs, key_outputs, grid_lib.FEATURE_STRIDE
+                ),
+            )
+        terms = [
+            self._pixel_term(
+                "dense",
+                data,
+                select_outputs(query_outputs, "dense"),
+                select_outputs(key_outputs, "dense"),
+                grid_lib.FEATURE_STRIDE,
+            )
+        ]
+        if self.coarse_level is not None:
+            terms.append(
+                self._pixel_term(
+                    self.coarse_level,
+                    data,
+                    select_outputs(query_outputs, "coarse"),
+                    select_outputs(key_outputs, "coarse"),
+                    PYRAMID_STRIDES[self.coarse_level],
+                )
+            )
+        if self.has_global:
+            query_global = [
+                None if g is None else tf.cast(g, tf.float32)
+                for g in select_outputs(query_outputs, "global")
+            ]
+            key_global = select_outputs(key_outputs, "global")
+            terms.append(image_term("global", self.directions, query_global, key_global))
+        return tuple(terms)
