@@ -20,7 +20,10 @@ def info_nce(queries, positives, negatives, temperature):
     Returns:
         A dict of `[N]` tensors: `loss` (cross-entropy of the positive among
         `1 + K` candidates), `positive_similarity`, `negative_similarity` (mean cosine to
-        the negatives) and `correct` (1.0 where the positive beats every negative).
+        the negatives) and `correct` (1.0 where the positive beats every negative);
+        and `negative_similarities`, the `[N, K]` cosines to the negatives the loss
+        computes anyway (for a sample of them, `training.last_step`; unused, it costs
+        nothing in a graph).
     """
     queries = tf.cast(queries, tf.float32)
     positives = tf.cast(positives, tf.float32)
@@ -41,4 +44,5 @@ def info_nce(queries, positives, negatives, temperature):
         "positive_similarity": positive_similarity,
         "negative_similarity": tf.reduce_mean(negative_similarity, axis=1),
         "correct": correct,
+        "negative_similarities": negative_similarity,
     }

@@ -6,9 +6,17 @@ import pytest
 import tensorflow as tf
 
 import vader_tf
-from tests.training.helpers import small_config, write_smooth_photos
+from tests.training import reference
+from tests.training.helpers import (
+    build_small_model,
+    run_steps,
+    small_config,
+    synthetic_batch,
+    two_replicas,
+    write_smooth_photos,
+)
 from vader_tf.run_dir import RunDir
-from vader_tf.training import summaries
+from vader_tf.training import last_step, summaries
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 
@@ -128,3 +136,109 @@ def test_rendered_grid_is_read_back_from_the_event_files(runs):
     np.testing.assert_array_equal(grid[:128:2, :128:2], pictures[4]["pictures/photo"][0])
     np.testing.assert_array_equal(grid[0, 136], pictures[4]["pictures/features_pca"][0, 0, 0])
     assert (grid[:, 128:136] == 255).all()
+
+
+def _evenly_spaced(count, size):
+    """NumPy statement of `last_step`'s sampling rule: row floor(i * count / size)."""
+    rows = np.arange(size) * max(count, size) // size
+    return rows[rows < count]
+
+
+def _record_one_step(model, batch):
+    """Runs one step eagerly and returns, per term, what the loss compared: the rows
+    `contrastive_rows` returned (queries, positives, weights) and the queue before."""
+    spied = []
+    real_rows = model.contrastive_rows
+
+    def spy(*args):
+        terms = real_rows(*args)
+        spied.extend(terms)
+        return terms
+
+    queues = [model._queue_of(i)[0].numpy().copy() for i in range(len(model.terms))]
+    model.contrastive_rows = spy
+    try:
+        model.train_step({k: tf.constant(v) for k, v in batch.items()})
+    finally:
+        del model.contrastive_rows
+    return [
+        (t.queries.numpy(), t.positives.numpy(), t.weights.numpy(), queue)
+        for t, queue in zip(spied, queues)
+    ]
+
+
+def _expected_sample(queries, positives, weights, queue):
+    """The histograms' values re-derived in NumPy from the rows the loss compared."""
+    positive = np.sum(queries * positives, axis=1)
+    rows = _evenly_spaced(len(queries), last_step.NEGATIVE_ROWS)
+    keys = _evenly_spaced(len(queue), last_step.NEGATIVE_KEYS)
+    negative = (queries[rows] @ queue[keys].T)[weights[rows] > 0]
+    return positive[weights > 0], negative.ravel()
+
+
+@pytest.mark.parametrize(
+    "method, symmetric_loss",
+    [("vader", True), ("moco", False), ("densecl", True)],
+    ids=["vader", "moco_one_direction", "densecl"],
+)
+def test_histograms_are_the_last_steps_similarities(tmp_path, method, symmetric_loss):
+    model = build_small_model(method, queue_size=128, tiny=True, symmetric_loss=symmetric_loss)
+    pictures = summaries.ImageSummaries(np.zeros((2, 64, 64, 3), np.uint8), every=1)
+    pictures.attach(model)
+    assert not [v for v in model.weights if "last_step" in v.name]  # Outside the checkpoint.
+    _record_one_step(model, synthetic_batch(4, seed=1))
+    # Pair 2 invalid: VADeR's rows of it do not count and must not be shown.
+    terms = _record_one_step(model, synthetic_batch(4, seed=2, invalid=(2,)))
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    pictures.write(model, 7, writer)
+    writer.flush()
+    _, histograms = summaries.read_pictures(tf.io.gfile.glob(f"{tmp_path}/events.*"))
+
+    names = [t.name for t in model.terms]
+    assert len(terms) == len(names)
+    recorded = model.last_step.values()
+    for name, term in zip(names, terms):
+        prefix = f"{name}_" if len(names) > 1 else ""
+        want_positive, want_negative = _expected_sample(*term)
+        if method == "vader":
+            assert len(want_positive) == 3 * 8 * 2  # 3 valid pairs x 8 points x 2 directions
+        got_positive, got_negative = (v.numpy() for v in recorded[name if prefix else ""])
+        # All rows: fewer than the 256 kept (in the loss's order), the negatives sampled.
+        np.testing.assert_allclose(got_positive, want_positive, atol=2e-5)
+        np.testing.assert_allclose(got_negative, want_negative, atol=2e-5)
+        for kind, want in (("positive", want_positive), ("negative", want_negative)):
+            buckets = histograms[7][f"similarity/{prefix}{kind}"]
+            assert buckets[:, 2].sum() == len(want)
+            np.testing.assert_allclose([buckets[0, 0], buckets[-1, 1]], [want.min(), want.max()], atol=2e-5)
+            counts, _ = np.histogram(want, bins=len(buckets), range=(want.min(), want.max()))
+            assert np.abs(buckets[:, 2] - counts).sum() <= 2, (kind, buckets[:, 2], counts)
+
+
+def test_two_replicas_histograms_show_the_first_replicas_rows(tmp_path):
+    # Replica 0 holds pairs 0-1 of the global batch: its rows, re-derived from the
+    # networks' outputs on that half (BN per replica, as in the step), are the sample.
+    batch = synthetic_batch(4, seed=3, invalid=(1,))
+    twin = build_small_model("vader", queue_size=48, tiny=True)
+    half = slice(0, 2)
+    positive = []
+    for (qv, qp), (kv, kp) in ((("view1", "points1"), ("view2", "points2")), (("view2", "points2"), ("view1", "points1"))):
+        queries = twin.query_model(batch[qv][half], training=True).numpy()
+        keys = twin.key_model(batch[kv][half], training=True).numpy()
+        for image in (0,):  # Pair 1 is invalid.
+            q = reference.unit(reference.bilinear(queries[image], batch[qp][image]))
+            k = reference.unit(reference.bilinear(keys[image], batch[kp][image]))
+            positive.extend(np.sum(q * k, axis=1))
+
+    strategy = two_replicas()
+    pictures = summaries.ImageSummaries(np.zeros((2, 64, 64, 3), np.uint8), every=1)
+    with strategy.scope():
+        model = build_small_model("vader", queue_size=48, tiny=True)
+        pictures.attach(model)
+    run_steps(model, strategy, [batch])
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    pictures.write(model, 1, writer)
+    writer.flush()
+    _, histograms = summaries.read_pictures(tf.io.gfile.glob(f"{tmp_path}/events.*"))
+    got, _ = model.last_step.values()[""]
+    np.testing.assert_allclose(got.numpy(), positive, atol=2e-5)
+    assert histograms[1]["similarity/positive"][:, 2].sum() == 16

@@ -11,18 +11,16 @@ features by nearest neighbour and reports PCK at `--thresholds` pixels; see
 
 from absl import flags, logging
 
-from vader_tf import cli, storage
-from vader_tf.config_flags import define_flags, from_flags
+from vader_tf import cli
+from vader_tf.config_flags import define_flags
 from vader_tf.eval.correspondence import evaluate_correspondence, load_images
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.protocols import CorrespondenceProtocol
-from vader_tf.eval.reporting import script_flags, write_results
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+_eval_flags.define_encoder_flags()
 flags.DEFINE_string("image_dir", None, "Folder of photos (searched recursively).")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
+_eval_flags.define_output_flag()
 flags.DEFINE_integer("num_images", 100, "Use the first N photos (sorted by path).")
 flags.DEFINE_integer("seed", 0, "Seed of the warps and of random encoders.")
 flags.mark_flags_as_required(["encoder", "image_dir", "output"])
@@ -31,15 +29,11 @@ define_flags(CorrespondenceProtocol)
 
 def main(argv):
     del argv
-    storage.check_writable_file(FLAGS.output, "output")
-    protocol = from_flags(CorrespondenceProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
+    protocol = _eval_flags.checked_protocol(CorrespondenceProtocol)
+    extractor = _eval_flags.feature_extractor()
     images = load_images(FLAGS.image_dir, protocol.image_size, limit=FLAGS.num_images)
     metrics = evaluate_correspondence(extractor, images, protocol, seed=FLAGS.seed)
-    write_results(
-        FLAGS.output, "correspondence", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
+    _eval_flags.write_result("correspondence", metrics, protocol)
     logging.info("%s correspondence: %s", FLAGS.encoder, metrics["all"])
 
 

@@ -10,18 +10,16 @@ of `vader_tf.eval.protocols.DavisProtocol` is a flag of the same name.
 
 from absl import flags, logging
 
-from vader_tf import cli, storage
-from vader_tf.config_flags import define_flags, from_flags
+from vader_tf import cli
+from vader_tf.config_flags import define_flags
 from vader_tf.eval.davis import evaluate_davis
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.protocols import DavisProtocol
-from vader_tf.eval.reporting import script_flags, write_results
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+_eval_flags.define_encoder_flags()
 flags.DEFINE_string("davis_root", None, "Folder in the DAVIS layout (JPEGImages/, Annotations/).")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
+_eval_flags.define_output_flag()
 flags.DEFINE_list("sequences", None, "Sequences to evaluate (default: all in the folder).")
 flags.DEFINE_string("resolution", "480p", "Resolution sub-folder.")
 flags.DEFINE_integer("max_frames", None, "Use only the first N frames of each sequence.")
@@ -32,9 +30,8 @@ define_flags(DavisProtocol)
 
 def main(argv):
     del argv
-    storage.check_writable_file(FLAGS.output, "output")
-    protocol = from_flags(DavisProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
+    protocol = _eval_flags.checked_protocol(DavisProtocol)
+    extractor = _eval_flags.feature_extractor()
     metrics = evaluate_davis(
         extractor,
         FLAGS.davis_root,
@@ -43,10 +40,7 @@ def main(argv):
         resolution=FLAGS.resolution,
         max_frames=FLAGS.max_frames,
     )
-    write_results(
-        FLAGS.output, "davis_label_propagation", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
+    _eval_flags.write_result("davis_label_propagation", metrics, protocol)
     logging.info("%s DAVIS J&F %.4f", FLAGS.encoder, metrics["JF_mean"])
 
 

@@ -12,24 +12,24 @@ is a flag of the same name.
 
 from absl import app, flags, logging
 
-from vader_tf import cli, storage
-from vader_tf.config_flags import define_flags, from_flags
+from vader_tf import cli
+from vader_tf.config_flags import define_flags
 from vader_tf.data.segmentation import load_segmentation_split
 from vader_tf.eval import depth
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.protocols import DepthProtocol
-from vader_tf.eval.reporting import script_flags, write_results
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+_eval_flags.define_encoder_flags()
 flags.DEFINE_enum("dataset", "folder", ["folder", "nyu_depth_v2"], "Where the data come from.")
 flags.DEFINE_string("data_root", None, "With --dataset=folder: folder with <split>.txt files.")
 flags.DEFINE_string("tfds_data_dir", None, "With --dataset=nyu_depth_v2: TFDS data dir.")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_string("split", "train", "Split the probe is trained on.")
-flags.DEFINE_string("eval_split", None, "Split scored (default: val, or validation for TFDS).")
-flags.DEFINE_integer("limit", None, "Use only the first N images of each split.")
+_eval_flags.define_output_flag()
+_eval_flags.define_split_flags(
+    eval_split=None,
+    eval_split_help="Split scored (default: val, or validation for TFDS).",
+    limit_help="Use only the first N images of each split.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of sampling, probe initialisation and random encoders.")
 flags.mark_flags_as_required(["encoder", "output"])
 define_flags(DepthProtocol)
@@ -48,12 +48,11 @@ def load_split(split, image_size):
 
 def main(argv):
     del argv
-    storage.check_writable_file(FLAGS.output, "output")
-    protocol = from_flags(DepthProtocol)
+    protocol = _eval_flags.checked_protocol(DepthProtocol)
     eval_split = FLAGS.eval_split or ("validation" if FLAGS.dataset == "nyu_depth_v2" else "val")
     train_images, train_depths = load_split(FLAGS.split, protocol.image_size)
     val_images, val_depths = load_split(eval_split, protocol.image_size)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
+    extractor = _eval_flags.feature_extractor()
     metrics = depth.run_depth_probe(
         extractor,
         train_images,
@@ -63,10 +62,7 @@ def main(argv):
         protocol,
         seed=FLAGS.seed,
     )
-    write_results(
-        FLAGS.output, "depth_probe", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
+    _eval_flags.write_result("depth_probe", metrics, protocol)
     logging.info("%s depth: %s", FLAGS.encoder, metrics)
 
 

@@ -11,22 +11,18 @@ mIoU on `--eval_split`; see `vader_tf.eval.linear_probe` for the protocol. Every
 
 from absl import flags, logging
 
-from vader_tf import cli, storage
-from vader_tf.config_flags import define_flags, from_flags
+from vader_tf import cli
+from vader_tf.config_flags import define_flags
 from vader_tf.data.segmentation import load_segmentation_split
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.protocols import CamVidProbeProtocol
-from vader_tf.eval.reporting import script_flags, write_results
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+_eval_flags.define_encoder_flags()
 flags.DEFINE_string("data_root", None, "Folder with <split>.txt files of 'image label' pairs.")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_string("split", "train", "Split the probe is trained on.")
-flags.DEFINE_string("eval_split", "val", "Split the probe is scored on.")
-flags.DEFINE_integer("limit", None, "Use only the first N images of each split (smoke tests).")
+_eval_flags.define_output_flag()
+_eval_flags.define_split_flags()
 flags.DEFINE_integer("seed", 0, "Seed of sampling, probe initialisation and random encoders.")
 flags.mark_flags_as_required(["encoder", "data_root", "output"])
 define_flags(CamVidProbeProtocol)
@@ -34,9 +30,8 @@ define_flags(CamVidProbeProtocol)
 
 def main(argv):
     del argv
-    storage.check_writable_file(FLAGS.output, "output")
-    protocol = from_flags(CamVidProbeProtocol)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
+    protocol = _eval_flags.checked_protocol(CamVidProbeProtocol)
+    extractor = _eval_flags.feature_extractor()
     train_images, train_labels = load_segmentation_split(
         FLAGS.data_root, FLAGS.split, protocol.image_size, limit=FLAGS.limit
     )
@@ -52,10 +47,7 @@ def main(argv):
         protocol,
         seed=FLAGS.seed,
     )
-    write_results(
-        FLAGS.output, "linear_probe", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
+    _eval_flags.write_result("linear_probe", metrics, protocol)
     logging.info("%s mIoU on %s: %.4f", FLAGS.encoder, FLAGS.eval_split, metrics["mean_iou"])
 
 

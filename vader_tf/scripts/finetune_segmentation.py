@@ -13,22 +13,20 @@ import dataclasses
 
 from absl import flags, logging
 
-from vader_tf import cli, storage
-from vader_tf.config_flags import define_flags, from_flags
+from vader_tf import cli
+from vader_tf.config_flags import define_flags
 from vader_tf.data.segmentation import load_segmentation_split, segmentation_dataset
 from vader_tf.eval.encoders import load_keras_encoder
 from vader_tf.eval.finetune import build_segmentation_model, finetune_segmentation
 from vader_tf.eval.protocols import FinetuneProtocol
-from vader_tf.eval.reporting import script_flags, write_results
 from vader_tf.eval.segmentation import score_segmentation
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file or random:<backbone>.")
+_eval_flags.define_encoder_flags("Run dir, .keras file or random:<backbone>.", layer=False)
 flags.DEFINE_string("data_root", None, "Folder with <split>.txt files of 'image label' pairs.")
-flags.DEFINE_string("output", None, "Path of the result JSON.")
-flags.DEFINE_string("split", "train", "Training split.")
-flags.DEFINE_string("eval_split", "val", "Scored split.")
-flags.DEFINE_integer("limit", None, "Use only the first N images of each split (smoke tests).")
+_eval_flags.define_output_flag()
+_eval_flags.define_split_flags(split_help="Training split.", eval_split_help="Scored split.")
 flags.DEFINE_integer("seed", 0, "Seed of shuffling and of random encoders.")
 flags.mark_flags_as_required(["encoder", "data_root", "output"])
 define_flags(FinetuneProtocol)
@@ -36,8 +34,7 @@ define_flags(FinetuneProtocol)
 
 def main(argv):
     del argv
-    storage.check_writable_file(FLAGS.output, "output")
-    protocol = from_flags(FinetuneProtocol)
+    protocol = _eval_flags.checked_protocol(FinetuneProtocol)
     encoder = load_keras_encoder(FLAGS.encoder, seed=FLAGS.seed)
     model = build_segmentation_model(encoder, protocol)
     train_images, train_labels = load_segmentation_split(
@@ -61,10 +58,7 @@ def main(argv):
         protocol.ignore_label,
     )
     metrics["final_training_loss"] = history.history["loss"][-1]
-    write_results(
-        FLAGS.output, "finetune_segmentation", FLAGS.encoder, metrics,
-        config=script_flags(), protocol=protocol,
-    )
+    _eval_flags.write_result("finetune_segmentation", metrics, protocol)
     logging.info(
         "%s fine-tuned mIoU on %s: %.4f", FLAGS.encoder, FLAGS.eval_split, metrics["mean_iou"]
     )

@@ -16,12 +16,11 @@ from absl import flags, logging
 from vader_tf import cli, storage
 from vader_tf.data.segmentation import load_image, resize_and_crop_image
 from vader_tf.eval import visualize
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
 from vader_tf.eval.reporting import script_flags, write_results
+from vader_tf.scripts import _eval_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("encoder", None, "Run dir, .keras file, SavedModel dir or random:<backbone>.")
-flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+_eval_flags.define_encoder_flags()
 flags.DEFINE_string("image", None, "Image file.")
 flags.DEFINE_string("output_dir", None, "Folder for the PNGs.")
 flags.DEFINE_integer("image_size", 320, "Short side after resizing (then cropped to x32).")
@@ -34,7 +33,7 @@ def main(argv):
     del argv
     storage.check_writable_dir(FLAGS.output_dir, "output_dir")
     image = resize_and_crop_image(load_image(FLAGS.image), FLAGS.image_size)
-    extractor = load_feature_extractor(FLAGS.encoder, seed=FLAGS.seed, layer=FLAGS.layer)
+    extractor = _eval_flags.feature_extractor()
     features = extractor(image[None]).numpy()[0]
     point = [float(v) for v in FLAGS.point] if FLAGS.point else [s / 2 for s in image.shape[:2]]
     name = os.path.splitext(os.path.basename(FLAGS.image))[0]

@@ -156,6 +156,7 @@ def train(
     with strategy.scope():
         model = build_model()
         model.optimizer.build(model.query_model.trainable_variables)
+        summaries.attach(image_summaries, model)  # Not checkpointed (see last_step).
         checkpoint = tf.train.Checkpoint(
             encoder=model.encoder, model=model, optimizer=model.optimizer
         )

@@ -352,6 +352,9 @@ class MomentumContrast(keras.Model):
     encoder = None
     # Whether the two views must overlap (`PretrainConfig.min_overlap` applies).
     needs_overlapping_views = False
+    # A `last_step.LastStepSample` the train step fills with a sample of its
+    # similarities (set when TensorBoard pictures are on; None: nothing is recorded).
+    last_step = None
 
     @classmethod
     def from_pretrain_config(cls, encoder, config, **common):
@@ -589,6 +592,10 @@ class MomentumContrast(keras.Model):
                 replica.all_gather(term.keys_to_enqueue, axis=0),
                 tf.logical_and(all_mask > 0.5, applied),
             )
+
+        if self.last_step is not None:
+            for index, (w, r) in enumerate(zip(weights, rows)):
+                self.last_step.record(index, r, w, applied)
 
         # Metrics weighted by each replica's count of rows, so that the value read across
         # replicas (sum of weighted totals / sum of counts) is the global mean.

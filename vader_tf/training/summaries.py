@@ -11,19 +11,21 @@ source, centre-cropped to the training view size):
 - `pictures/similarity`: the cosine similarity of every pixel's feature to the feature
   at one fixed point (the centre of the first photo, marked in both pictures by a
   small box), in grey levels from -1 (black) to 1 (white);
-- histograms `similarity/positive` (query vs. key network at the same pixel of the same
-  photo: the key network's view of a perfect positive pair) and `similarity/negative`
-  (the photos' query embeddings, at most 64 pixels, against at most 1024 evenly spaced
-  entries of the method's first queue, the negatives the next step contrasts with; left
-  out when the queue's width differs from the embedding's, as for MoCo's image-level
-  keys). Both histograms are of the training embedding (the projection head's output,
-  what the loss compares), the pictures of the served features. The train step keeps only the means
-  of its own similarities (the scalars `positive_similarity` and
-  `negative_similarity`), so the histograms are measured on the fixed photos instead.
+- histograms `similarity/positive` and `similarity/negative` of the last training step
+  before the write: the positive similarities of up to 256 of its InfoNCE rows (query .
+  its positive key) and the similarities of up to 16 of its rows to up to 64 entries
+  of the queue the step contrasted them with (`vader_tf.training.last_step`: a
+  fixed-size sample of what the loss computed, evenly spaced, rows that count only;
+  the rows of the chief's first replica under several replicas). For a method of several terms (DenseCL)
+  each term has its own pair, prefixed by its name: `similarity/global_positive`, ...
+  They are of the training embedding (what the loss compares), the pictures of the
+  served features.
 
-Everything runs in inference mode on the chief's own copy of the networks, reads no
-random state and changes no variable, so the training stream, the checkpoints and
-bitwise resume are the same with and without pictures (tested).
+The pictures run in inference mode on the chief's own copy of the networks, read no
+random state and change no variable; the sample is held in variables outside the
+model's checkpoint and weights, which no computation of the step depends on. So the
+training stream, the checkpoints and bitwise resume are the same with and without
+pictures (tested).
 """
 
 import keras
@@ -31,20 +33,18 @@ import numpy as np
 import tensorflow as tf
 
 from vader_tf.export.sample_images import load_images
-from vader_tf.models.encoder import EMBEDDING, DenseEncoder
+from vader_tf.training.last_step import LastStepSample
 from vader_tf.serving_contract import SERVED_REPRESENTATION
 
 NUM_PHOTOS = 2
-NEGATIVE_PIXELS = 64
-NEGATIVE_KEYS = 1024
 
 
-def representations_model(encoder):
-    """`encoder` returning `{"decoder": ..., "embedding": ...}` in one forward pass, same
-    weights: the served features (`SERVED_REPRESENTATION`, the one place that says what
-    the pictures show) and the training embedding (what the histograms compare with the
-    key network and the queue)."""
-    return keras.Model(encoder.input, encoder.representations, name="summary_probe")
+def served_model(encoder):
+    """`encoder` returning the served features (`SERVED_REPRESENTATION`, the one place
+    that says what the pictures show)."""
+    return keras.Model(
+        encoder.input, encoder.representations[SERVED_REPRESENTATION], name="summary_probe"
+    )
 
 
 def pca_rgb(features):
@@ -98,16 +98,6 @@ def _unit(x):
     return x / tf.maximum(tf.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _key_encoder(model):
-    """The key network's `DenseEncoder` (the key model itself for VADeR, inside the key
-    model's heads for MoCo and DenseCL), or None for a method without one."""
-    key_model = getattr(model, "key_model", None)
-    if key_model is None or isinstance(key_model, DenseEncoder):
-        return key_model
-    layers = key_model._flatten_layers()  # pylint: disable=protected-access
-    return next((layer for layer in layers if isinstance(layer, DenseEncoder)), None)
-
-
 class ImageSummaries:
     """Writes the pictures of the module docstring into a summary writer.
 
@@ -140,53 +130,52 @@ class ImageSummaries:
         of `every` (or ended the run)."""
         return bool(self.every) and (step // self.every > (step - num_steps) // self.every or last)
 
-    def write(self, model, step, writer):
-        """Writes the pictures and histograms of `model` at `step` into `writer`.
+    def attach(self, model):
+        """Makes `model`'s train step keep the sample of its similarities that the
+        histograms show (`model.last_step`). Call under the strategy's scope, before the
+        train step is traced."""
+        model.last_step = LastStepSample([term.name for term in model.terms])
 
-        The forward passes, the pictures and the summary ops run as one `tf.function`,
+    def write(self, model, step, writer):
+        """Writes the pictures of `model` at `step` into `writer`, and the histograms
+        of its last step when `attach`ed.
+
+        The forward pass, the pictures and the summary ops run as one `tf.function`,
         traced at the first write (a few seconds) and reused after that.
         """
         if self._written_by != (id(model), id(writer)):
             self._written_by = (id(model), id(writer))
-            probe = representations_model(model.encoder)
+            probe = served_model(model.encoder)
 
             @tf.function
             def write_pictures(photos, step):
-                pictures = _probe(model, probe, tf.cast(photos, tf.float32))
+                pictures = _pictures(probe, tf.cast(photos, tf.float32))
+                last_step = model.last_step.values() if model.last_step is not None else {}
                 with writer.as_default(step=step):
                     tf.summary.image("pictures/photo", photos, max_outputs=NUM_PHOTOS)
                     for name in ("features_pca", "similarity"):
                         tf.summary.image(f"pictures/{name}", pictures[name], max_outputs=NUM_PHOTOS)
-                    for name in ("positive", "negative"):
-                        if name in pictures:
-                            tf.summary.histogram(f"similarity/{name}", pictures[name])
+                    for term, similarities in last_step.items():
+                        prefix = f"{term}_" if term else ""
+                        for name, values in zip(("positive", "negative"), similarities):
+                            tf.summary.histogram(f"similarity/{prefix}{name}", values)
 
             self._write = write_pictures
         self._write(tf.constant(self.photos), tf.constant(step, tf.int64))
 
 
-def _probe(model, probe, images):
-    """What `ImageSummaries.write` shows, computed in one graph (no variable written).
-
-    `probe` is `representations_model(model.encoder)`."""
-    outputs = probe(images, training=False)
-    features = tf.cast(outputs[SERVED_REPRESENTATION], tf.float32)
-    embedding = tf.cast(outputs[EMBEDDING], tf.float32)
+def _pictures(probe, images):
+    """The pictures `ImageSummaries.write` shows, computed in one graph (no variable
+    written). `probe` is `served_model(model.encoder)`."""
+    features = tf.cast(probe(images, training=False), tf.float32)
     point = (features.shape[1] // 2, features.shape[2] // 2)
-    pictures = {"features_pca": pca_rgb(features), "similarity": similarity_map(features, point)}
-    key_encoder = _key_encoder(model)
-    if key_encoder is not None:
-        keys = tf.cast(key_encoder(images, training=False), tf.float32)
-        pictures["positive"] = tf.reduce_sum(_unit(embedding) * _unit(keys), axis=-1)
-    queue = model._queue_of(0)[0]  # pylint: disable=protected-access
-    if queue.shape.rank == 2 and queue.shape[1] == embedding.shape[-1]:
-        pixels = tf.reshape(_unit(embedding), [-1, embedding.shape[-1]])
-        # Evenly spaced samples of at most NEGATIVE_PIXELS pixels and NEGATIVE_KEYS
-        # queue entries: the histogram's cost stays bounded whatever the sizes.
-        pixels = pixels[:: max(pixels.shape[0] // NEGATIVE_PIXELS, 1)]
-        keys = queue[:: max(queue.shape[0] // NEGATIVE_KEYS, 1)]
-        pictures["negative"] = tf.matmul(pixels, _unit(tf.cast(keys, tf.float32)), transpose_b=True)
-    return pictures
+    return {"features_pca": pca_rgb(features), "similarity": similarity_map(features, point)}
+
+
+def attach(summaries, model):
+    """The loop's hook before training: `summaries.attach(model)` (nothing when None)."""
+    if summaries is not None:
+        summaries.attach(model)
 
 
 def maybe_write(summaries, model, step, num_steps, last, writer):
