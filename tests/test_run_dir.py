@@ -55,3 +55,24 @@ def test_run_config_round_trip_leaves_no_temporary(root):
     run.write_run_config({"train_steps": 4, "method": "vader"})
     assert run.read_run_config() == {"train_steps": 4, "method": "vader"}
     assert [name.rstrip("/") for name in tf.io.gfile.listdir(run.path)] == [RunDir.RUN_CONFIG]
+
+
+def test_an_encoder_config_without_grid_warns_that_old_decoders_differ(tmp_path, monkeypatch):
+    # v0.1's decoder upsampled with half-pixel centres; its weights load into today's
+    # decoder silently (same variables), so a config from before the grid declaration
+    # must say so.
+    from vader_tf import run_dir
+    from vader_tf.models import build_encoder
+
+    warnings = []
+    monkeypatch.setattr(run_dir.logging, "warning", lambda *args: warnings.append(args))
+    run = RunDir(str(tmp_path))
+    run.save_encoder_config(build_encoder("resnet18", decoder_channels=8, head_hidden_dim=8,
+                                          embedding_dim=8))
+    run.encoder_from_config()
+    assert warnings == []
+    serialized = storage.read_json(run.encoder_config_path)
+    del serialized["config"]["grid"]
+    storage.write_json_atomic(run.encoder_config_path, serialized)
+    run.encoder_from_config()
+    assert len(warnings) == 1 and "declares no grid" in warnings[0][0]

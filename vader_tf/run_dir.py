@@ -152,6 +152,18 @@ class RunDir:
                 "pretraining run directory."
             )
         serialized = storage.read_json(self.encoder_config_path)
+        if "grid" not in serialized.get("config", {}):
+            # The grid declaration came with serving contract 2. Runs made before the grid
+            # fix (e88a202, i.e. v0.1) had a decoder that upsampled with half-pixel
+            # centres: their weights load into this code's decoder without error, but it
+            # computes another function (same backbone levels, different decoder output).
+            logging.warning(
+                "%s declares no grid (written before vader-tf 0.2): if the run predates "
+                "the grid fix (v0.1), this code rebuilds a different decoder from its "
+                "weights; evaluate such a run through the SavedModel its own version "
+                "exported.",
+                self.encoder_config_path,
+            )
         if output is not None:
             serialized = {**serialized, "config": {**serialized["config"], "output": output}}
         return keras.saving.deserialize_keras_object(serialized)
