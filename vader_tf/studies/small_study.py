@@ -38,7 +38,7 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf import storage
-from vader_tf.config_flags import option, to_argv
+from vader_tf.config_flags import inherited_option, option, to_argv
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images, load_images
@@ -78,10 +78,21 @@ SERVED_TAP = "decoder"
 STUDY_LAYERS = ("embedding", SERVED_TAP, "P4")
 # The tap of the PCA pictures.
 PCA_LAYER = "embedding"
+# The study's budget: `PretrainConfig` fields that are flags of the study too (declared by
+# `budget_option`), with the study's defaults. Pinned here rather than inherited, so that
+# every seed measures the same budget even if `PretrainConfig`'s defaults change; the
+# study trains longer than `PretrainConfig`'s default and checkpoints less often.
+BUDGET = {
+    "backbone": "resnet18",
+    "image_size": 96,
+    "batch_size": 16,
+    "train_steps": 1200,
+    "base_learning_rate": 0.5,
+    "checkpoint_every": 100,
+}
 # The `PretrainConfig` fields the study sets; the others keep their defaults.
 PRETRAIN_FLAGS = (
-    "model_dir", "data", "method", "backbone", "image_size", "batch_size", "train_steps",
-    "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
+    "model_dir", "data", "method", *BUDGET, "queue_size", "seed", "init_weights",
     "mixed_precision", "symmetric_loss",
 )
 # The report shows its command without `--report_only` (in any spelling: it is the command
@@ -92,6 +103,23 @@ FINDINGS_FILE = "findings.md"
 # The tuning harness's table and JSON (`tuning_study`), without their extensions.
 TUNING_FILE = "tuning"
 PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
+
+
+def budget_option(name, note="", default=None):
+    """The study config field of `PretrainConfig` field `name` (one of `BUDGET`): its
+    type (annotate it so) and help text, followed by `note`; default: the study's budget
+    (`default`, when given, for a harness with another budget)."""
+    default = BUDGET[name] if default is None else default
+    return inherited_option(PretrainConfig, name, default, note)
+
+
+def budget_fields(config):
+    """`{name: value}` of the `BUDGET` fields a study config has."""
+    return {
+        field.name: getattr(config, field.name)
+        for field in dataclasses.fields(config)
+        if field.name in BUDGET
+    }
 
 
 @dataclasses.dataclass
@@ -110,12 +138,14 @@ class StudyConfig:
     )
     before_label: str = option("before", "Label of the --before_dir rows.")
     # Pretraining (the same for every run).
-    backbone: str = option("resnet18", "Backbone of every run.")
-    image_size: int = option(96, "Pretraining view size (multiple of 32).")
-    batch_size: int = option(16, "Pretraining batch size.")
-    train_steps: int = option(1200, "Steps of VADeR and MoCo from random init.")
-    base_learning_rate: float = option(0.5, "Base LR (per 256 images).")
-    checkpoint_every: int = option(100, "Steps between checkpoints.")
+    backbone: str = budget_option("backbone", "Every run's.")
+    image_size: int = budget_option("image_size")
+    batch_size: int = budget_option("batch_size")
+    train_steps: int = budget_option(
+        "train_steps", "The study's: VADeR's and MoCo's from random init."
+    )
+    base_learning_rate: float = budget_option("base_learning_rate")
+    checkpoint_every: int = budget_option("checkpoint_every")
     vader_queue_size: int = option(4096, "VADeR's queue of key pixels.")
     # MoCo's queue must stay well below the pretraining pool (767 images), or a query
     # meets stale keys of its own image as negatives.
@@ -143,7 +173,7 @@ class StudyConfig:
     report_only: bool = option(
         False, "Only rewrite the report and figures from the result JSONs present."
     )
-    verbose: int = option(1, "1 shows pretraining progress bars.")
+    verbose: int = inherited_option(PretrainConfig, "verbose")
 
     def validate(self):
         unknown = set(self.layers) - set(LAYERS)
@@ -195,16 +225,14 @@ class StudyConfig:
 
     def pretrain_config(self, name, seed):
         method, start = RUNS[name]
+        budget = budget_fields(self)
+        if start is not None:
+            budget["train_steps"] = self.continue_steps
         return PretrainConfig(
             model_dir=os.path.join(self.seed_dir(seed), name),
             data=pretraining_data_spec(self.data_root),
             method=method,
-            backbone=self.backbone,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            train_steps=self.train_steps if start is None else self.continue_steps,
-            base_learning_rate=self.base_learning_rate,
-            checkpoint_every=self.checkpoint_every,
+            **budget,
             queue_size=self.vader_queue_size if method == "vader" else self.moco_queue_size,
             seed=seed,
             init_weights=self.start_weights(seed, start),
@@ -235,15 +263,15 @@ class VariantsConfig:
     data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
     run_dir: str = option("runs", "Where the variants' runs go.")
     results_dir: str = option("results", "Result JSONs and the table.")
-    train_steps: int = option(StudyConfig.train_steps, "Pretraining steps of every variant.")
-    image_size: int = option(StudyConfig.image_size, "Pretraining view size (the study's).")
-    batch_size: int = option(StudyConfig.batch_size, "Pretraining batch size (the study's).")
-    checkpoint_every: int = option(StudyConfig.checkpoint_every, "Steps between checkpoints.")
+    train_steps: int = budget_option("train_steps", "Every variant's.")
+    image_size: int = budget_option("image_size")
+    batch_size: int = budget_option("batch_size")
+    checkpoint_every: int = budget_option("checkpoint_every")
     probe_image_size: int = option(StudyConfig.probe_image_size, "CamVid short side (the study's).")
     probe_steps: int = option(StudyConfig.probe_steps, "Linear-probe steps (the study's).")
     probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
     force: bool = option(False, "Recompute evaluations whose result JSON exists.")
-    verbose: int = option(1, "1 shows pretraining progress bars.")
+    verbose: int = inherited_option(PretrainConfig, "verbose")
 
     def seed_list(self):
         raise NotImplementedError
@@ -268,10 +296,7 @@ class VariantsConfig:
             data_root=self.data_root,
             run_dir=self.run_dir,
             results_dir=self.results_dir,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            train_steps=self.train_steps,
-            checkpoint_every=self.checkpoint_every,
+            **budget_fields(self),
             seeds=tuple(self.seed_list()),
             probe_image_size=self.probe_image_size,
             probe_steps=self.probe_steps,
