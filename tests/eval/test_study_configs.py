@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vader_tf.studies import small_study, speed_quality_study, tuning_study
+from vader_tf.studies import compute_curve_study, small_study, speed_quality_study, tuning_study
 from vader_tf.training.pretrain import PretrainConfig
 
 DATA = (
@@ -121,7 +121,7 @@ def test_the_study_scripts_keep_their_flags_and_defaults(config_class, expected)
 
 @pytest.mark.parametrize("config_class", [
     small_study.StudyConfig, small_study.VariantsConfig, tuning_study.TuningConfig,
-    speed_quality_study.SpeedQualityConfig,
+    speed_quality_study.SpeedQualityConfig, compute_curve_study.CurveConfig,
 ])
 def test_the_pretraining_fields_are_declared_by_pretrain_config(config_class):
     """A study field named like a `PretrainConfig` field has its type and help text (the

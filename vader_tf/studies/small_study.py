@@ -1,7 +1,8 @@
 """The small-scale study behind RESULTS.md: VADeR vs MoCo v2 vs random init, over seeds.
 
 This is the orchestration behind `experiments/reproduce_small.py` (the study harness, an
-importable module shared with `tuning_study` and `speed_quality_study`). For every seed it
+importable module shared with `tuning_study`, `speed_quality_study` and
+`compute_curve_study`). For every seed it
 
 1. pretrains VADeR and MoCo v2 from the same random initialisation (the seed's), on
    BSDS500 train + test photos and the CamVid train frames (no labels);
@@ -22,7 +23,8 @@ protocol (`vader_tf.eval.protocols`, shrunk by `StudyConfig.protocols`) or none 
 written before protocols were recorded). Each result JSON records, as its `command`, the
 standalone `experiments/` command that computes the same numbers. Results of an earlier
 version of the code can be kept in `before_dir` (same file names, one seed) and are shown
-as their own rows.
+as their own rows. The report also shows the tuning table and the compute curve when their
+JSONs are in `results_dir` (`tuning.json`; `compute_curve/compute_curve.json`).
 """
 
 import dataclasses
@@ -252,11 +254,12 @@ class StudyConfig:
 
 @dataclasses.dataclass
 class VariantsConfig:
-    """Base of the harnesses that rerun the study's VADeR run with some `PretrainConfig`
-    fields changed (`speed_quality_study`, `tuning_study`): locations, the study's budget
-    and protocols, resuming. A subclass names its variants in `VARIANTS` (name -> the
-    fields it changes), adds a `variants` field, and says where a variant's run goes
-    (`pretrain_config`) and with which seeds (`seed_list`)."""
+    """Base of the harnesses that rerun the study's VADeR run (or its MoCo run) with some
+    `PretrainConfig` fields changed (`speed_quality_study`, `tuning_study`,
+    `compute_curve_study`): locations, the study's budget and protocols, resuming. A
+    subclass names its variants in `VARIANTS` (name -> the fields it changes), adds a
+    `variants` field, and says where a variant's run goes (`pretrain_config`) and with
+    which seeds (`seed_list`)."""
 
     VARIANTS: ClassVar[dict] = {}
 
@@ -306,11 +309,13 @@ class VariantsConfig:
             **fields,
         )
 
-    def variant_pretrain_config(self, variant, seed, model_dir):
-        """The study's VADeR run for `seed`, with `variant`'s fields, in `model_dir`."""
+    def variant_pretrain_config(self, variant, seed, model_dir, run="vader", **fields):
+        """The study's run `run` (one of `RUNS`; its VADeR run by default) for `seed`, with
+        `variant`'s fields and `fields`, in `model_dir`."""
         return dataclasses.replace(
-            self.study().pretrain_config("vader", seed),
+            self.study().pretrain_config(run, seed),
             model_dir=model_dir,
+            **fields,
             **self.VARIANTS[variant],
         )
 
@@ -948,6 +953,9 @@ def write_report(config, command, figures, elapsed):
             storage.read_bytes(tuning + ".md").decode().strip(),
             "",
         ]
+    from vader_tf.studies import compute_curve_study  # It imports this module.
+
+    lines += compute_curve_study.report_section(c.results_dir, os.path.dirname(c.report) or ".")
     notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
     if tf.io.gfile.exists(notes):
         notes_text = storage.read_bytes(notes).decode()

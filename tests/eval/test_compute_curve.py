@@ -1,0 +1,137 @@
+"""`experiments/compute_curve.py` end to end at a tiny budget on a generated folder layout:
+the runs (both methods at every length, in PretrainConfig's default precision), the
+curve's JSON, table and figure against the per-run result JSONs, resuming without
+retraining, the study report's section, and bad lengths."""
+
+import json
+import os
+
+import pytest
+
+from tests.eval.test_reproduce_small import make_data_root, run_experiment, run_reproduce
+from vader_tf.training import precision
+
+TINY = (
+    "--steps=2,4", "--image_size=64", "--batch_size=4", "--checkpoint_every=1",
+    "--probe_image_size=32", "--probe_steps=3", "--probe_limit=2", "--davis_image_size=32",
+    "--davis_max_frames=2", "--correspondence_image_size=64", "--correspondence_images=1",
+    "--verbose=0",
+)
+RUNS = ("vader_2", "moco_2", "vader_4", "moco_4")
+EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
+LAYERS = ("decoder", "P4")
+
+
+def run_script(tmp_path, data_root, *extra):
+    return run_experiment(
+        "compute_curve.py", f"--data_root={data_root}", f"--run_dir={tmp_path / 'runs'}",
+        f"--results_dir={tmp_path / 'results' / 'compute_curve'}", *TINY, *extra,
+        timeout=900,
+    )
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def headline(results, name, layer):
+    """The plotted metrics of one run and tap, read from its result JSONs."""
+    probe = read(results / f"linear_probe_{name}_{layer}.json")["metrics"]
+    davis = read(results / f"davis_label_propagation_{name}_{layer}.json")["metrics"]
+    pairs = read(results / f"correspondence_{name}_{layer}.json")["metrics"]
+    return {
+        "mIoU": probe["mean_iou"], "J&F": davis["JF_mean"], "PCK@8": pairs["all"]["pck@8"],
+    }
+
+
+def test_the_curve_from_runs_in_default_precision_matches_their_results_and_resumes(tmp_path):
+    data_root = tmp_path / "data"
+    make_data_root(str(data_root))
+    completed = run_script(tmp_path, data_root)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    runs = tmp_path / "runs" / "seed0"
+    assert sorted(os.listdir(runs)) == sorted(RUNS)
+    for name in RUNS:
+        stored = read(runs / name / "run_config.json")
+        method, steps = name.split("_")
+        assert stored["method"] == method and stored["train_steps"] == int(steps)
+        assert stored["mixed_precision"] == "auto"  # PretrainConfig's default, not float32
+        assert stored["queue_size"] == (256 if method == "moco" else 4096)
+        assert stored["image_size"] == 64 and stored["seed"] == 0
+
+    # Every run, every tap, every evaluation; each records the run's resolved precision.
+    training = {"mixed_precision": precision.resolve("auto"), "symmetric_loss": True}
+    out = tmp_path / "results" / "compute_curve"
+    results = out / "seed0"
+    evaluated = sorted(name for name in os.listdir(results) if not name.startswith("pretrain_"))
+    assert evaluated == sorted(
+        f"{evaluation}_{name}_{layer}.json"
+        for evaluation in EVALUATIONS for name in RUNS for layer in LAYERS
+    )
+    for name in evaluated:
+        assert read(results / name)["training"] == training, name
+
+    curve = read(out / "compute_curve.json")
+    assert curve["training"] == training and curve["vader_fields"] == {}
+    assert curve["commands"] == [curve["command"]] and "--steps=2,4" in curve["command"]
+    assert sorted(curve["curves"]) == ["moco", "vader"]
+    table = (out / "compute_curve.md").read_text()
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")[5:8]
+        for line in table.splitlines()
+        if line.startswith("| VADeR |") or line.startswith("| MoCo v2 |")
+    }
+    labels = {"vader": "VADeR", "moco": "MoCo v2"}
+    for method in ("vader", "moco"):
+        assert sorted(curve["curves"][method]) == sorted(LAYERS)
+        for layer in LAYERS:
+            assert sorted(curve["curves"][method][layer]) == ["2", "4"]
+            for steps in ("2", "4"):
+                point = curve["curves"][method][layer][steps]
+                expected = headline(results, f"{method}_{steps}", layer)
+                assert point["seeds"] == [0]
+                for column, value in expected.items():
+                    assert point[column] == [value], (method, layer, steps, column)
+                cells = rows[labels[method], f"`{layer}`", steps]
+                assert [cell.strip() for cell in cells] == [
+                    f"{expected[column]:.3f}" for column in ("mIoU", "J&F", "PCK@8")
+                ]
+    assert "mixed_bfloat16" in table or "float32" in table
+    assert (out / "compute_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Rerunning trains nothing (no file of a run changes) and recomputes no evaluation
+    # (the pretraining summaries are rewritten from the runs' logs).
+    watched = [results / name for name in evaluated] + [
+        path for name in RUNS for path in sorted((runs / name).rglob("*")) if path.is_file()
+    ]
+    mtimes = [path.stat().st_mtime_ns for path in watched]
+    again = run_script(tmp_path, data_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [
+        path for name in RUNS for path in sorted((runs / name).rglob("*")) if path.is_file()
+    ] == watched[len(evaluated):]
+    assert [path.stat().st_mtime_ns for path in watched] == mtimes
+
+    # The study's report, rewritten from the JSONs present, shows the curve.
+    report = run_reproduce(tmp_path, data_root, "--seeds=0", "--report_only")["report"]
+    text = open(report).read()
+    section = text.split("## Compute curve", 1)[1]
+    assert "compute_curve.py" in section and "--steps=2,4" in section
+    assert training["mixed_precision"] in section
+    figure = "results/compute_curve/compute_curve.png"
+    assert f"![Metrics against pretraining steps]({figure})" in section
+    assert table.split("\n", 2)[2].strip().splitlines()[2] in section
+
+
+@pytest.mark.parametrize("flag", ["--steps=4,4", "--steps=0,4", "--methods=vader,densecl"])
+def test_bad_lengths_or_methods_are_one_line_and_write_nothing(tmp_path, flag):
+    data_root = tmp_path / "data"
+    make_data_root(str(data_root))
+    completed = run_script(tmp_path, data_root, flag)
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1].startswith(
+        f"compute_curve.py: error: {flag.split('=')[0]}="
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
