@@ -9,6 +9,7 @@ import os
 import pytest
 
 from tests.eval.test_reproduce_small import make_data_root, run_experiment, run_reproduce
+from vader_tf.studies import compute_curve_study
 from vader_tf.training import precision
 
 TINY = (
@@ -135,3 +136,44 @@ def test_bad_lengths_or_methods_are_one_line_and_write_nothing(tmp_path, flag):
         f"compute_curve.py: error: {flag.split('=')[0]}="
     )
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def write_run(results, name, miou, training):
+    """A run's pretraining summary and its CamVid result JSON at the served tap."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"pretrain_{name}.json").write_text(json.dumps(
+        {"evaluation": "pretraining", "config": {}, "metrics": {}, "training": training}
+    ))
+    (results / f"linear_probe_{name}_decoder.json").write_text(json.dumps({
+        "evaluation": "linear_probe", "config": {"layer": "decoder"},
+        "metrics": {"mean_iou": miou}, "training": training,
+    }))
+
+
+def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_path):
+    """The curve is every run in its results folder: a later command with another seed
+    and one length adds to the points of the first; a run of another precision there
+    is refused by name."""
+    bfloat16 = {"mixed_precision": "mixed_bfloat16", "symmetric_loss": True}
+    write_run(tmp_path / "seed0", "vader_2", 0.25, bfloat16)
+    write_run(tmp_path / "seed0", "vader_4", 0.5, bfloat16)
+    write_run(tmp_path / "seed1", "vader_4", 0.75, bfloat16)
+    write_run(tmp_path / "seed0", "moco_4", 0.125, bfloat16)
+    config = compute_curve_study.CurveConfig(
+        results_dir=str(tmp_path), seeds=(1,), steps=(4,), layers=("decoder",)
+    )
+    curve = compute_curve_study.write_outputs(config, ["first"])
+    curve = compute_curve_study.write_outputs(config, ["second"])
+    assert curve["commands"] == [["first"], ["second"]]
+    assert curve["curves"] == {
+        "vader": {"decoder": {"2": {"seeds": [0], "mIoU": [0.25]},
+                              "4": {"seeds": [0, 1], "mIoU": [0.5, 0.75]}}},
+        "moco": {"decoder": {"4": {"seeds": [0], "mIoU": [0.125]}}},
+    }
+    table = (tmp_path / "compute_curve.md").read_text()
+    assert "| VADeR | `decoder` | 4 | 0, 1 | 0.625 ± 0.177 | n/a | n/a |" in table
+    assert "| 4 | +0.500 | n/a | n/a |" in table  # 0.625 - 0.125, the margin over MoCo
+
+    write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))
+    with pytest.raises(ValueError, match=r"different precision.*seed1/linear_probe_moco_4"):
+        compute_curve_study.write_outputs(config, ["third"])
