@@ -69,29 +69,32 @@ def test_the_curve_from_runs_in_default_precision_matches_their_results_and_resu
     evaluated = sorted(name for name in os.listdir(results) if not name.startswith("pretrain_"))
     assert evaluated == sorted(
         f"{evaluation}_{name}_{layer}.json"
-        for evaluation in EVALUATIONS for name in RUNS for layer in LAYERS
+        for evaluation in EVALUATIONS for name in (*RUNS, "random") for layer in LAYERS
     )
-    for name in evaluated:
-        assert read(results / name)["training"] == training, name
+    for name in evaluated:  # Random init has no training to record.
+        expected = None if "_random_" in name else training
+        assert read(results / name).get("training") == expected, name
 
     curve = read(out / "compute_curve.json")
     assert curve["training"] == training and curve["vader_fields"] == {}
     assert curve["commands"] == [curve["command"]] and "--steps=2,4" in curve["command"]
-    assert sorted(curve["curves"]) == ["moco", "vader"]
+    assert sorted(curve["curves"]) == ["moco", "random", "vader"]
     table = (out / "compute_curve.md").read_text()
     rows = {
         tuple(cell.strip() for cell in line.split("|")[1:4]): line.split("|")[5:8]
         for line in table.splitlines()
-        if line.startswith("| VADeR |") or line.startswith("| MoCo v2 |")
+        if line.startswith(("| VADeR |", "| MoCo v2 |", "| random init |"))
     }
-    labels = {"vader": "VADeR", "moco": "MoCo v2"}
-    for method in ("vader", "moco"):
+    labels = {"vader": "VADeR", "moco": "MoCo v2", "random": "random init"}
+    for method in ("vader", "moco", "random"):
+        lengths = ["0"] if method == "random" else ["2", "4"]
         assert sorted(curve["curves"][method]) == sorted(LAYERS)
         for layer in LAYERS:
-            assert sorted(curve["curves"][method][layer]) == ["2", "4"]
-            for steps in ("2", "4"):
+            assert sorted(curve["curves"][method][layer]) == lengths
+            for steps in lengths:
                 point = curve["curves"][method][layer][steps]
-                expected = headline(results, f"{method}_{steps}", layer)
+                name = "random" if method == "random" else f"{method}_{steps}"
+                expected = headline(results, name, layer)
                 assert point["seeds"] == [0]
                 for column, value in expected.items():
                     assert point[column] == [value], (method, layer, steps, column)
@@ -140,13 +143,14 @@ def test_bad_lengths_or_methods_are_one_line_and_write_nothing(tmp_path, flag):
 
 def write_run(results, name, miou, training):
     """A run's pretraining summary and its CamVid result JSON at the served tap."""
+    training = {} if training is None else {"training": training}
     results.mkdir(parents=True, exist_ok=True)
     (results / f"pretrain_{name}.json").write_text(json.dumps(
-        {"evaluation": "pretraining", "config": {}, "metrics": {}, "training": training}
+        {"evaluation": "pretraining", "config": {}, "metrics": {}, **training}
     ))
     (results / f"linear_probe_{name}_decoder.json").write_text(json.dumps({
         "evaluation": "linear_probe", "config": {"layer": "decoder"},
-        "metrics": {"mean_iou": miou}, "training": training,
+        "metrics": {"mean_iou": miou}, **training,
     }))
 
 
@@ -159,6 +163,8 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     write_run(tmp_path / "seed0", "vader_4", 0.5, bfloat16)
     write_run(tmp_path / "seed1", "vader_4", 0.75, bfloat16)
     write_run(tmp_path / "seed0", "moco_4", 0.125, bfloat16)
+    write_run(tmp_path / "seed0", "random", 0.375, None)  # No pretraining summary.
+    (tmp_path / "seed0" / "pretrain_random.json").unlink()
     config = compute_curve_study.CurveConfig(
         results_dir=str(tmp_path), seeds=(1,), steps=(4,), layers=("decoder",)
     )
@@ -169,10 +175,15 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
         "vader": {"decoder": {"2": {"seeds": [0], "mIoU": [0.25]},
                               "4": {"seeds": [0, 1], "mIoU": [0.5, 0.75]}}},
         "moco": {"decoder": {"4": {"seeds": [0], "mIoU": [0.125]}}},
+        "random": {"decoder": {"0": {"seeds": [0], "mIoU": [0.375]}}},
     }
     table = (tmp_path / "compute_curve.md").read_text()
     assert "| VADeR | `decoder` | 4 | 0, 1 | 0.625 ± 0.177 | n/a | n/a |" in table
-    assert "| 4 | +0.500 | n/a | n/a |" in table  # 0.625 - 0.125, the margin over MoCo
+    # The margin over the strongest baseline: 0.625 - 0.375 (random init beats MoCo).
+    assert (
+        "| 4 | CamVid val mIoU | 0.625 | `decoder` 0.125 | `decoder` 0.375 | +0.250 |" in table
+    )
+    assert "| 2 | CamVid val mIoU | 0.250 | n/a | `decoder` 0.375 | -0.125 |" in table
 
     write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))
     with pytest.raises(ValueError, match=r"different precision.*seed1/linear_probe_moco_4"):

@@ -91,14 +91,15 @@ def plot_feature_pictures(image, pictures, path, columns=4):
     return _save(figure, path)
 
 
-def plot_metric_curves(curves, titles, path, xlabel="pretraining steps"):
+def plot_metric_curves(curves, titles, path, xlabel="pretraining steps", references=None):
     """One panel per metric: each curve's mean against x (log scale), with the seed std
-    as error bars where there is one.
+    as error bars where there is one, and reference values as grey horizontal lines.
 
     Args:
         curves: `{line label: {metric: [(x, mean, std or None), ...]}}`.
         titles: `{metric: panel title}`, in panel order.
         path: output PNG.
+        references: `{label: {metric: value or None}}`, e.g. an untrained baseline.
     """
     figure, axes = pyplot.subplots(
         1, len(titles), figsize=(4.5 * len(titles), 3.5), squeeze=False
@@ -112,6 +113,10 @@ def plot_metric_curves(curves, titles, path, xlabel="pretraining steps"):
             xs, means, stds = zip(*points)
             errors = [std or 0.0 for std in stds] if any(stds) else None
             axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+        for index, (label, values) in enumerate((references or {}).items()):
+            if values.get(metric) is not None:
+                style = (":", "-.", "--")[index % 3]
+                axis.axhline(values[metric], linestyle=style, color="0.4", label=label)
         axis.set_xscale("log")
         xs = sorted({point[0] for metrics in curves.values() for point in metrics.get(metric, [])})
         if xs:
@@ -120,5 +125,8 @@ def plot_metric_curves(curves, titles, path, xlabel="pretraining steps"):
         axis.set_xlabel(xlabel)
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(  # Below the panels, clear of the curves.
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8
+    )
     return _save(figure, path)

@@ -14,8 +14,9 @@ direction (`small_study.training_record`).
 Every run is evaluated, at the study's protocols, on the three evaluations (CamVid
 linear probe, DAVIS label propagation, BSDS500 correspondence) at the served output
 (`decoder`) and at `P4`, MoCo's best semantic tap (random init's best taps are these two
-as well). Runs are made in order of length, both methods at each, so the cheapest
-complete comparison comes first. Resumable like the study: pretraining resumes from its
+as well), and so is each seed's random initialisation (`random_init`; the issue's
+strongest baseline may be either), drawn at 0 steps. Runs are made in order of length,
+both methods at each, so the cheapest complete comparison comes first. Resumable like the study: pretraining resumes from its
 run directory (an interrupted run from its last checkpoint), and an evaluation whose
 JSON exists is skipped (unless `force`). After every run it rewrites, in `results_dir`,
 `compute_curve.json` (per method, tap and length: every metric over the seeds done),
@@ -56,7 +57,12 @@ PLOTTED = {"mIoU": "CamVid val mIoU", "J&F": "DAVIS J&F", "PCK@8": "PCK@8"}
 # Where the study's report looks for the curve, under its own `results_dir`.
 RESULTS_SUBDIR = "compute_curve"
 CURVE_FILE = "compute_curve"
+# The untrained baseline: each seed's random initialisation, at "steps" 0.
+RANDOM = "random"
 _RUN_SUMMARY = re.compile(r"seed(\d+)/pretrain_(" + "|".join(METHODS) + r")_(\d+)\.json$")
+_RANDOM_RESULT = re.compile(
+    r"seed(\d+)/(" + "|".join(small_study.EVALUATIONS) + r")_" + RANDOM + r"_\w+\.json$"
+)
 
 
 @dataclasses.dataclass
@@ -84,6 +90,9 @@ class CurveConfig(small_study.VariantsConfig):
     )
     mixed_precision: str = inherited_option(
         PretrainConfig, "mixed_precision", note="(The study pins float32; this harness does not.)"
+    )
+    random_init: bool = option(
+        True, "Also evaluate each seed's random initialisation (the baseline at 0 steps)."
     )
     davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
@@ -134,13 +143,15 @@ class CurveConfig(small_study.VariantsConfig):
     def runs(self):
         """`(steps, seed, method)` of every run, in the order they are made: by length,
         then seed, then method, so that each length's comparison is complete before the
-        next (longer) one starts."""
-        return [
-            (steps, seed, method)
-            for steps in sorted(self.steps)
-            for seed in self.seeds
-            for method in self.methods
-        ]
+        next (longer) one starts; with `random_init`, `(0, seed, RANDOM)` (evaluations
+        only) after the seed's shortest runs."""
+        runs = []
+        for steps in sorted(self.steps):
+            for seed in self.seeds:
+                runs += [(steps, seed, method) for method in self.methods]
+                if self.random_init and steps == min(self.steps):
+                    runs.append((0, seed, RANDOM))
+        return runs
 
 
 def run(config, command):
@@ -150,17 +161,21 @@ def run(config, command):
     evaluations = small_study.Evaluations(study)
     payload = None
     for steps, seed, method in config.runs():
-        name = config.run_name(method, steps)
-        pretrain_config = config.pretrain_config(method, seed, steps)
-        small_study.pretrain_and_summarize(
-            pretrain_config,
-            small_study.pretrain_summary_path(study.seed_results(seed), name),
-            command_flags=small_study.PRETRAIN_FLAGS + tuple(METHODS[method]),
-        )
-        keras.backend.clear_session()
+        if method == RANDOM:
+            encoder = {RANDOM: study.encoders(seed)[RANDOM]}
+        else:
+            name = config.run_name(method, steps)
+            pretrain_config = config.pretrain_config(method, seed, steps)
+            small_study.pretrain_and_summarize(
+                pretrain_config,
+                small_study.pretrain_summary_path(study.seed_results(seed), name),
+                command_flags=small_study.PRETRAIN_FLAGS + tuple(METHODS[method]),
+            )
+            keras.backend.clear_session()
+            encoder = {name: pretrain_config.model_dir}
         small_study.evaluate_encoders(
-            evaluations, {name: pretrain_config.model_dir}, config.layers, seed,
-            study.seed_results(seed), force=config.force,
+            evaluations, encoder, config.layers, seed, study.seed_results(seed),
+            force=config.force,
         )
         payload = write_outputs(config, command)
     return payload
@@ -168,13 +183,19 @@ def run(config, command):
 
 def found_runs(results_dir):
     """`{(method, steps): [seeds]}` of the runs with a pretraining summary in
-    `results_dir` (their seed folders)."""
+    `results_dir` (their seed folders), and `(RANDOM, 0)` for the seeds with a result of
+    their random initialisation."""
     runs = {}
-    for path in tf.io.gfile.glob(os.path.join(results_dir, "seed*", "pretrain_*.json")):
-        match = _RUN_SUMMARY.search(path.replace(os.sep, "/"))
+    for path in tf.io.gfile.glob(os.path.join(results_dir, "seed*", "*.json")):
+        path = path.replace(os.sep, "/")
+        match = _RUN_SUMMARY.search(path)
         if match:
-            seed, method, steps = int(match[1]), match[2], int(match[3])
-            runs.setdefault((method, steps), []).append(seed)
+            seed, key = int(match[1]), (match[2], int(match[3]))
+        elif match := _RANDOM_RESULT.search(path):
+            seed, key = int(match[1]), (RANDOM, 0)
+        else:
+            continue
+        runs.setdefault(key, set()).add(seed)
     return {key: sorted(seeds) for key, seeds in sorted(runs.items())}
 
 
@@ -186,7 +207,7 @@ def curves(config):
     trainings = {}
     points = {}
     for (method, steps), seeds in found_runs(config.results_dir).items():
-        name = config.run_name(method, steps)
+        name = RANDOM if method == RANDOM else config.run_name(method, steps)
         for seed in seeds:
             table = small_study.collect(study.seed_results(seed), [name], config.layers, trainings)
             for (_, layer), row in table.items():
@@ -203,10 +224,11 @@ def curves(config):
 
 def ordered(points):
     """`[(method, layer, steps, point)]` of `curves`' points (as read back from the
-    key-sorted JSON): methods in `METHODS` order, the served tap first, lengths ascending."""
+    key-sorted JSON): methods in `METHODS` order, random init last, the served tap first,
+    lengths ascending."""
     return [
         (method, layer, steps, point)
-        for method in METHODS
+        for method in (*METHODS, RANDOM)
         for layer in sorted(points.get(method, {}), key=lambda tap: tap != small_study.SERVED_TAP)
         for steps, point in sorted(points[method][layer].items(), key=lambda item: int(item[0]))
     ]
@@ -260,7 +282,9 @@ def precision_sentence(payload):
 
 def table(payload):
     """Markdown: the precision, then per method, tap and length the mean ± std over the
-    seeds of each plotted metric; then VADeR's served output minus MoCo's best tap."""
+    seeds of each plotted metric (random init at 0 steps); then, per length and metric,
+    VADeR's served output against each baseline's best tap and the margin over the
+    strongest of them."""
     points = payload["curves"]
     lines = [
         precision_sentence(payload),
@@ -279,48 +303,70 @@ def table(payload):
     if margins:
         lines += [
             "",
-            f"Margin: VADeR's served `{small_study.SERVED_TAP}` minus MoCo v2's best tap at "
-            "each length (means over seeds; positive = VADeR ahead).",
+            f"Margin: VADeR's served `{small_study.SERVED_TAP}` against the best tap of each "
+            "baseline (MoCo v2 at the same length; random init) and its margin over the "
+            "strongest of them (means over seeds; positive = VADeR ahead).",
             "",
-            "| steps | " + " | ".join(PLOTTED.values()) + " |",
-            "|" + " --- |" * (1 + len(PLOTTED)),
+            f"| steps | metric | VADeR `{small_study.SERVED_TAP}` | MoCo v2's best tap "
+            "| random init's best tap | margin over the strongest |",
+            "|" + " --- |" * 6,
             *margins,
         ]
     return "\n".join(lines) + "\n"
 
 
+def best_tap(taps, steps, column):
+    """`(layer, mean)` of the tap of `taps` (`{layer: {steps: point}}`) with the highest
+    mean of `column` at `steps`; None if none has it."""
+    means = {
+        layer: small_study.mean_std(by_steps[steps].get(column, []))[0]
+        for layer, by_steps in taps.items()
+        if steps in by_steps
+    }
+    means = {layer: mean for layer, mean in means.items() if mean is not None}
+    if not means:
+        return None
+    layer = max(means, key=means.get)
+    return layer, means[layer]
+
+
 def margin_rows(points):
+    """The margin table's rows, per length of VADeR's served output and plotted metric."""
     rows = []
     vader = points.get("vader", {}).get(small_study.SERVED_TAP, {})
-    moco = points.get("moco", {})
     for steps in sorted(vader, key=int):
-        cells = []
-        for column in PLOTTED:
+        for column, title in PLOTTED.items():
             ours = small_study.mean_std(vader[steps].get(column, []))[0]
-            theirs = [
-                small_study.mean_std(by_steps[steps].get(column, []))[0]
-                for by_steps in moco.values()
-                if steps in by_steps
+            if ours is None:
+                continue
+            baselines = [
+                best_tap(points.get("moco", {}), steps, column),
+                best_tap(points.get(RANDOM, {}), "0", column),
             ]
-            theirs = [value for value in theirs if value is not None]
-            cells.append(
-                "n/a" if ours is None or not theirs else f"{ours - max(theirs):+.3f}"
+            cells = [f"`{tap[0]}` {tap[1]:.3f}" if tap else "n/a" for tap in baselines]
+            measured = [tap[1] for tap in baselines if tap]
+            margin = f"{ours - max(measured):+.3f}" if measured else "n/a"
+            rows.append(
+                f"| {steps} | {title} | {ours:.3f} | " + " | ".join(cells) + f" | {margin} |"
             )
-        rows.append(f"| {steps} | " + " | ".join(cells) + " |")
     return rows
 
 
 def plot(payload, path):
-    """The figure: one panel per plotted metric, one line per method and tap."""
+    """The figure: one panel per plotted metric, one line per method and tap against
+    steps, random init's taps as horizontal lines."""
     from vader_tf.eval import plots  # Needs matplotlib (the `results` extra).
 
-    lines = {}
+    lines, references = {}, {}
     for method, layer, steps, point in ordered(payload["curves"]):
-        line = lines.setdefault(_label(method, layer), {})
         for column in PLOTTED:
-            mean_std = small_study.mean_std(point.get(column, []))
-            line.setdefault(column, []).append((int(steps), *mean_std))
-    return plots.plot_metric_curves(lines, PLOTTED, path)
+            mean, std = small_study.mean_std(point.get(column, []))
+            if method == RANDOM:
+                references.setdefault(f"{_label(method, layer)}, 0 steps", {})[column] = mean
+            else:
+                line = lines.setdefault(_label(method, layer), {})
+                line.setdefault(column, []).append((int(steps), mean, std))
+    return plots.plot_metric_curves(lines, PLOTTED, path, references=references)
 
 
 def report_section(results_dir, report_dir):
@@ -340,7 +386,8 @@ def report_section(results_dir, report_dir):
             else "VADeR's default"
         ) + ") pretrained for several lengths, each its own run from the seed's random "
         "initialisation, evaluated with the study's protocols at the served `decoder` and at "
-        "`P4`. " + precision_sentence(payload) + " Commands:",
+        "`P4`, beside each seed's random initialisation (0 steps). "
+        + precision_sentence(payload) + " Commands:",
         "",
         "```",
         *(shlex.join(command) for command in payload["commands"]),
