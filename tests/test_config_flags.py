@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from absl import flags
 
-from vader_tf.config_flags import define_flags, from_flags, option, to_argv
+from vader_tf.config_flags import define_flags, from_flags, inherited_option, option, to_argv
 from vader_tf.training.pretrain import PretrainConfig
 
 
@@ -67,3 +67,16 @@ def test_every_pretrain_field_has_help_and_a_flag():
         assert values[field.name].default == field.default
     values(["prog"])
     assert from_flags(PretrainConfig, values) == PretrainConfig()
+
+
+def test_an_inherited_option_has_the_help_and_default_of_its_source():
+    @dataclasses.dataclass
+    class Study:
+        seed: int = inherited_option(PretrainConfig, "seed")
+        train_steps: int = inherited_option(PretrainConfig, "train_steps", 7, "The study's.")
+
+    seed, train_steps = dataclasses.fields(Study)
+    assert seed.default == 0
+    assert seed.metadata["help"] == "Seed of data order, augmentation, queue init and BN shuffles."
+    assert train_steps.default == 7
+    assert train_steps.metadata["help"] == "Total optimiser steps. The study's."

@@ -21,6 +21,17 @@ def option(default, help, **kwargs):
     return dataclasses.field(default=default, metadata={HELP: help}, **kwargs)
 
 
+def inherited_option(config_class, name, default=dataclasses.MISSING, note=""):
+    """A field that declares the same setting as field `name` of the dataclass
+    `config_class` in another config (e.g. a study's `train_steps`, passed on to
+    `PretrainConfig`): its help text, followed by `note`, and its default unless `default`
+    is given. Annotate it with the same type as `config_class` does."""
+    field = {f.name: f for f in dataclasses.fields(config_class)}[name]
+    if default is dataclasses.MISSING:
+        default = field.default
+    return option(default, " ".join(filter(None, (field.metadata[HELP], note))))
+
+
 def _base_type(kind):
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))

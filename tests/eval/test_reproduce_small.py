@@ -64,6 +64,13 @@ def make_data_root(root):
         )
 
 
+def run_experiment(script, *flags, timeout=600):
+    """Runs `experiments/<script>` with `flags` in a subprocess; returns it completed."""
+    command = [sys.executable, os.path.join(EXPERIMENTS, script), *flags]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
 def run_reproduce(tmp_path, data_root, *extra, expect_ok=True):
     paths = {
         "run_dir": str(tmp_path / "runs"),

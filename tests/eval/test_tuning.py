@@ -4,12 +4,11 @@ the tuning sets only, the JSON and table, resume, and a bad variant."""
 
 import json
 import os
-import subprocess
-import sys
 
-from tests.eval.test_reproduce_small import EXPERIMENTS, make_data_root, run_reproduce, small_study
+from tests.eval.test_reproduce_small import (
+    make_data_root, run_experiment, run_reproduce, small_study,
+)
 
-SCRIPT = os.path.join(EXPERIMENTS, "tune_small.py")
 TINY = (
     "--train_steps=2", "--image_size=64", "--batch_size=4", "--checkpoint_every=1",
     "--probe_image_size=32", "--probe_steps=3", "--probe_limit=2", "--davis_image_size=32",
@@ -18,12 +17,10 @@ TINY = (
 
 
 def run_script(tmp_path, data_root, *extra):
-    command = [
-        sys.executable, SCRIPT, f"--data_root={data_root}", f"--run_dir={tmp_path / 'runs'}",
+    return run_experiment(
+        "tune_small.py", f"--data_root={data_root}", f"--run_dir={tmp_path / 'runs'}",
         f"--results_dir={tmp_path / 'results'}", *TINY, *extra,
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    )
 
 
 def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):

@@ -1,4 +1,5 @@
-"""PNG figures of a comparison: pretraining curves, metric bars, feature pictures.
+"""PNG figures of a comparison: pretraining curves, metric bars, metric against compute,
+feature pictures.
 
 Needs matplotlib, an optional dependency: `pip install vader-tf[results]`. Every function
 writes one small PNG (non-interactive Agg backend) and returns its path.
@@ -87,4 +88,45 @@ def plot_feature_pictures(image, pictures, path, columns=4):
     for axis, (label, picture) in zip(axes.ravel(), panels.items()):
         axis.imshow(picture, interpolation="nearest")
         axis.set_title(label, fontsize=9)
+    return _save(figure, path)
+
+
+def plot_metric_curves(curves, titles, path, xlabel="pretraining steps", references=None):
+    """One panel per metric: each curve's mean against x (log scale), with the seed std
+    as error bars where there is one, and reference values as grey horizontal lines.
+
+    Args:
+        curves: `{line label: {metric: [(x, mean, std or None), ...]}}`.
+        titles: `{metric: panel title}`, in panel order.
+        path: output PNG.
+        references: `{label: {metric: value or None}}`, e.g. an untrained baseline.
+    """
+    figure, axes = pyplot.subplots(
+        1, len(titles), figsize=(4.5 * len(titles), 3.5), squeeze=False
+    )
+    axes = axes[0]
+    for axis, (metric, title) in zip(axes, titles.items()):
+        for label, metrics in curves.items():
+            points = sorted(point for point in metrics.get(metric, []) if point[1] is not None)
+            if not points:
+                continue
+            xs, means, stds = zip(*points)
+            errors = [std or 0.0 for std in stds] if any(stds) else None
+            axis.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+        for index, (label, values) in enumerate((references or {}).items()):
+            if values.get(metric) is not None:
+                style = (":", "-.", "--")[index % 3]
+                axis.axhline(values[metric], linestyle=style, color="0.4", label=label)
+        axis.set_xscale("log")
+        xs = sorted({point[0] for metrics in curves.values() for point in metrics.get(metric, [])})
+        if xs:
+            axis.set_xticks(xs, [str(x) for x in xs])
+            axis.minorticks_off()
+        axis.set_xlabel(xlabel)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(  # Below the panels, clear of the curves.
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8
+    )
     return _save(figure, path)

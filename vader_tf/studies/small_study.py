@@ -1,7 +1,8 @@
 """The small-scale study behind RESULTS.md: VADeR vs MoCo v2 vs random init, over seeds.
 
 This is the orchestration behind `experiments/reproduce_small.py` (the study harness, an
-importable module shared with `tuning_study` and `speed_quality_study`). For every seed it
+importable module shared with `tuning_study`, `speed_quality_study` and
+`compute_curve_study`). For every seed it
 
 1. pretrains VADeR and MoCo v2 from the same random initialisation (the seed's), on
    BSDS500 train + test photos and the CamVid train frames (no labels);
@@ -22,7 +23,8 @@ protocol (`vader_tf.eval.protocols`, shrunk by `StudyConfig.protocols`) or none 
 written before protocols were recorded). Each result JSON records, as its `command`, the
 standalone `experiments/` command that computes the same numbers. Results of an earlier
 version of the code can be kept in `before_dir` (same file names, one seed) and are shown
-as their own rows.
+as their own rows. The report also shows the tuning table and the compute curve when their
+JSONs are in `results_dir` (`tuning.json`; `compute_curve/compute_curve.json`).
 """
 
 import dataclasses
@@ -38,7 +40,7 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf import storage
-from vader_tf.config_flags import option, to_argv
+from vader_tf.config_flags import inherited_option, option, to_argv
 from vader_tf.data.segmentation import load_image, load_segmentation_split, resize_and_crop_image
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images, load_images
@@ -78,10 +80,21 @@ SERVED_TAP = "decoder"
 STUDY_LAYERS = ("embedding", SERVED_TAP, "P4")
 # The tap of the PCA pictures.
 PCA_LAYER = "embedding"
+# The study's budget: `PretrainConfig` fields that are flags of the study too (declared by
+# `budget_option`), with the study's defaults. Pinned here rather than inherited, so that
+# every seed measures the same budget even if `PretrainConfig`'s defaults change; the
+# study trains longer than `PretrainConfig`'s default and checkpoints less often.
+BUDGET = {
+    "backbone": "resnet18",
+    "image_size": 96,
+    "batch_size": 16,
+    "train_steps": 1200,
+    "base_learning_rate": 0.5,
+    "checkpoint_every": 100,
+}
 # The `PretrainConfig` fields the study sets; the others keep their defaults.
 PRETRAIN_FLAGS = (
-    "model_dir", "data", "method", "backbone", "image_size", "batch_size", "train_steps",
-    "base_learning_rate", "checkpoint_every", "queue_size", "seed", "init_weights",
+    "model_dir", "data", "method", *BUDGET, "queue_size", "seed", "init_weights",
     "mixed_precision", "symmetric_loss",
 )
 # The report shows its command without `--report_only` (in any spelling: it is the command
@@ -92,6 +105,23 @@ FINDINGS_FILE = "findings.md"
 # The tuning harness's table and JSON (`tuning_study`), without their extensions.
 TUNING_FILE = "tuning"
 PRETRAINING_FOLDERS = ("bsds500/images/train", "bsds500/images/test", "camvid/train")
+
+
+def budget_option(name, note="", default=None):
+    """The study config field of `PretrainConfig` field `name` (one of `BUDGET`): its
+    type (annotate it so) and help text, followed by `note`; default: the study's budget
+    (`default`, when given, for a harness with another budget)."""
+    default = BUDGET[name] if default is None else default
+    return inherited_option(PretrainConfig, name, default, note)
+
+
+def budget_fields(config):
+    """`{name: value}` of the `BUDGET` fields a study config has."""
+    return {
+        field.name: getattr(config, field.name)
+        for field in dataclasses.fields(config)
+        if field.name in BUDGET
+    }
 
 
 @dataclasses.dataclass
@@ -110,12 +140,14 @@ class StudyConfig:
     )
     before_label: str = option("before", "Label of the --before_dir rows.")
     # Pretraining (the same for every run).
-    backbone: str = option("resnet18", "Backbone of every run.")
-    image_size: int = option(96, "Pretraining view size (multiple of 32).")
-    batch_size: int = option(16, "Pretraining batch size.")
-    train_steps: int = option(1200, "Steps of VADeR and MoCo from random init.")
-    base_learning_rate: float = option(0.5, "Base LR (per 256 images).")
-    checkpoint_every: int = option(100, "Steps between checkpoints.")
+    backbone: str = budget_option("backbone", "Every run's.")
+    image_size: int = budget_option("image_size")
+    batch_size: int = budget_option("batch_size")
+    train_steps: int = budget_option(
+        "train_steps", "The study's: VADeR's and MoCo's from random init."
+    )
+    base_learning_rate: float = budget_option("base_learning_rate")
+    checkpoint_every: int = budget_option("checkpoint_every")
     vader_queue_size: int = option(4096, "VADeR's queue of key pixels.")
     # MoCo's queue must stay well below the pretraining pool (767 images), or a query
     # meets stale keys of its own image as negatives.
@@ -143,7 +175,7 @@ class StudyConfig:
     report_only: bool = option(
         False, "Only rewrite the report and figures from the result JSONs present."
     )
-    verbose: int = option(1, "1 shows pretraining progress bars.")
+    verbose: int = inherited_option(PretrainConfig, "verbose")
 
     def validate(self):
         unknown = set(self.layers) - set(LAYERS)
@@ -195,16 +227,14 @@ class StudyConfig:
 
     def pretrain_config(self, name, seed):
         method, start = RUNS[name]
+        budget = budget_fields(self)
+        if start is not None:
+            budget["train_steps"] = self.continue_steps
         return PretrainConfig(
             model_dir=os.path.join(self.seed_dir(seed), name),
             data=pretraining_data_spec(self.data_root),
             method=method,
-            backbone=self.backbone,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            train_steps=self.train_steps if start is None else self.continue_steps,
-            base_learning_rate=self.base_learning_rate,
-            checkpoint_every=self.checkpoint_every,
+            **budget,
             queue_size=self.vader_queue_size if method == "vader" else self.moco_queue_size,
             seed=seed,
             init_weights=self.start_weights(seed, start),
@@ -224,26 +254,27 @@ class StudyConfig:
 
 @dataclasses.dataclass
 class VariantsConfig:
-    """Base of the harnesses that rerun the study's VADeR run with some `PretrainConfig`
-    fields changed (`speed_quality_study`, `tuning_study`): locations, the study's budget
-    and protocols, resuming. A subclass names its variants in `VARIANTS` (name -> the
-    fields it changes), adds a `variants` field, and says where a variant's run goes
-    (`pretrain_config`) and with which seeds (`seed_list`)."""
+    """Base of the harnesses that rerun the study's VADeR run (or its MoCo run) with some
+    `PretrainConfig` fields changed (`speed_quality_study`, `tuning_study`,
+    `compute_curve_study`): locations, the study's budget and protocols, resuming. A
+    subclass names its variants in `VARIANTS` (name -> the fields it changes), adds a
+    `variants` field, and says where a variant's run goes (`pretrain_config`) and with
+    which seeds (`seed_list`)."""
 
     VARIANTS: ClassVar[dict] = {}
 
     data_root: str = option("", "Folder holding bsds500/, camvid/ and davis2016/.")
     run_dir: str = option("runs", "Where the variants' runs go.")
     results_dir: str = option("results", "Result JSONs and the table.")
-    train_steps: int = option(StudyConfig.train_steps, "Pretraining steps of every variant.")
-    image_size: int = option(StudyConfig.image_size, "Pretraining view size (the study's).")
-    batch_size: int = option(StudyConfig.batch_size, "Pretraining batch size (the study's).")
-    checkpoint_every: int = option(StudyConfig.checkpoint_every, "Steps between checkpoints.")
+    train_steps: int = budget_option("train_steps", "Every variant's.")
+    image_size: int = budget_option("image_size")
+    batch_size: int = budget_option("batch_size")
+    checkpoint_every: int = budget_option("checkpoint_every")
     probe_image_size: int = option(StudyConfig.probe_image_size, "CamVid short side (the study's).")
     probe_steps: int = option(StudyConfig.probe_steps, "Linear-probe steps (the study's).")
     probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
     force: bool = option(False, "Recompute evaluations whose result JSON exists.")
-    verbose: int = option(1, "1 shows pretraining progress bars.")
+    verbose: int = inherited_option(PretrainConfig, "verbose")
 
     def seed_list(self):
         raise NotImplementedError
@@ -268,10 +299,7 @@ class VariantsConfig:
             data_root=self.data_root,
             run_dir=self.run_dir,
             results_dir=self.results_dir,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            train_steps=self.train_steps,
-            checkpoint_every=self.checkpoint_every,
+            **budget_fields(self),
             seeds=tuple(self.seed_list()),
             probe_image_size=self.probe_image_size,
             probe_steps=self.probe_steps,
@@ -281,11 +309,13 @@ class VariantsConfig:
             **fields,
         )
 
-    def variant_pretrain_config(self, variant, seed, model_dir):
-        """The study's VADeR run for `seed`, with `variant`'s fields, in `model_dir`."""
+    def variant_pretrain_config(self, variant, seed, model_dir, run="vader", **fields):
+        """The study's run `run` (one of `RUNS`; its VADeR run by default) for `seed`, with
+        `variant`'s fields and `fields`, in `model_dir`."""
         return dataclasses.replace(
-            self.study().pretrain_config("vader", seed),
+            self.study().pretrain_config(run, seed),
             model_dir=model_dir,
+            **fields,
             **self.VARIANTS[variant],
         )
 
@@ -923,6 +953,9 @@ def write_report(config, command, figures, elapsed):
             storage.read_bytes(tuning + ".md").decode().strip(),
             "",
         ]
+    from vader_tf.studies import compute_curve_study  # It imports this module.
+
+    lines += compute_curve_study.report_section(c.results_dir, os.path.dirname(c.report) or ".")
     notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
     if tf.io.gfile.exists(notes):
         notes_text = storage.read_bytes(notes).decode()

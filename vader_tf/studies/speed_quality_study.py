@@ -25,9 +25,10 @@ import keras
 from absl import logging
 
 from vader_tf import storage
-from vader_tf.config_flags import option
+from vader_tf.config_flags import inherited_option, option
 from vader_tf.eval.encoders import load_feature_extractor
 from vader_tf.studies import small_study
+from vader_tf.training.pretrain import PretrainConfig
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run.
 VARIANTS = {
@@ -49,9 +50,11 @@ class SpeedQualityConfig(small_study.VariantsConfig):
 
     run_dir: str = option("runs/speed_quality", "Runs go to <run_dir>/<variant>.")
     results_dir: str = option("results/speed_quality", "Result JSONs and the table.")
-    train_steps: int = option(300, "Pretraining steps of every variant.")
+    train_steps: int = small_study.budget_option("train_steps", "Every variant's.", 300)
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
-    seed: int = option(0, "Seed of every variant (initialisation, data order, probe).")
+    seed: int = inherited_option(
+        PretrainConfig, "seed", note="Every variant's; also its initialisation and probe's."
+    )
 
     def seed_list(self):
         return (self.seed,)
