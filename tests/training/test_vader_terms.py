@@ -4,6 +4,7 @@ replica against two, validation, and a run through the real loop."""
 
 import re
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +19,7 @@ from tests.training.helpers import (
     write_smooth_photos,
 )
 from vader_tf.run_dir import load_encoder
+from vader_tf.training.moco import image_term
 from vader_tf.training.pretrain import PretrainConfig, pretrain
 
 LAMBDA = 0.3  # global weight
@@ -99,6 +101,33 @@ def test_terms_losses_weights_and_queues_match_numpy(symmetric_loss):
     np.testing.assert_allclose(model.global_queue.numpy()[slots], key[1]["global"], atol=1e-5)
 
 
+def test_image_term_on_the_decoder_pools_the_decoder_and_trains_it():
+    model = build_small_model(
+        "vader", queue_size=20, global_loss_weight=0.5, global_level="decoder"
+    )
+    batch = synthetic_batch(4, IMAGE_SIZE)
+    query = _outputs(model.query_model, batch)
+    # The global embedding is the image head on the average of the decoder output
+    # (oracle: the head's Dense layers applied by hand to the pooled decoder map).
+    decoder = model.encoder.pyramid_outputs["decoder"]
+    decoder_maps = keras.Model(model.encoder.input, decoder)(batch["view1"], training=True)
+    pooled = np.asarray(decoder_maps).mean(axis=(1, 2))
+    hidden = model.query_model.get_layer("image_mlp_hidden")
+    output = model.query_model.get_layer("image_mlp_output")
+    expected = reference.unit(np.asarray(output(hidden(pooled))))
+    np.testing.assert_allclose(query[0]["global"], expected, atol=1e-5)
+    # Only the image-level term reaches the decoder through this path: with the pixel
+    # term's weight at 0 the decoder's smoothing convolution still gets a gradient.
+    data = {k: tf.constant(v) for k, v in batch.items()}
+    with tf.GradientTape() as tape:
+        outputs = [model.query_model(data[v], training=True) for v in ("view1", "view2")]
+        keys = [model.key_model(data[v], training=True)["global"] for v in ("view1", "view2")]
+        term = image_term("global", model.directions, [o["global"] for o in outputs], keys)
+        loss = tf.reduce_sum(term.queries * term.positives)
+    smooth = model.encoder.get_layer("decoder_smooth_conv").kernel
+    assert float(tf.reduce_max(tf.abs(tape.gradient(loss, smooth)))) > 0
+
+
 def test_two_replicas_equal_one_replica():
     batches = [synthetic_batch(4, IMAGE_SIZE, seed=s) for s in range(2)]
 
@@ -138,6 +167,8 @@ def test_without_terms_the_model_is_plain_vader():
         (dict(coarse_level="P2"), "coarse_level must be one of P3, P4, P5"),
         (dict(method="moco", global_loss_weight=0.5), "global_loss_weight must be 0.0"),
         (dict(method="densecl", coarse_level="P4"), "coarse_level must be None"),
+        (dict(global_level="P4"), "global_level must be one of P5, decoder"),
+        (dict(method="moco", global_level="decoder"), "global_level must be P5"),
         (dict(coarse_loss_weight=1.5), "coarse_loss_weight must be in [0.0, 1.0]"),
     ],
 )

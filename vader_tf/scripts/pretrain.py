@@ -42,9 +42,9 @@ FLAG_GROUPS = {
     "model": ("backbone", "backbone_preset", "init_weights", "decoder_channels", "embedding_dim"),
     "method": (
         "method", "queue_size", "queue_points_per_image", "temperature",
-        "densecl_loss_weight", "global_loss_weight", "global_queue_size", "coarse_level",
-        "coarse_loss_weight", "ema_momentum", "momentum_schedule", "bn_groups", "shuffle_bn",
-        "symmetric_loss",
+        "densecl_loss_weight", "global_loss_weight", "global_queue_size", "global_level",
+        "coarse_level", "coarse_loss_weight", "ema_momentum", "momentum_schedule", "bn_groups",
+        "shuffle_bn", "symmetric_loss",
     ),
     "optimiser": (
         "batch_size", "train_steps", "base_learning_rate", "reference_batch_size",

@@ -44,6 +44,8 @@ VARIANTS = {
     "global_0.25": dict(global_loss_weight=0.25),
     "global_0.5": dict(global_loss_weight=0.5),
     "coarse_P4": dict(coarse_level="P4"),
+    # The image-level term on the pooled decoder output (the served representation).
+    "global_decoder_0.5": dict(global_loss_weight=0.5, global_level="decoder"),
 }
 # The tuning benchmarks (CamVid val, the shared DAVIS sequences).
 EVALUATIONS = ("linear_probe", "davis_label_propagation")

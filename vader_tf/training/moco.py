@@ -21,14 +21,15 @@ from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContras
 
 
 def image_embedding_model(
-    encoder, hidden_dim=None, embedding_dim=128, name="image_embedder", prefix=""
+    encoder, hidden_dim=None, embedding_dim=128, name="image_embedder", prefix="", level="P5"
 ):
     """Images -> unit-norm global embeddings, sharing `encoder`'s backbone layers.
 
     `prefix` starts the head's layer names (a model that also outputs the encoder's own
-    `embedding` needs one).
+    `embedding` needs one); `level` is the `encoder.pyramid_outputs` map that is pooled
+    (C5 for MoCo v2).
     """
-    c5 = encoder.pyramid_outputs["P5"]
+    c5 = encoder.pyramid_outputs[level]
     hidden_dim = hidden_dim or c5.shape[-1]
     x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}global_pool")(c5)
     x = keras.layers.Dense(hidden_dim, activation="relu", name=f"{prefix}mlp_hidden")(x)

@@ -176,6 +176,11 @@ class PretrainConfig:
     global_queue_size: int = option(
         256, "VADeR's image-level term: images in its queue (keep it below the data's size)."
     )
+    global_level: str = option(
+        "P5",
+        "VADeR's image-level term pools P5 (C5, as MoCo v2) or decoder (the served FPN "
+        "output, so the term trains the decoder too).",
+    )
     coarse_level: str | None = option(
         None,
         "VADeR: also contrast the matched points on this backbone level (P3, P4 or P5), "
@@ -288,10 +293,15 @@ class PretrainConfig:
         weight = self.global_loss_weight
         if not (math.isfinite(weight) and 0.0 <= weight < 1.0):
             _invalid("global_loss_weight", weight, "in [0, 1)")
+        if self.global_level not in vader.GLOBAL_LEVELS:
+            _invalid("global_level", self.global_level, f"one of {', '.join(vader.GLOBAL_LEVELS)}")
         if self.coarse_level is not None and self.coarse_level not in vader.COARSE_LEVELS:
             _invalid("coarse_level", self.coarse_level, f"one of {', '.join(vader.COARSE_LEVELS)}")
         if self.method != "vader":
-            for name, off in (("global_loss_weight", 0.0), ("coarse_level", None)):
+            vader_only = (
+                ("global_loss_weight", 0.0), ("global_level", "P5"), ("coarse_level", None)
+            )
+            for name, off in vader_only:
                 if getattr(self, name) != off:
                     _invalid(
                         name, getattr(self, name), f"{off} (a VADeR option) for {self.method}"

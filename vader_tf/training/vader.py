@@ -12,15 +12,17 @@ by default, and then the model, its checkpoint and its step are the plain method
 - global (`global_loss_weight` = lambda > 0): an image-level MoCo v2 term on the same
   backbone (pooled C5, its own two-layer MLP head and its own queue of images), as
   DenseCL and PixPro add one; the loss is `(1 - lambda) * dense + lambda * global`.
+  With `global_level="decoder"` it pools the decoder output instead, so the image-level
+  signal reaches the served representation, not only the backbone.
 - coarse (`coarse_level`, e.g. "P4"): the pixel InfoNCE also on a coarser backbone level,
   through its own 1x1-convolution MLP head and queue; the matched points are mapped onto
   that level's grid by the convention of `vader_tf.ops.grid` (grid coordinate `g` at
   stride 4 is `g / 4` at stride 16). The dense loss is then
   `(1 - w) * stride-4 + w * coarse` with `w = coarse_loss_weight`.
 
-The extra heads train the backbone only: the encoder's decoder and head (what is served)
-are trained by the stride-4 term alone, and the heads are not part of the exported
-encoder.
+The extra heads are not part of the exported encoder. They train the backbone only
+(the decoder and head, what is served, are trained by the stride-4 term alone), except
+an image-level term on the decoder (`global_level="decoder"`).
 """
 
 import keras
@@ -36,6 +38,8 @@ from vader_tf.training.momentum_contrast import ContrastiveTerm, MomentumContras
 
 # Backbone levels the coarse term may use (P2 is the stride-4 term's own resolution).
 COARSE_LEVELS = ("P3", "P4", "P5")
+# Maps the image-level term may pool: C5 (MoCo's) or the decoder output (the served one).
+GLOBAL_LEVELS = ("P5", "decoder")
 
 
 def _sample_unit(feature_map, points):
@@ -50,15 +54,17 @@ def coarse_points(points, stride):
     return grid_lib.image_to_grid(grid_lib.grid_to_image(points), stride)
 
 
-def vader_heads_model(encoder, global_term=False, coarse_level=None, name="vader_heads"):
+def vader_heads_model(
+    encoder, global_term=False, coarse_level=None, global_level="P5", name="vader_heads"
+):
     """Images -> `{"dense": the encoder's embedding map, "global": [B, D] unit image
-    embedding (if `global_term`), "coarse": [B, h, w, D] map on `coarse_level` (if
-    given; not normalised)}`, sharing `encoder`'s layers."""
+    embedding of the pooled `global_level` map (if `global_term`), "coarse": [B, h, w, D]
+    map on `coarse_level` (if given; not normalised)}`, sharing `encoder`'s layers."""
     outputs = {"dense": encoder.output}
     dim = encoder.embedding_dim
     if global_term:
         outputs["global"] = image_embedding_model(
-            encoder, None, dim, name=f"{name}_image", prefix="image_"
+            encoder, None, dim, name=f"{name}_image", prefix="image_", level=global_level
         ).output
     if coarse_level is not None:
         level = encoder.pyramid_outputs[coarse_level]
@@ -80,6 +86,9 @@ class VADeR(MomentumContrast):
             that are not `valid` enqueue nothing. The coarse term enqueues as many.
         global_loss_weight: lambda, the image-level term's weight (0 = no such term).
         global_queue_size: images kept in the image-level term's queue.
+        global_level: the map the image-level term pools, one of `GLOBAL_LEVELS`: "P5"
+            (C5, as MoCo v2 and DenseCL) or "decoder" (the FPN output the export serves,
+            so that the term trains the decoder too).
         coarse_level: backbone level of the coarse pixel term (one of `COARSE_LEVELS`),
             or None (no such term).
         coarse_loss_weight: w, the coarse term's share of the dense loss.
@@ -97,6 +106,7 @@ class VADeR(MomentumContrast):
         queue_points_per_image=16,
         global_loss_weight=0.0,
         global_queue_size=256,
+        global_level="P5",
         coarse_level=None,
         coarse_loss_weight=0.5,
         **kwargs,
@@ -104,6 +114,10 @@ class VADeR(MomentumContrast):
         if not 0.0 <= global_loss_weight < 1.0:
             raise ValueError(
                 f"global_loss_weight must be in [0, 1), got {global_loss_weight!r}."
+            )
+        if global_level not in GLOBAL_LEVELS:
+            raise ValueError(
+                f"global_level must be one of {GLOBAL_LEVELS}, got {global_level!r}."
             )
         if coarse_level is not None and coarse_level not in COARSE_LEVELS:
             raise ValueError(
@@ -119,9 +133,9 @@ class VADeR(MomentumContrast):
         self.coarse_level = coarse_level
         dim = encoder.embedding_dim
         if self.has_global or coarse_level is not None:
-            query_model = vader_heads_model(encoder, self.has_global, coarse_level)
+            query_model = vader_heads_model(encoder, self.has_global, coarse_level, global_level)
             key_model = vader_heads_model(
-                key_encoder, self.has_global, coarse_level, name="key_vader_heads"
+                key_encoder, self.has_global, coarse_level, global_level, name="key_vader_heads"
             )
             queue_size = kwargs.pop("queue_size", 65536)
             dense_weight = 1.0 - global_loss_weight
@@ -152,6 +166,7 @@ class VADeR(MomentumContrast):
             queue_points_per_image=config.queue_points_per_image,
             global_loss_weight=config.global_loss_weight,
             global_queue_size=config.global_queue_size,
+            global_level=config.global_level,
             coarse_level=config.coarse_level,
             coarse_loss_weight=config.coarse_loss_weight,
             **common,
