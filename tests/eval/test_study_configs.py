@@ -23,7 +23,7 @@ STUDY_VADER = {
     "blur_prob": 0.5, "flip_prob": 0.5, "min_overlap": 0.1, "max_image_pixels": 67108864,
     "cache_decoded_mb": 512, "queue_size": 4096, "queue_points_per_image": 16,
     "temperature": 0.2, "densecl_loss_weight": 0.5, "global_loss_weight": 0.0,
-    "global_queue_size": 256, "coarse_level": None, "coarse_loss_weight": 0.5,
+    "global_queue_size": 256, "global_level": "P5", "coarse_level": None, "coarse_loss_weight": 0.5,
     "ema_momentum": 0.99, "momentum_schedule": "constant", "bn_groups": 2, "shuffle_bn": True,
     "symmetric_loss": True, "train_steps": 1200, "base_learning_rate": 0.5,
     "reference_batch_size": 256, "warmup_steps": 0, "weight_decay": 0.0001,
@@ -69,7 +69,8 @@ VARIANT_FLAGS = {
 TUNING_FLAGS = {
     **VARIANT_FLAGS, "run_dir": "runs/reproduce_small", "results_dir": "results",
     "variants": ("default", "temperature_0.1", "temperature_0.4", "points_128", "queued_8",
-                 "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4"),
+                 "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4",
+                 "global_decoder_0.5"),
     "seeds": (0,), "layers": ("decoder",), "davis_image_size": 192, "davis_max_frames": None,
 }
 SPEED_QUALITY_FLAGS = {
