@@ -7,12 +7,14 @@ reads its metrics (a deterministic stand-in for a scheduler's signal at that mom
 AGAIN = `again`, the same signal is sent a second time during the checkpoint save that
 follows, between writing the checkpoint and recording it in the `checkpoint` state file
 (after TensorFlow wrote the state file's temporary copy, before renaming it): the moment
-a kill is most likely to leave something half-written.
+a kill is most likely to leave something half-written. A worker of a cluster (TF_CONFIG
+set) then waits 3 s, so that the cluster stops at the next step on any machine.
 """
 
 import os
 import signal
 import sys
+import time
 
 from tensorflow.python.lib.io import file_io
 
@@ -33,6 +35,10 @@ def main(signal_name, step, again, *flags):
             if current == step and not sent:
                 sent.append(current)
                 os.kill(os.getpid(), signum)
+                if "TF_CONFIG" in os.environ:
+                    # PreemptionCheckpointHandler polls for the signal once a second: let it
+                    # see it before this worker's next chunk, whatever the machine's speed.
+                    time.sleep(3)
 
         def signal_again_before_rename(old, new, overwrite=False):
             if sent and os.path.basename(new) == "checkpoint":

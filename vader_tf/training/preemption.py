@@ -26,10 +26,16 @@ Where the workers stop:
   own (empty) checkpoint and folder are never written. Workers that received no signal
   themselves exit with SIGTERM's status, as preempted ones. On a Google Compute Engine CPU
   VM the handler does nothing (TensorFlow supports it on GPU VMs only there): the signals
-  are then left as they are, and a signal stops the worker without a new checkpoint.
+  are then left as they are (see below: SIGTERM is logged and training goes on; SIGINT
+  raises `KeyboardInterrupt`), with a warning.
 
 A signal that arrives during the last chunk of the run stops nothing: the run ends as
 usual, with its final checkpoint and `encoder.keras`.
+
+`MultiWorkerMirroredStrategy`'s coordination service installs a SIGTERM handler in C++
+(TensorFlow's preemption notifier) that only logs "SIGTERM caught": without `watch`, a
+worker trains on after SIGTERM until it is killed. Python cannot see that handler, so
+after the loop SIGTERM gets its default action (the process ends) rather than it.
 """
 
 import contextlib
@@ -93,7 +99,9 @@ class _Signals:
 
     def restore(self):
         for signum, handler in self.previous.items():
-            # None: a handler installed outside Python, which cannot be put back.
+            # None: a handler installed outside Python, which cannot be put back. (A C++
+            # handler installed after Python started, e.g. TensorFlow's preemption
+            # notifier, shows as the default action: it is not put back either.)
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
@@ -220,7 +228,10 @@ def watch(strategy, worker_dir):
         the same number of times on every worker.
     """
     if threading.current_thread() is not threading.main_thread():
-        logging.info("Training outside the main thread: SIGTERM and SIGINT stop it as usual.")
+        logging.info(
+            "Training outside the main thread: SIGTERM and SIGINT keep their handlers "
+            "(a signal saves no checkpoint)."
+        )
         yield _Watch(None)
         return
     signals = _Signals()
@@ -230,8 +241,8 @@ def watch(strategy, worker_dir):
         if not watcher.acts:
             logging.warning(
                 "TensorFlow's PreemptionCheckpointHandler does not act on this platform "
-                "(a GCE CPU or TPU VM): SIGTERM and SIGINT stop this worker without a "
-                "checkpoint; the newest checkpoint is kept."
+                "(a GCE CPU or TPU VM): SIGTERM and SIGINT do not save a checkpoint here "
+                "(the newest one is kept)."
             )
             watcher.close()
             yield _Watch(None)
