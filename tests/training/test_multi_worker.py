@@ -42,6 +42,20 @@ def _free_ports(count):
     return ports
 
 
+def _communicate_all(processes, timeout=900):
+    """Each process's `(returncode, output)`; all are killed if one outlasts `timeout`."""
+    results = []
+    for process in processes:
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        results.append((process.returncode, output))
+    return results
+
+
 def _start(tmp_path, data, model_dir, name, tf_config=None, *mode):
     # One thread per kernel in every process, so kernels sum in the same order in the
     # workers and in the oracle.
@@ -69,14 +83,8 @@ def test_two_workers_train_as_one_process_with_two_replicas(tmp_path):
         for index in range(2)
     ]
     processes.append(_start(tmp_path, data, "oracle_run", "oracle", None, "oracle"))
-    for process in processes:
-        try:
-            output, _ = process.communicate(timeout=900)
-        except subprocess.TimeoutExpired:
-            for p in processes:
-                p.kill()
-            raise
-        assert process.returncode == 0, output[-3000:]
+    for returncode, output in _communicate_all(processes):
+        assert returncode == 0, output[-3000:]
 
     chief, other, oracle = (np.load(tmp_path / f"{name}.npz") for name in ("worker0", "worker1", "oracle"))
     assert int(chief["replicas"]) == int(oracle["replicas"]) == 2

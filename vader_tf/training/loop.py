@@ -5,7 +5,9 @@ loop; it calls the model's own `train_step`, the same one `fit` would call. It r
 the newest checkpoint of `model_dir` (model, momentum copy, queue, optimizer, step), resumes
 the data stream at the next unseen element, writes TensorBoard scalars, and saves
 checkpoints every `checkpoint_every` steps. A non-finite loss stops the run before the
-next checkpoint, so the last good checkpoint stays the newest.
+next checkpoint, so the last good checkpoint stays the newest. SIGTERM or SIGINT saves a
+checkpoint at the current step and stops the run with the signal's exit status, on every
+worker at the same step (`vader_tf.training.preemption`).
 
 Steps are applied updates: the loop's step is `optimizer.iterations`, which names the
 checkpoints and drives the schedules. A step a loss-scaling optimiser skips (non-finite
@@ -24,7 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from vader_tf.run_dir import RunDir
-from vader_tf.training import summaries
+from vader_tf.training import preemption, summaries
 from vader_tf.training.distribution import is_chief
 
 
@@ -152,6 +154,11 @@ def train(
 
     Returns:
         `(model, history)` where history is a list of dicts of metrics per logging step.
+
+    Raises:
+        preemption.TrainingInterrupted: a `SystemExit` (status 143 or 130) after SIGTERM
+            or SIGINT, once a checkpoint at the step reached is written.
+        NonFiniteLossError: the loss (or the float16 loss scale) diverged.
     """
     with strategy.scope():
         model = build_model()
@@ -206,45 +213,71 @@ def train(
     progbar.update(step)
     history = []
     reported_skipped = skipped  # skipped steps up to the last history entry
-    while step < train_steps:
-        next_checkpoint = (step // checkpoint_every + 1) * checkpoint_every
-        num_steps = min(log_every, next_checkpoint - step, train_steps - step)
-        started = time.perf_counter()
-        run_steps(iterator, tf.constant(num_steps))
-        metrics = {m.name: float(m.result()) for m in model.metrics}
-        elapsed = time.perf_counter() - started
-        for metric in model.metrics:
-            metric.reset_state()
-        previous_step, previous_skipped = step, skipped
-        step = int(model.optimizer.iterations.numpy())
-        skipped = int(model.skipped_steps.numpy())
-        if skipped > previous_skipped:
-            _check_loss_scale(model, step, skipped - previous_skipped, run)
-        if step == previous_step:
-            continue  # every batch of the call was skipped: nothing to report or save
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"Loss became {metrics['loss']} by step {step}; stopped without saving. "
-                f"The newest checkpoint, {run.latest_checkpoint()}, is the last good one."
-            )
-        metrics["images/s"] = num_steps * global_batch_size / elapsed
-        # Skips of calls that applied nothing are reported with the next entry.
-        metrics["skipped_steps"] = skipped - reported_skipped
-        reported_skipped = skipped
-        history.append({"step": step, **metrics})
-        if writer is not None:
-            with writer.as_default(step=step):
-                for name, value in metrics.items():
-                    tf.summary.scalar(name.replace("/", "_per_"), value)
-                tf.summary.scalar("learning_rate", float(model.optimizer.learning_rate))
-        summaries.maybe_write(image_summaries, model, step, num_steps, step == train_steps, writer)
-        progbar.update(step, [(k, v) for k, v in metrics.items()])
-        if step % checkpoint_every == 0 or step == train_steps:
+    saved_step = None
+
+    def save():
+        """Saves at the current step (once); returns where the run's checkpoint is."""
+        nonlocal saved_step
+        if saved_step != step:
             manager.save(checkpoint_number=step)
-    if writer is not None:
-        writer.flush()
+            saved_step = step
+        return manager.latest_checkpoint if chief else run.checkpoint_dir
+
+    try:
+        with preemption.watch(strategy, worker_run.path) as stop:
+            while step < train_steps:
+                next_checkpoint = (step // checkpoint_every + 1) * checkpoint_every
+                num_steps = min(log_every, next_checkpoint - step, train_steps - step)
+                started = time.perf_counter()
+                run_steps(iterator, tf.constant(num_steps))
+                metrics = {m.name: float(m.result()) for m in model.metrics}
+                elapsed = time.perf_counter() - started
+                for metric in model.metrics:
+                    metric.reset_state()
+                previous_step, previous_skipped = step, skipped
+                step = int(model.optimizer.iterations.numpy())
+                skipped = int(model.skipped_steps.numpy())
+                if skipped > previous_skipped:
+                    _check_loss_scale(model, step, skipped - previous_skipped, run)
+                if step == previous_step:
+                    continue  # every batch of the call was skipped: nothing to report, save
+                if not math.isfinite(metrics["loss"]):
+                    raise NonFiniteLossError(
+                        f"Loss became {metrics['loss']} by step {step}; stopped without "
+                        f"saving. The newest checkpoint, {run.latest_checkpoint()}, is the "
+                        "last good one."
+                    )
+                metrics["images/s"] = num_steps * global_batch_size / elapsed
+                # Skips of calls that applied nothing are reported with the next entry.
+                metrics["skipped_steps"] = skipped - reported_skipped
+                reported_skipped = skipped
+                history.append({"step": step, **metrics})
+                if writer is not None:
+                    with writer.as_default(step=step):
+                        for name, value in metrics.items():
+                            tf.summary.scalar(name.replace("/", "_per_"), value)
+                        learning_rate = float(model.optimizer.learning_rate)
+                        tf.summary.scalar("learning_rate", learning_rate)
+                summaries.maybe_write(
+                    image_summaries, model, step, num_steps, step == train_steps, writer
+                )
+                progbar.update(step, [(k, v) for k, v in metrics.items()])
+                if step % checkpoint_every == 0 or step == train_steps:
+                    save()
+                # SIGTERM or SIGINT: save at this step and stop (every worker alike).
+                if step < train_steps:
+                    stop.check(step, save)
+    finally:
+        # Also when stopped by a signal (`preemption.TrainingInterrupted`).
+        _clean_up(writer, chief, worker_run)
     if chief:
         run.save_encoder(model.encoder)
-    elif tf.io.gfile.exists(worker_run.path):
-        tf.io.gfile.rmtree(worker_run.path)
     return model, history
+
+
+def _clean_up(writer, chief, worker_run):
+    """Flushes TensorBoard and deletes a non-chief worker's scratch directory."""
+    if writer is not None:
+        writer.flush()
+    if not chief and tf.io.gfile.exists(worker_run.path):
+        tf.io.gfile.rmtree(worker_run.path)
