@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -63,6 +64,18 @@ def test_other_exceptions_keep_their_traceback():
 
     with pytest.raises(KeyError):
         cli.report_user_errors(main, script_path=__file__)([])
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_status_130(capsys):
+    # E.g. while the data are read: nothing to checkpoint yet (the loop's own handler,
+    # tests/training/test_preemption.py, covers Ctrl-C during training).
+    def main(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.report_user_errors(main, script_path="/somewhere/pretrain.py")([])
+    assert exit_info.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "pretrain.py: interrupted.\n"
 
 
 def test_hint_commands_use_this_interpreter_and_can_be_pasted(monkeypatch):

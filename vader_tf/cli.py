@@ -46,6 +46,7 @@ USER_ERROR_TYPES = (ValueError, FileNotFoundError, FileExistsError, NotADirector
 
 # The exit status for usage errors (as argparse and absl use).
 USAGE_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,13 +66,19 @@ def _raised_here(error, script_path):
 
 
 def report_user_errors(main, script_path=None):
-    """Wraps an absl `main(argv)`: user errors exit with one line and status 2."""
+    """Wraps an absl `main(argv)`: user errors exit with one line and status 2, Ctrl-C
+    with one line and status 130."""
     script_path = os.path.abspath(script_path or sys.argv[0])
 
     @functools.wraps(main)
     def wrapped(argv):
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            # Ctrl-C outside the training loop (which checkpoints and exits 130 itself,
+            # `vader_tf.training.preemption`): nothing to save; one line, 128 + SIGINT.
+            print(f"{os.path.basename(script_path)}: interrupted.", file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT_CODE)
         except USER_ERROR_TYPES as error:
             if not _raised_here(error, script_path):
                 raise
