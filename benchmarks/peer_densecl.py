@@ -67,12 +67,13 @@ PEER = {
     "peer_densecl_one_direction": dict(symmetric=False),
     "peer_densecl_symmetric": dict(symmetric=True),
 }
-# Targets of issue 13: our one-direction VADeR step in bfloat16 against the peer's
-# one-direction step (in its faster precision), in images per second.
+# Targets of issue 22 (issue 13 asked 1.0 at ResNet-50): our one-direction VADeR step in
+# bfloat16 against the peer's one-direction step (in its faster precision), in images per
+# second.
 TARGET_STEP = "vader_one_direction/bfloat16"
 STAND_IN_STEP = "vader/bfloat16"
 TARGET_PEER = "peer_densecl_one_direction"
-TARGET_RATIOS = {"resnet18@96_batch32": 1.5, "resnet50@224_batch8": 1.0}
+TARGET_RATIOS = {"resnet18@96_batch32": 1.5, "resnet50@224_batch8": 1.5}
 
 
 def cases(quick):
