@@ -59,7 +59,6 @@ _FLOAT_RANGES = {
     "weight_decay": (0.0, math.inf, True),
     "sgd_momentum": (0.0, 1.0, True),
     "densecl_loss_weight": (0.0, 1.0, True),
-    "coarse_loss_weight": (0.0, 1.0, True),
 }
 
 
@@ -290,13 +289,10 @@ class PretrainConfig:
                 self.queue_points_per_image,
                 f"at most num_points={self.num_points}",
             )
-        weight = self.global_loss_weight
-        if not (math.isfinite(weight) and 0.0 <= weight < 1.0):
-            _invalid("global_loss_weight", weight, "in [0, 1)")
-        if self.global_level not in vader.GLOBAL_LEVELS:
-            _invalid("global_level", self.global_level, f"one of {', '.join(vader.GLOBAL_LEVELS)}")
-        if self.coarse_level is not None and self.coarse_level not in vader.COARSE_LEVELS:
-            _invalid("coarse_level", self.coarse_level, f"one of {', '.join(vader.COARSE_LEVELS)}")
+        vader.check_terms(
+            self.global_loss_weight, self.global_level, self.coarse_level,
+            self.coarse_loss_weight,
+        )
         if self.method != "vader":
             vader_only = (
                 ("global_loss_weight", 0.0), ("global_level", "P5"), ("coarse_level", None)

@@ -25,6 +25,8 @@ The extra heads are not part of the exported encoder. They train the backbone on
 an image-level term on the decoder (`global_level="decoder"`).
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -46,6 +48,23 @@ def _sample_unit(feature_map, points):
     """Bilinear samples at grid points, re-normalised to unit length, as `[B, P, D]`."""
     sampled = sample_points(tf.cast(feature_map, tf.float32), points)
     return tf.math.l2_normalize(sampled, axis=-1)
+
+
+def check_terms(global_loss_weight, global_level, coarse_level, coarse_loss_weight):
+    """Raises `ValueError` naming the first bad setting of the optional terms (the
+    `PretrainConfig` fields of the same names)."""
+    if not (math.isfinite(global_loss_weight) and 0.0 <= global_loss_weight < 1.0):
+        raise ValueError(f"global_loss_weight must be in [0, 1), got {global_loss_weight!r}.")
+    if global_level not in GLOBAL_LEVELS:
+        raise ValueError(
+            f"global_level must be one of {', '.join(GLOBAL_LEVELS)}, got {global_level!r}."
+        )
+    if coarse_level is not None and coarse_level not in COARSE_LEVELS:
+        raise ValueError(
+            f"coarse_level must be one of {', '.join(COARSE_LEVELS)}, got {coarse_level!r}."
+        )
+    if not (math.isfinite(coarse_loss_weight) and 0.0 <= coarse_loss_weight <= 1.0):
+        raise ValueError(f"coarse_loss_weight must be in [0.0, 1.0], got {coarse_loss_weight!r}.")
 
 
 def coarse_points(points, stride):
@@ -111,22 +130,7 @@ class VADeR(MomentumContrast):
         coarse_loss_weight=0.5,
         **kwargs,
     ):
-        if not 0.0 <= global_loss_weight < 1.0:
-            raise ValueError(
-                f"global_loss_weight must be in [0, 1), got {global_loss_weight!r}."
-            )
-        if global_level not in GLOBAL_LEVELS:
-            raise ValueError(
-                f"global_level must be one of {GLOBAL_LEVELS}, got {global_level!r}."
-            )
-        if coarse_level is not None and coarse_level not in COARSE_LEVELS:
-            raise ValueError(
-                f"coarse_level must be one of {COARSE_LEVELS} or None, got {coarse_level!r}."
-            )
-        if not 0.0 <= coarse_loss_weight <= 1.0:
-            raise ValueError(
-                f"coarse_loss_weight must be in [0, 1], got {coarse_loss_weight!r}."
-            )
+        check_terms(global_loss_weight, global_level, coarse_level, coarse_loss_weight)
         key_encoder = DenseEncoder.from_config({**encoder.get_config(), "name": "key_encoder"})
         kwargs.setdefault("name", "vader")
         self.has_global = global_loss_weight > 0
