@@ -5,7 +5,15 @@ import dataclasses
 import pytest
 from absl import flags
 
-from vader_tf.config_flags import define_flags, from_flags, inherited_option, option, to_argv
+from vader_tf.config_flags import (
+    define_flags,
+    from_flags,
+    inherited_option,
+    option,
+    section_fields,
+    to_argv,
+)
+from vader_tf.training import pretrain
 from vader_tf.training.pretrain import PretrainConfig
 
 
@@ -67,6 +75,35 @@ def test_every_pretrain_field_has_help_and_a_flag():
         assert values[field.name].default == field.default
     values(["prog"])
     assert from_flags(PretrainConfig, values) == PretrainConfig()
+
+
+def test_section_fields_in_declaration_order():
+    @dataclasses.dataclass
+    class Sectioned:
+        b: int = option(1, "B.", section="one")
+        a: int = option(2, "A.", section="two")
+        c: int = option(3, "C.", section="one")
+        d: int = option(4, "D.")
+
+    assert section_fields(Sectioned, "one") == ("b", "c")
+    assert section_fields(Sectioned, "two") == ("a",)
+    assert section_fields(Sectioned, "three") == ()
+
+
+def test_every_pretrain_field_is_in_one_section_and_runtime_is_what_may_resume():
+    sections = {
+        field.name: field.metadata.get("section") for field in dataclasses.fields(PretrainConfig)
+    }
+    unsectioned = [name for name, section in sections.items() if section not in pretrain.SECTIONS]
+    assert not unsectioned, f"PretrainConfig fields outside {pretrain.SECTIONS}: {unsectioned}"
+    # Written out, not derived: moving a field that shapes the model, its optimiser state
+    # or the data stream into `runtime` would let a resumed run silently change it.
+    assert set(pretrain.RESUMABLE_FIELDS) == {
+        "model_dir", "train_steps", "checkpoint_every", "log_every", "keep_checkpoints",
+        "verbose", "strategy", "num_cpu_devices", "deterministic", "cache_decoded_mb",
+        "image_summary_every", "jit_compile",
+    }
+    assert pretrain.RESUMABLE_FIELDS == section_fields(PretrainConfig, "runtime")
 
 
 def test_an_inherited_option_has_the_help_and_default_of_its_source():

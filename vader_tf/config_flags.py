@@ -14,11 +14,23 @@ import typing
 from absl import flags
 
 HELP = "help"
+SECTION = "section"
 
 
-def option(default, help, **kwargs):
-    """A dataclass field with its flag help text (tuples default by value, immutably)."""
-    return dataclasses.field(default=default, metadata={HELP: help}, **kwargs)
+def option(default, help, section=None, **kwargs):
+    """A dataclass field with its flag help text (tuples default by value, immutably) and,
+    optionally, the name of the config section it belongs to (`section_fields`)."""
+    return dataclasses.field(default=default, metadata={HELP: help, SECTION: section}, **kwargs)
+
+
+def section_fields(config_class, section):
+    """Names of the fields of `config_class` declared with `option(..., section=section)`,
+    in declaration order."""
+    return tuple(
+        field.name
+        for field in dataclasses.fields(config_class)
+        if field.metadata.get(SECTION) == section
+    )
 
 
 def inherited_option(config_class, name, default=dataclasses.MISSING, note=""):

@@ -59,7 +59,7 @@ def test_resume_with_other_model_settings_is_refused_naming_each_field(run_copy)
         pretrain(changed)
     message = str(raised.value)
     assert "\n" not in message
-    assert "this run was made with method=vader, backbone=resnet18, symmetric_loss=True " in message
+    assert "this run was made with backbone=resnet18, method=vader, symmetric_loss=True " in message
     assert "train_steps" in message  # Named among what may change.
     assert _snapshot(model_dir) == before
 

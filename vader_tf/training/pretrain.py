@@ -5,6 +5,7 @@
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import keras
@@ -15,7 +16,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_config
 
 from vader_tf import storage
-from vader_tf.config_flags import option
+from vader_tf.config_flags import option, section_fields
 from vader_tf.data import decoding, pipeline, sources, views
 from vader_tf.models.backbone import BACKBONES
 from vader_tf.models.encoder import INPUT_MULTIPLE, build_encoder
@@ -62,23 +63,13 @@ _FLOAT_RANGES = {
 }
 
 
-# Fields a resumed run may change: how long it runs, how it logs and checkpoints, and
-# where it runs (checkpoints do not depend on the strategy), and whether decoded images
-# are cached (the stream is bitwise the same). Every other field shapes the
-# model, its optimiser state or the data stream, so it must match the stored run.
-RESUMABLE_FIELDS = (
-    "model_dir",
-    "train_steps",
-    "checkpoint_every",
-    "log_every",
-    "keep_checkpoints",
-    "verbose",
-    "strategy",
-    "num_cpu_devices",
-    "deterministic",
-    "cache_decoded_mb",
-    "image_summary_every",
-    "jit_compile",
+# The sections of `PretrainConfig` (Model Garden's layout, flat flags): every field
+# belongs to one. `runtime` holds exactly the fields a resumed run may change; every other
+# field shapes the model, its optimiser state or the data stream, so it must match the
+# stored run.
+SECTIONS = ("data", "model", "method", "optimizer", "runtime")
+_data, _model, _method, _optimizer, _runtime = (
+    functools.partial(option, section=name) for name in SECTIONS
 )
 
 
@@ -103,156 +94,162 @@ class PretrainConfig:
     Each field is a flag of `experiments/pretrain.py` with the help text given here.
     """
 
-    model_dir: str = option(
-        "runs/vader_samples", "Run directory: checkpoints, TensorBoard logs, configs."
-    )
-    data: str = option(
+    # Data: what is read and how the two views are made.
+    data: str = _data(
         "samples",
         "Images: 'samples' (scikit-image's photos), 'folder:PATH' or "
         "'tfds:NAME[:SPLIT]'.",
     )
-    method: str = option(
-        "vader",
-        "'vader' (pixel-level), 'moco' (image-level MoCo v2 baseline), 'densecl' (DenseCL: "
-        "global + dense terms) or another method registered with "
-        "vader_tf.training.methods.register_method.",
-    )
-    # Model.
-    backbone: str = option(
-        "resnet18",
-        "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50).",
-    )
-    backbone_preset: str | None = option(
-        None,
-        "keras-hub preset name or local preset dir of a FeaturePyramidBackbone with P2..P5 "
-        "(needs internet for names).",
-    )
-    init_weights: str | None = option(
-        None, "Backbone weights (*.weights.h5), e.g. from export/convert_torch_weights.py."
-    )
-    decoder_channels: int = option(128, "Width of the FPN decoder and the projection head.")
-    embedding_dim: int = option(128, "Channels of the output embedding.")
-    # Data and views.
-    image_size: int = option(96, "Side of each square view, a multiple of 32.")
-    batch_size: int = option(16, "Global batch size (image pairs per step over all replicas).")
-    num_points: int = option(64, "Matched points per image pair (VADeR).")
-    min_crop_scale: float = option(0.2, "Smallest random-resized-crop area fraction.")
-    color_jitter: float = option(
+    image_size: int = _data(96, "Side of each square view, a multiple of 32.")
+    batch_size: int = _data(16, "Global batch size (image pairs per step over all replicas).")
+    min_crop_scale: float = _data(0.2, "Smallest random-resized-crop area fraction.")
+    color_jitter: float = _data(
         0.4, "Colour jitter strength (brightness/contrast/saturation; hue is a quarter); 0 = off."
     )
-    grayscale_prob: float = option(0.2, "Probability of converting a view to grayscale.")
-    blur_prob: float = option(0.5, "Probability of Gaussian blur.")
-    flip_prob: float = option(0.5, "Probability of a horizontal flip.")
-    min_overlap: float = option(
+    grayscale_prob: float = _data(0.2, "Probability of converting a view to grayscale.")
+    blur_prob: float = _data(0.5, "Probability of Gaussian blur.")
+    flip_prob: float = _data(0.5, "Probability of a horizontal flip.")
+    min_overlap: float = _data(
         0.1,
         "Smallest accepted crop overlap (VADeR only; MoCo and DenseCL draw independent "
         "crops as MoCo v2).",
     )
-    max_image_pixels: int = option(
+    max_image_pixels: int = _data(
         decoding.DEFAULT_MAX_IMAGE_PIXELS,
         "Skip (and count) images of more pixels than this (default 8192 x 8192), from their "
         "header, before decoding; images with a side below image_size/4 are skipped too.",
     )
-    # The stream is bitwise the same with and without the cache.
-    cache_decoded_mb: int = option(
-        512,
-        "Serve a source whose decoded images fit in this many MB from memory (samples, "
-        "folders; never TFRecord streams); 0 = off.",
+    seed: int = _data(0, "Seed of data order, augmentation, queue init and BN shuffles.")
+
+    # Model: the encoder and the precision it trains in.
+    backbone: str = _model(
+        "resnet18",
+        "resnet18, resnet34, resnet50, resnet101 or csp_resnet50 (timm's CSPResNet-50).",
     )
-    # Method.
-    queue_size: int = option(4096, "Negatives kept in the queue (K; each of DenseCL's two).")
-    queue_points_per_image: int = option(16, "Key pixels per image enqueued each step (VADeR).")
-    temperature: float = option(0.2, "InfoNCE temperature.")
-    densecl_loss_weight: float = option(
-        0.5, "DenseCL: weight lambda of the dense term; the global term gets 1 - lambda."
-    )
-    # VADeR's optional terms (vader_tf/training/vader.py); off by default.
-    global_loss_weight: float = option(
-        0.0,
-        "VADeR: weight lambda of an image-level MoCo term on pooled C5 (own head and "
-        "queue); the loss is (1 - lambda) * dense + lambda * global; 0 = off.",
-    )
-    global_queue_size: int = option(
-        256, "VADeR's image-level term: images in its queue (keep it below the data's size)."
-    )
-    global_level: str = option(
-        "P5",
-        "VADeR's image-level term pools P5 (C5, as MoCo v2) or decoder (the served FPN "
-        "output, so the term trains the decoder too).",
-    )
-    coarse_level: str | None = option(
+    backbone_preset: str | None = _model(
         None,
-        "VADeR: also contrast the matched points on this backbone level (P3, P4 or P5), "
-        "through its own head and queue; default: off.",
+        "keras-hub preset name or local preset dir of a FeaturePyramidBackbone with P2..P5 "
+        "(needs internet for names).",
     )
-    coarse_loss_weight: float = option(
-        0.5, "VADeR: the coarse level's share w of the dense loss (stride 4 gets 1 - w)."
+    init_weights: str | None = _model(
+        None, "Backbone weights (*.weights.h5), e.g. from export/convert_torch_weights.py."
     )
-    ema_momentum: float = option(0.99, "Momentum of the key network's EMA.")
-    momentum_schedule: str = option(
-        "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
-    )
-    bn_groups: int = option(2, "BN groups per replica for the shuffle-BN guard (1 = off).")
-    shuffle_bn: bool = option(True, "Shuffle images across BN groups for the key network.")
-    # The default stays symmetric: no quality measurement yet shows the cheaper step
-    # reaches the same features per image seen (docs/training.md). Changes the model's
-    # training, so a resumed run must keep it.
-    symmetric_loss: bool = option(
-        True,
-        "Loss both ways per pair (default); false = MoCo v2/DenseCL's one direction "
-        "(queries of view 1, keys of view 2), half the backbone work per pair.",
-    )
-    # Optimisation.
-    train_steps: int = option(150, "Total optimiser steps.")
-    base_learning_rate: float = option(
-        0.5, "SGD learning rate for a batch of reference_batch_size."
-    )
-    reference_batch_size: int = option(
-        256, "Batch size at which base_learning_rate applies (linear scaling)."
-    )
-    warmup_steps: int = option(0, "Linear warm-up steps before the cosine decay.")
-    # Coupled L2 (PyTorch SGD: g += wd * w before momentum) on all parameters, BN and
-    # biases included, exactly as MoCo v2 and DenseCL apply their 1e-4.
-    weight_decay: float = option(
-        1e-4,
-        "L2 weight decay added to the gradient before momentum (PyTorch SGD, as MoCo v2: "
-        "1e-4), on all parameters incl. BN and biases.",
-    )
-    sgd_momentum: float = option(0.9, "SGD momentum.")
-    mixed_precision: str = option(
+    decoder_channels: int = _model(128, "Width of the FPN decoder and the projection head.")
+    embedding_dim: int = _model(128, "Channels of the output embedding.")
+    mixed_precision: str = _model(
         "auto",
         "'auto' (default): bfloat16 where the hardware computes it natively "
         "(AVX512-BF16/AMX CPU, GPU of compute capability >= 8.0, TPU), float16 with loss "
         "scaling on GPUs of compute capability 7.x (V100, T4), float32 elsewhere; "
         "'none' (float32), 'mixed_float16' (GPU) or 'mixed_bfloat16'.",
     )
-    # Running.
-    strategy: str = option(
-        "auto", "'auto', 'default', 'mirrored' or 'multi_worker' (from TF_CONFIG)."
+
+    # Method: the loss, its queues and the key network.
+    method: str = _method(
+        "vader",
+        "'vader' (pixel-level), 'moco' (image-level MoCo v2 baseline), 'densecl' (DenseCL: "
+        "global + dense terms) or another method registered with "
+        "vader_tf.training.methods.register_method.",
     )
-    num_cpu_devices: int = option(
-        1, "Split the CPU into this many logical devices (multi-replica without GPUs)."
+    num_points: int = _method(64, "Matched points per image pair (VADeR).")
+    queue_size: int = _method(4096, "Negatives kept in the queue (K; each of DenseCL's two).")
+    queue_points_per_image: int = _method(16, "Key pixels per image enqueued each step (VADeR).")
+    temperature: float = _method(0.2, "InfoNCE temperature.")
+    densecl_loss_weight: float = _method(
+        0.5, "DenseCL: weight lambda of the dense term; the global term gets 1 - lambda."
     )
-    checkpoint_every: int = option(50, "Steps between checkpoints.")
-    log_every: int = option(10, "Steps between metric reads (one compiled loop call).")
-    image_summary_every: int | None = option(
+    # VADeR's optional terms (vader_tf/training/vader.py); off by default.
+    global_loss_weight: float = _method(
+        0.0,
+        "VADeR: weight lambda of an image-level MoCo term on pooled C5 (own head and "
+        "queue); the loss is (1 - lambda) * dense + lambda * global; 0 = off.",
+    )
+    global_queue_size: int = _method(
+        256, "VADeR's image-level term: images in its queue (keep it below the data's size)."
+    )
+    global_level: str = _method(
+        "P5",
+        "VADeR's image-level term pools P5 (C5, as MoCo v2) or decoder (the served FPN "
+        "output, so the term trains the decoder too).",
+    )
+    coarse_level: str | None = _method(
+        None,
+        "VADeR: also contrast the matched points on this backbone level (P3, P4 or P5), "
+        "through its own head and queue; default: off.",
+    )
+    coarse_loss_weight: float = _method(
+        0.5, "VADeR: the coarse level's share w of the dense loss (stride 4 gets 1 - w)."
+    )
+    ema_momentum: float = _method(0.99, "Momentum of the key network's EMA.")
+    momentum_schedule: str = _method(
+        "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
+    )
+    bn_groups: int = _method(2, "BN groups per replica for the shuffle-BN guard (1 = off).")
+    shuffle_bn: bool = _method(True, "Shuffle images across BN groups for the key network.")
+    # The default stays symmetric: no quality measurement yet shows the cheaper step
+    # reaches the same features per image seen (docs/training.md). Changes the model's
+    # training, so a resumed run must keep it.
+    symmetric_loss: bool = _method(
+        True,
+        "Loss both ways per pair (default); false = MoCo v2/DenseCL's one direction "
+        "(queries of view 1, keys of view 2), half the backbone work per pair.",
+    )
+
+    # Optimizer.
+    base_learning_rate: float = _optimizer(
+        0.5, "SGD learning rate for a batch of reference_batch_size."
+    )
+    reference_batch_size: int = _optimizer(
+        256, "Batch size at which base_learning_rate applies (linear scaling)."
+    )
+    warmup_steps: int = _optimizer(0, "Linear warm-up steps before the cosine decay.")
+    # Coupled L2 (PyTorch SGD: g += wd * w before momentum) on all parameters, BN and
+    # biases included, exactly as MoCo v2 and DenseCL apply their 1e-4.
+    weight_decay: float = _optimizer(
+        1e-4,
+        "L2 weight decay added to the gradient before momentum (PyTorch SGD, as MoCo v2: "
+        "1e-4), on all parameters incl. BN and biases.",
+    )
+    sgd_momentum: float = _optimizer(0.9, "SGD momentum.")
+
+    # Runtime: where, how long and how visibly the run goes; the fields a resumed run may
+    # change (checkpoints depend on none of them; the data stream is bitwise the same with
+    # and without the decoded-image cache).
+    model_dir: str = _runtime(
+        "runs/vader_samples", "Run directory: checkpoints, TensorBoard logs, configs."
+    )
+    train_steps: int = _runtime(150, "Total optimiser steps.")
+    checkpoint_every: int = _runtime(50, "Steps between checkpoints.")
+    log_every: int = _runtime(10, "Steps between metric reads (one compiled loop call).")
+    image_summary_every: int | None = _runtime(
         None,
         "Steps between TensorBoard pictures of the features (2 photos of --data: photo, "
         "PCA colours, similarity map; similarity histograms); default: checkpoint_every; "
         "0 = off.",
     )
-    keep_checkpoints: int = option(3, "Checkpoints kept.")
-    seed: int = option(0, "Seed of data order, augmentation, queue init and BN shuffles.")
-    deterministic: bool = option(False, "Enable TensorFlow op determinism (slower).")
+    keep_checkpoints: int = _runtime(3, "Checkpoints kept.")
+    # The stream is bitwise the same with and without the cache.
+    cache_decoded_mb: int = _runtime(
+        512,
+        "Serve a source whose decoded images fit in this many MB from memory (samples, "
+        "folders; never TFRecord streams); 0 = off.",
+    )
+    strategy: str = _runtime(
+        "auto", "'auto', 'default', 'mirrored' or 'multi_worker' (from TF_CONFIG)."
+    )
+    num_cpu_devices: int = _runtime(
+        1, "Split the CPU into this many logical devices (multi-replica without GPUs)."
+    )
+    deterministic: bool = _runtime(False, "Enable TensorFlow op determinism (slower).")
     # Off by default: on this project's CPUs the XLA step is 1.31x slower than the default
     # graph, whose convolutions run on oneDNN (benchmarks/results/xla.json). Same model and
     # state (only round-off and the BN shuffles drawn differ), so a resumed run may change it.
-    jit_compile: bool = option(
+    jit_compile: bool = _runtime(
         False,
         "Compile the train step with XLA (tf.function(jit_compile=True)), one replica only: "
         "may pay on a GPU; measure first with `python -m benchmarks.xla`.",
     )
-    verbose: int = option(1, "1 shows a progress bar.")
+    verbose: int = _runtime(1, "1 shows a progress bar.")
 
     def validate(self):
         """Checks every field; raises `ValueError` naming the first bad one (its flag).
@@ -351,6 +348,10 @@ class PretrainConfig:
     def learning_rate(self):
         """Peak learning rate: linear scaling of the base rate with the global batch."""
         return self.base_learning_rate * self.batch_size / self.reference_batch_size
+
+
+# Fields a resumed run may change: the runtime section.
+RESUMABLE_FIELDS = section_fields(PretrainConfig, "runtime")
 
 
 def view_config(config):
