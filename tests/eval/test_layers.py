@@ -50,6 +50,27 @@ def test_backbone_tap_is_the_resized_normalised_level():
 def test_unknown_layer_is_rejected():
     with pytest.raises(ValueError, match="Unknown layer 'C4'"):
         load_feature_extractor("random:resnet18", layer="C4")
+    for layer in ("decoder+C4", "P4+P4", "decoder+"):
+        with pytest.raises(ValueError, match="Unknown layer"):
+            load_feature_extractor("random:resnet18", layer=layer)
+
+
+def test_a_joined_tap_averages_its_parts_similarities():
+    parts = [
+        load_feature_extractor("random:resnet18", seed=3, layer=layer)(IMAGES).numpy()
+        for layer in ("decoder", "P4")
+    ]
+    joined = load_feature_extractor("random:resnet18", seed=3, layer="decoder+P4")(IMAGES)
+    joined = joined.numpy()
+    assert joined.shape == (2, 10, 18, 128 + 256)
+    np.testing.assert_allclose(np.linalg.norm(joined, axis=-1), 1.0, atol=1e-4)
+    # Cosine similarity of every pair of cells: the mean of the two parts' similarities.
+    def similarities(features):
+        flat = features.reshape(-1, features.shape[-1])
+        return flat @ flat.T
+
+    expected = (similarities(parts[0]) + similarities(parts[1])) / 2
+    np.testing.assert_allclose(similarities(joined), expected, atol=1e-4)
 
 
 def test_saved_model_taps_match_keras(tmp_path):
@@ -60,7 +81,7 @@ def test_saved_model_taps_match_keras(tmp_path):
     export_base = str(tmp_path / "export")
     export_saved_model(encoder, export_base, sample_size=64, num_sample_images=1)
     images = np.round(IMAGES)
-    for layer in LAYERS:
+    for layer in (*LAYERS, "decoder+P4"):
         from_export = load_feature_extractor(export_base, layer=layer)(images).numpy()
         from_keras = load_feature_extractor(keras_path, layer=layer)(images).numpy()
         np.testing.assert_allclose(from_export, from_keras, atol=1e-4, err_msg=layer)

@@ -17,7 +17,9 @@ L2-normalised), `"embedding"` (the projection head's output, the training embedd
 encoder of this version `"features"` and `"decoder"` are the same map. Backbone levels are
 resized bilinearly to the stride-4 grid with `vader_tf.ops.grid.resize_grid` (as the
 decoder does, so cell centres stay put), and every tap is L2-normalised per pixel, so
-every tap is a stride-4 map of unit vectors. Tapping the backbone makes frozen evaluation
+every tap is a stride-4 map of unit vectors. Taps joined by `+` (e.g. `"decoder+P4"`)
+are concatenated and scaled back to unit norm (`combine_taps`): a dot product of two
+cells is then the mean of the parts' cosine similarities. Tapping the backbone makes frozen evaluation
 fair to encoders whose decoder and head were never trained (a MoCo run, a random
 encoder). SavedModels are read by output name through the signature
 `vader_tf.serving_contract.output_source` names for their contract version: an export of
@@ -60,13 +62,38 @@ LAYERS = PYRAMID_OUTPUTS
 LAYER_HELP = (
     "Encoder output to evaluate: features (the served representation: the decoder output "
     "for this version's encoders and exports), embedding (the projection head's training "
-    "embedding), decoder, or a backbone level P2..P5."
+    "embedding), decoder, or a backbone level P2..P5; or several joined by '+' (e.g. "
+    "decoder+P4: each unit-normalised, concatenated, scaled to unit norm)."
 )
 
 
+# Joins the outputs of a combined tap, e.g. "decoder+P4".
+COMBINE = "+"
+
+
+def layer_parts(layer):
+    """The outputs a tap reads: `(layer,)` for one of `LAYERS`, or each part of a
+    combined tap `"A+B..."` (distinct outputs of `LAYERS`)."""
+    parts = tuple(layer.split(COMBINE))
+    if any(part not in LAYERS for part in parts) or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"Unknown layer {layer!r}; expected one of {LAYERS}, or distinct ones joined "
+            f"by {COMBINE!r} (e.g. 'decoder{COMBINE}P4')."
+        )
+    return parts
+
+
 def check_layer(layer):
-    if layer not in LAYERS:
-        raise ValueError(f"Unknown layer {layer!r}; expected one of {LAYERS}.")
+    layer_parts(layer)
+
+
+def combine_taps(taps):
+    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map: concatenated
+    and scaled by 1/sqrt(k), so a dot product of two cells is the mean of the parts' cosine
+    similarities."""
+    if len(taps) == 1:
+        return taps[0]
+    return tf.concat(taps, axis=-1) / math.sqrt(len(taps))
 
 
 def tap_to_grid(tapped, images, layer):
@@ -137,25 +164,31 @@ class FeatureExtractor:
         return np.concatenate(batches, axis=0)
 
 
+def _keras_output(encoder, layer):
+    if layer == FEATURES_LAYER:
+        return encoder.representations[SERVED_REPRESENTATION]
+    if layer in REPRESENTATIONS and layer != DECODER:
+        return encoder.representations[layer]
+    return encoder.pyramid_outputs[layer]
+
+
 def _keras_forward(encoder, layer=FEATURES_LAYER):
     encoder.trainable = False
-    if layer == FEATURES_LAYER:
-        tapped = encoder.representations[SERVED_REPRESENTATION]
-    elif layer in REPRESENTATIONS and layer != DECODER:
-        tapped = encoder.representations[layer]
-    else:
-        tapped = encoder.pyramid_outputs[layer]
-    encoder = keras.Model(encoder.input, tapped)
+    parts = layer_parts(layer)
+    encoder = keras.Model(encoder.input, [_keras_output(encoder, part) for part in parts])
 
     @tf.function(reduce_retracing=True)
     def forward(images):
-        return tap_to_grid(encoder(images, training=False), images, layer)
+        tapped = tf.nest.flatten(encoder(images, training=False))
+        return combine_taps(
+            [tap_to_grid(out, images, part) for out, part in zip(tapped, parts)]
+        )
 
     return forward
 
 
-def _saved_model_forward(path, layer=FEATURES_LAYER):
-    loaded = tf.saved_model.load(path)
+def _saved_model_source(loaded, path, layer):
+    """The signature and output name that serve `layer` (one of `LAYERS`)."""
     name, output = output_source(layer, contract_version(read_metadata(path)))
     if name not in loaded.signatures:
         raise ValueError(
@@ -168,11 +201,22 @@ def _saved_model_forward(path, layer=FEATURES_LAYER):
             f"SavedModel at {path!r}: signature {name!r} has no output {output!r} "
             f"(it has {sorted(signature.structured_outputs)})."
         )
+    return signature, output
+
+
+def _saved_model_forward(path, layer=FEATURES_LAYER):
+    loaded = tf.saved_model.load(path)
+    parts = layer_parts(layer)
+    sources = [_saved_model_source(loaded, path, part) for part in parts]
 
     def forward(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), INPUT_DTYPE)
-        tapped = signature(**{IMAGES_INPUT: pixels})[output]
-        return tf.cast(tap_to_grid(tapped, images, layer), tf.float32)
+        return combine_taps(
+            [
+                tap_to_grid(signature(**{IMAGES_INPUT: pixels})[output], images, part)
+                for (signature, output), part in zip(sources, parts)
+            ]
+        )
 
     forward.saved_model = loaded  # Keeps the loaded object alive with the signature.
     return forward

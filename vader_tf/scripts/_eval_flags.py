@@ -12,7 +12,13 @@ from absl import flags
 
 from vader_tf import storage
 from vader_tf.config_flags import from_flags
-from vader_tf.eval.encoders import FEATURES_LAYER, LAYER_HELP, LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import (
+    FEATURES_LAYER,
+    LAYER_HELP,
+    LAYERS,
+    check_layer,
+    load_feature_extractor,
+)
 from vader_tf.eval.reporting import script_flags, write_results
 
 # Flags defined below are attributed to the caller's module (see the module docstring).
@@ -23,12 +29,23 @@ FLAGS = flags.FLAGS
 ENCODER_HELP = "Run dir, .keras file, SavedModel dir or random:<backbone>."
 
 
+def _valid_layer(layer):
+    try:
+        check_layer(layer)
+    except ValueError:
+        return False
+    return True
+
+
 def define_encoder_flags(encoder_help=ENCODER_HELP, layer=True):
     """`--encoder` (no default) and, with `layer`, `--layer`: the encoder output to
     evaluate (`vader_tf.eval.encoders.LAYERS`)."""
     flags.DEFINE_string("encoder", None, encoder_help)
     if layer:
-        flags.DEFINE_enum("layer", FEATURES_LAYER, LAYERS, LAYER_HELP)
+        flags.DEFINE_string("layer", FEATURES_LAYER, LAYER_HELP)
+        flags.register_validator(
+            "layer", _valid_layer, message=f"--layer must be one of {LAYERS} or some joined by '+'."
+        )
 
 
 def define_output_flag():

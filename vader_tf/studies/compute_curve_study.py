@@ -40,7 +40,6 @@ import tensorflow as tf
 
 from vader_tf import storage
 from vader_tf.config_flags import inherited_option, option
-from vader_tf.eval.encoders import LAYERS
 from vader_tf.studies import small_study
 from vader_tf.training.pretrain import PretrainConfig
 
@@ -83,11 +82,7 @@ class CurveConfig(small_study.VariantsConfig):
     )
     methods: tuple[str, ...] = option(tuple(METHODS), f"Methods, from {tuple(METHODS)}.")
     seeds: tuple[int, ...] = option((0,), "Seeds of every point.")
-    layers: tuple[str, ...] = option(
-        CURVE_LAYERS,
-        f"Taps evaluated, from {LAYERS} (`decoder` = the served `features` since serving "
-        "contract 2).",
-    )
+    layers: tuple[str, ...] = option(CURVE_LAYERS, small_study.TAPS_HELP)
     mixed_precision: str = inherited_option(
         PretrainConfig, "mixed_precision", note="(The study pins float32; this harness does not.)"
     )

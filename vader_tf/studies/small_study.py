@@ -45,7 +45,7 @@ from vader_tf.data.segmentation import load_image, load_segmentation_split, resi
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images, load_images
 from vader_tf.eval.davis import evaluate_davis, list_sequences
-from vader_tf.eval.encoders import LAYERS, load_feature_extractor
+from vader_tf.eval.encoders import COMBINE, LAYERS, check_layer, load_feature_extractor
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.protocols import CamVidProbeProtocol, CorrespondenceProtocol, DavisProtocol
 from vader_tf.eval.reporting import same_protocol, write_results
@@ -78,6 +78,10 @@ EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
 # its meaning changed with the contract version (`check_tap`).
 SERVED_TAP = "decoder"
 STUDY_LAYERS = ("embedding", SERVED_TAP, "P4")
+TAPS_HELP = (
+    f"Taps evaluated, from {LAYERS} or several joined by {COMBINE!r} (`decoder` = the served "
+    "`features` since serving contract 2)."
+)
 # The tap of the PCA pictures.
 PCA_LAYER = "embedding"
 # The study's budget: `PretrainConfig` fields that are flags of the study too (declared by
@@ -157,11 +161,7 @@ class StudyConfig:
         600, "Paper's setting: VADeR and MoCo continue this many steps from MoCo (0 = off)."
     )
     # Evaluation.
-    layers: tuple[str, ...] = option(
-        STUDY_LAYERS,
-        f"Taps evaluated for every encoder, from {LAYERS} (`decoder` = the served "
-        "`features` since serving contract 2).",
-    )
+    layers: tuple[str, ...] = option(STUDY_LAYERS, TAPS_HELP)
     probe_image_size: int = option(CamVidProbeProtocol.image_size, "CamVid short side.")
     probe_steps: int = option(1000, "Linear-probe optimisation steps.")
     probe_limit: int | None = option(None, "Use only the first N CamVid frames of each split.")
@@ -178,9 +178,11 @@ class StudyConfig:
     verbose: int = inherited_option(PretrainConfig, "verbose")
 
     def validate(self):
-        unknown = set(self.layers) - set(LAYERS)
-        if unknown:
-            raise ValueError(f"Unknown --layers {sorted(unknown)}; expected some of {LAYERS}.")
+        for layer in self.layers:
+            try:
+                check_layer(layer)
+            except ValueError as error:
+                raise ValueError(f"--layers: {error}") from None
         if not self.seeds:
             raise ValueError("--seeds must name at least one seed.")
         for name in ("train_steps", "batch_size", "image_size", "probe_steps"):

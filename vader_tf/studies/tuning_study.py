@@ -25,7 +25,6 @@ import keras
 
 from vader_tf import storage
 from vader_tf.config_flags import option
-from vader_tf.eval.encoders import LAYERS
 from vader_tf.studies import small_study
 
 # Variant name -> the `PretrainConfig` fields it changes from the study's VADeR run
@@ -69,11 +68,7 @@ class TuningConfig(small_study.VariantsConfig):
     )
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
     seeds: tuple[int, ...] = option((0,), "Seeds of every variant.")
-    layers: tuple[str, ...] = option(
-        (small_study.SERVED_TAP,),
-        f"Taps evaluated, from {LAYERS} (`decoder` = the served `features` since serving "
-        "contract 2).",
-    )
+    layers: tuple[str, ...] = option((small_study.SERVED_TAP,), small_study.TAPS_HELP)
     davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
 
