@@ -185,6 +185,16 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     )
     assert "| 2 | CamVid val mIoU | 0.250 | n/a | `decoder` 0.375 | -0.125 |" in table
 
+    # A tap evaluated later (here only for MoCo) joins the curve, and the best-tap margin.
+    (tmp_path / "seed0" / "linear_probe_moco_4_decoder+P4.json").write_text(json.dumps({
+        "evaluation": "linear_probe", "config": {"layer": "decoder+P4"},
+        "metrics": {"mean_iou": 0.5}, "training": bfloat16,
+    }))
+    curve = compute_curve_study.write_outputs(config, ["second"])
+    assert curve["curves"]["moco"]["decoder+P4"] == {"4": {"seeds": [0], "mIoU": [0.5]}}
+    table = (tmp_path / "compute_curve.md").read_text()
+    assert "| 4 | CamVid val mIoU | 0.625 | `decoder+P4` 0.500 | `decoder` 0.375 | +0.125 |" in table
+
     write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))
     with pytest.raises(ValueError, match=r"different precision.*seed1/linear_probe_moco_4"):
         compute_curve_study.write_outputs(config, ["third"])

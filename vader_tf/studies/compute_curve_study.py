@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from vader_tf import storage
 from vader_tf.config_flags import inherited_option, option
+from vader_tf.eval.encoders import check_layer
 from vader_tf.studies import small_study
 from vader_tf.training.pretrain import PretrainConfig
 
@@ -194,17 +195,36 @@ def found_runs(results_dir):
     return {key: sorted(seeds) for key, seeds in sorted(runs.items())}
 
 
+def found_layers(seed_results, name):
+    """The taps of encoder `name` with a result JSON in `seed_results` (sorted)."""
+    layers = set()
+    for evaluation in small_study.EVALUATIONS:
+        prefix = f"{evaluation}_{name}_"
+        for path in tf.io.gfile.glob(os.path.join(seed_results, prefix + "*.json")):
+            layer = os.path.basename(path)[len(prefix) : -len(".json")]
+            try:
+                check_layer(layer)
+            except ValueError:
+                continue  # Another encoder's name extends this one's.
+            layers.add(layer)
+    return sorted(layers)
+
+
 def curves(config):
     """`({method: {layer: {steps: {"seeds": [...], column: [value per seed]}}}}, training
-    record)` from the result JSONs in `config.results_dir`; refuses runs of different
-    precision or direction (`small_study.check_same_training`)."""
+    record)` from the result JSONs in `config.results_dir`, for `config.layers` and every
+    other tap evaluated there (a tap added later with `--layers` joins the curve); refuses
+    runs of different precision or direction (`small_study.check_same_training`)."""
     study = config.study()
     trainings = {}
     points = {}
     for (method, steps), seeds in found_runs(config.results_dir).items():
         name = RANDOM if method == RANDOM else config.run_name(method, steps)
         for seed in seeds:
-            table = small_study.collect(study.seed_results(seed), [name], config.layers, trainings)
+            layers = dict.fromkeys(
+                (*config.layers, *found_layers(study.seed_results(seed), name))
+            )
+            table = small_study.collect(study.seed_results(seed), [name], layers, trainings)
             for (_, layer), row in table.items():
                 point = points.setdefault(method, {}).setdefault(layer, {}).setdefault(
                     str(steps), {"seeds": []}
