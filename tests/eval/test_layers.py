@@ -50,7 +50,7 @@ def test_backbone_tap_is_the_resized_normalised_level():
 def test_unknown_layer_is_rejected():
     with pytest.raises(ValueError, match="Unknown layer 'C4'"):
         load_feature_extractor("random:resnet18", layer="C4")
-    for layer in ("decoder+C4", "P4+P4", "decoder+"):
+    for layer in ("decoder+C4", "P4+P4", "decoder+", "decoder+P4@0", "decoder+P4@x", "P4+P4@2"):
         with pytest.raises(ValueError, match="Unknown layer"):
             load_feature_extractor("random:resnet18", layer=layer)
 
@@ -71,6 +71,9 @@ def test_a_joined_tap_averages_its_parts_similarities():
 
     expected = (similarities(parts[0]) + similarities(parts[1])) / 2
     np.testing.assert_allclose(similarities(joined), expected, atol=1e-4)
+    weighted = load_feature_extractor("random:resnet18", seed=3, layer="decoder+P4@0.25")
+    expected = (similarities(parts[0]) + 0.25 * similarities(parts[1])) / 1.25
+    np.testing.assert_allclose(similarities(weighted(IMAGES).numpy()), expected, atol=1e-4)
 
 
 def test_saved_model_taps_match_keras(tmp_path):
@@ -81,7 +84,7 @@ def test_saved_model_taps_match_keras(tmp_path):
     export_base = str(tmp_path / "export")
     export_saved_model(encoder, export_base, sample_size=64, num_sample_images=1)
     images = np.round(IMAGES)
-    for layer in (*LAYERS, "decoder+P4"):
+    for layer in (*LAYERS, "decoder+P4@0.5"):
         from_export = load_feature_extractor(export_base, layer=layer)(images).numpy()
         from_keras = load_feature_extractor(keras_path, layer=layer)(images).numpy()
         np.testing.assert_allclose(from_export, from_keras, atol=1e-4, err_msg=layer)

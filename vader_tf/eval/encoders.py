@@ -17,9 +17,10 @@ L2-normalised), `"embedding"` (the projection head's output, the training embedd
 encoder of this version `"features"` and `"decoder"` are the same map. Backbone levels are
 resized bilinearly to the stride-4 grid with `vader_tf.ops.grid.resize_grid` (as the
 decoder does, so cell centres stay put), and every tap is L2-normalised per pixel, so
-every tap is a stride-4 map of unit vectors. Taps joined by `+` (e.g. `"decoder+P4"`)
-are concatenated and scaled back to unit norm (`combine_taps`): a dot product of two
-cells is then the mean of the parts' cosine similarities. Tapping the backbone makes frozen evaluation
+every tap is a stride-4 map of unit vectors. Taps joined by `+` (e.g. `"decoder+P4"`,
+or `"decoder+P4@0.25"` with a weight) are concatenated, each part scaled so that the
+whole has unit norm and a dot product of two cells is the weighted mean of the parts'
+cosine similarities (`combine_taps`). Tapping the backbone makes frozen evaluation
 fair to encoders whose decoder and head were never trained (a MoCo run, a random
 encoder). SavedModels are read by output name through the signature
 `vader_tf.serving_contract.output_source` names for their contract version: an export of
@@ -62,23 +63,39 @@ LAYERS = PYRAMID_OUTPUTS
 LAYER_HELP = (
     "Encoder output to evaluate: features (the served representation: the decoder output "
     "for this version's encoders and exports), embedding (the projection head's training "
-    "embedding), decoder, or a backbone level P2..P5; or several joined by '+' (e.g. "
-    "decoder+P4: each unit-normalised, concatenated, scaled to unit norm)."
+    "embedding), decoder, or a backbone level P2..P5; or several joined by '+', each with "
+    "an optional weight after '@' (e.g. decoder+P4@0.25: cell similarities are the "
+    "weighted mean of the parts')."
 )
 
 
-# Joins the outputs of a combined tap, e.g. "decoder+P4".
+# Joins the outputs of a combined tap ("decoder+P4"); a part may carry a weight ("P4@0.25").
 COMBINE = "+"
+WEIGHT = "@"
+
+
+def _part(text):
+    name, _, weight = text.partition(WEIGHT)
+    try:
+        weight = float(weight) if weight else 1.0
+    except ValueError:
+        weight = math.nan
+    if name not in LAYERS or not (math.isfinite(weight) and weight > 0):
+        return None
+    return name, weight
 
 
 def layer_parts(layer):
-    """The outputs a tap reads: `(layer,)` for one of `LAYERS`, or each part of a
-    combined tap `"A+B..."` (distinct outputs of `LAYERS`)."""
-    parts = tuple(layer.split(COMBINE))
-    if any(part not in LAYERS for part in parts) or len(set(parts)) != len(parts):
+    """`((output, weight), ...)` of a tap: `((layer, 1.0),)` for one of `LAYERS`, or each
+    part of a joined tap `"A+B@w..."` (distinct outputs of `LAYERS`, each with an optional
+    positive weight, default 1)."""
+    parts = tuple(_part(text) for text in layer.split(COMBINE))
+    names = [part[0] for part in parts if part is not None]
+    if None in parts or len(set(names)) != len(names):
         raise ValueError(
             f"Unknown layer {layer!r}; expected one of {LAYERS}, or distinct ones joined "
-            f"by {COMBINE!r} (e.g. 'decoder{COMBINE}P4')."
+            f"by {COMBINE!r}, each with an optional weight after {WEIGHT!r} (e.g. "
+            f"'decoder{COMBINE}P4' or 'decoder{COMBINE}P4{WEIGHT}0.25')."
         )
     return parts
 
@@ -87,13 +104,14 @@ def check_layer(layer):
     layer_parts(layer)
 
 
-def combine_taps(taps):
-    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map: concatenated
-    and scaled by 1/sqrt(k), so a dot product of two cells is the mean of the parts' cosine
-    similarities."""
+def combine_taps(taps, weights):
+    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map: each scaled
+    by sqrt(w_i / sum(w)) and concatenated, so a dot product of two cells is the
+    `weights`-weighted mean of the parts' cosine similarities."""
     if len(taps) == 1:
         return taps[0]
-    return tf.concat(taps, axis=-1) / math.sqrt(len(taps))
+    total = sum(weights)
+    return tf.concat([tap * math.sqrt(w / total) for tap, w in zip(taps, weights)], axis=-1)
 
 
 def tap_to_grid(tapped, images, layer):
@@ -174,14 +192,14 @@ def _keras_output(encoder, layer):
 
 def _keras_forward(encoder, layer=FEATURES_LAYER):
     encoder.trainable = False
-    parts = layer_parts(layer)
-    encoder = keras.Model(encoder.input, [_keras_output(encoder, part) for part in parts])
+    names, weights = zip(*layer_parts(layer))
+    encoder = keras.Model(encoder.input, [_keras_output(encoder, name) for name in names])
 
     @tf.function(reduce_retracing=True)
     def forward(images):
         tapped = tf.nest.flatten(encoder(images, training=False))
         return combine_taps(
-            [tap_to_grid(out, images, part) for out, part in zip(tapped, parts)]
+            [tap_to_grid(out, images, name) for out, name in zip(tapped, names)], weights
         )
 
     return forward
@@ -206,16 +224,17 @@ def _saved_model_source(loaded, path, layer):
 
 def _saved_model_forward(path, layer=FEATURES_LAYER):
     loaded = tf.saved_model.load(path)
-    parts = layer_parts(layer)
-    sources = [_saved_model_source(loaded, path, part) for part in parts]
+    names, weights = zip(*layer_parts(layer))
+    sources = [_saved_model_source(loaded, path, name) for name in names]
 
     def forward(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), INPUT_DTYPE)
         return combine_taps(
             [
-                tap_to_grid(signature(**{IMAGES_INPUT: pixels})[output], images, part)
-                for (signature, output), part in zip(sources, parts)
-            ]
+                tap_to_grid(signature(**{IMAGES_INPUT: pixels})[output], images, name)
+                for (signature, output), name in zip(sources, names)
+            ],
+            weights,
         )
 
     forward.saved_model = loaded  # Keeps the loaded object alive with the signature.
