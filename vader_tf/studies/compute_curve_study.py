@@ -239,12 +239,14 @@ def curves(config):
 
 def ordered(points):
     """`[(method, layer, steps, point)]` of `curves`' points (as read back from the
-    key-sorted JSON): methods in `METHODS` order, random init last, the served tap first,
-    lengths ascending."""
+    key-sorted JSON or as `curves` built them): methods in `METHODS` order, random init
+    last, the served tap first, then taps by name, lengths ascending."""
     return [
         (method, layer, steps, point)
         for method in (*METHODS, RANDOM)
-        for layer in sorted(points.get(method, {}), key=lambda tap: tap != small_study.SERVED_TAP)
+        for layer in sorted(
+            points.get(method, {}), key=lambda tap: (tap != small_study.SERVED_TAP, tap)
+        )
         for steps, point in sorted(points[method][layer].items(), key=lambda item: int(item[0]))
     ]
 
