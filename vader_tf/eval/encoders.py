@@ -104,6 +104,15 @@ def check_layer(layer):
     layer_parts(layer)
 
 
+def is_layer(layer):
+    """Whether `layer` names a tap (`layer_parts` accepts it)."""
+    try:
+        layer_parts(layer)
+    except ValueError:
+        return False
+    return True
+
+
 def combine_taps(taps, weights):
     """Unit-norm per-cell tap maps of one grid joined into one unit-norm map: each scaled
     by sqrt(w_i / sum(w)) and concatenated, so a dot product of two cells is the
@@ -206,7 +215,7 @@ def _keras_forward(encoder, layer=FEATURES_LAYER):
 
 
 def _saved_model_source(loaded, path, layer):
-    """The signature and output name that serve `layer` (one of `LAYERS`)."""
+    """The signature name and output name that serve `layer` (one of `LAYERS`)."""
     name, output = output_source(layer, contract_version(read_metadata(path)))
     if name not in loaded.signatures:
         raise ValueError(
@@ -219,7 +228,7 @@ def _saved_model_source(loaded, path, layer):
             f"SavedModel at {path!r}: signature {name!r} has no output {output!r} "
             f"(it has {sorted(signature.structured_outputs)})."
         )
-    return signature, output
+    return name, output
 
 
 def _saved_model_forward(path, layer=FEATURES_LAYER):
@@ -229,9 +238,14 @@ def _saved_model_forward(path, layer=FEATURES_LAYER):
 
     def forward(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), INPUT_DTYPE)
+        # Each signature runs once, however many of the parts it serves.
+        served = {
+            signature: loaded.signatures[signature](**{IMAGES_INPUT: pixels})
+            for signature in dict.fromkeys(signature for signature, _ in sources)
+        }
         return combine_taps(
             [
-                tap_to_grid(signature(**{IMAGES_INPUT: pixels})[output], images, name)
+                tap_to_grid(served[signature][output], images, name)
                 for (signature, output), name in zip(sources, names)
             ],
             weights,

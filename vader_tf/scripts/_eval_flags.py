@@ -16,7 +16,7 @@ from vader_tf.eval.encoders import (
     FEATURES_LAYER,
     LAYER_HELP,
     LAYERS,
-    check_layer,
+    is_layer,
     load_feature_extractor,
 )
 from vader_tf.eval.reporting import script_flags, write_results
@@ -29,14 +29,6 @@ FLAGS = flags.FLAGS
 ENCODER_HELP = "Run dir, .keras file, SavedModel dir or random:<backbone>."
 
 
-def _valid_layer(layer):
-    try:
-        check_layer(layer)
-    except ValueError:
-        return False
-    return True
-
-
 def define_encoder_flags(encoder_help=ENCODER_HELP, layer=True):
     """`--encoder` (no default) and, with `layer`, `--layer`: the encoder output to
     evaluate (`vader_tf.eval.encoders.LAYERS`)."""
@@ -44,7 +36,10 @@ def define_encoder_flags(encoder_help=ENCODER_HELP, layer=True):
     if layer:
         flags.DEFINE_string("layer", FEATURES_LAYER, LAYER_HELP)
         flags.register_validator(
-            "layer", _valid_layer, message=f"--layer must be one of {LAYERS} or some joined by '+'."
+            "layer",
+            is_layer,
+            message=f"--layer must be one of {LAYERS} or some joined by '+' (each optionally "
+            "weighted, '@w').",
         )
 
 

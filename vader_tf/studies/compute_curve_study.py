@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from vader_tf import storage
 from vader_tf.config_flags import inherited_option, option
-from vader_tf.eval.encoders import check_layer
+from vader_tf.eval.encoders import is_layer
 from vader_tf.studies import small_study
 from vader_tf.training.pretrain import PretrainConfig
 
@@ -202,11 +202,8 @@ def found_layers(seed_results, name):
         prefix = f"{evaluation}_{name}_"
         for path in tf.io.gfile.glob(os.path.join(seed_results, prefix + "*.json")):
             layer = os.path.basename(path)[len(prefix) : -len(".json")]
-            try:
-                check_layer(layer)
-            except ValueError:
-                continue  # Another encoder's name extends this one's.
-            layers.add(layer)
+            if is_layer(layer):  # Not when another encoder's name extends this one's.
+                layers.add(layer)
     return sorted(layers)
 
 
