@@ -4,6 +4,8 @@ at the study's protocols; writes <results_dir>/tuning.json and tuning.md. See
 `vader_tf/studies/tuning_study.py`.
 
     python experiments/tune_small.py --variants=default,temperature_0.1,decoder_256
+    python experiments/tune_small.py --variants=default,global_0.5 --start=moco \
+        --run_dir=runs/reproduce_small --results_dir=results/methods/from_moco
     python experiments/tune_small.py --variants=default,points_128 --train_steps=3 \
         --image_size=64 --batch_size=4 --probe_steps=3 --probe_limit=2 \
         --probe_image_size=32 --davis_max_frames=2    # smoke

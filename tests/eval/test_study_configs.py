@@ -71,7 +71,7 @@ TUNING_FLAGS = {
     "variants": ("default", "temperature_0.1", "temperature_0.4", "points_128", "queued_8",
                  "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4",
                  "global_decoder_0.5"),
-    "seeds": (0,), "layers": ("decoder",), "davis_image_size": 192, "davis_max_frames": None,
+    "start": "random", "seeds": (0,), "continue_steps": 600, "layers": ("decoder",), "davis_image_size": 192, "davis_max_frames": None,
 }
 SPEED_QUALITY_FLAGS = {
     **VARIANT_FLAGS, "run_dir": "runs/speed_quality", "results_dir": "results/speed_quality",
@@ -104,6 +104,14 @@ def test_the_variant_studies_make_the_same_pretrain_configs_as_before():
     assert dataclasses.asdict(tuning.pretrain_config("coarse_P4", 1)) == {
         **STUDY_VADER, "model_dir": "runs/study/seed1/vader_coarse_P4", "coarse_level": "P4",
     }
+    from_moco = tuning_study.TuningConfig(
+        data_root="/data", run_dir="runs/study", verbose=0, start="moco"
+    )
+    assert dataclasses.asdict(from_moco.pretrain_config("coarse_P4", 1)) == {
+        **EXPECTED_STUDY_RUNS["vader_from_moco"],
+        "model_dir": "runs/study/seed1/vader_from_moco_coarse_P4", "coarse_level": "P4",
+    }
+    assert from_moco.run_name("default") == "vader_from_moco"
     speed = speed_quality_study.SpeedQualityConfig(data_root="/data", verbose=0, seed=1)
     assert dataclasses.asdict(speed.pretrain_config("bfloat16_symmetric")) == {
         **STUDY_VADER, "model_dir": "runs/speed_quality/bfloat16_symmetric",

@@ -102,3 +102,37 @@ def test_the_study_budget_leaves_out_the_tuning_runs_beside_it(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(json.dumps({"metrics": metrics}))
     assert small_study.budget_minutes(config) == (4.0, 2.0)
+
+
+def test_variants_continued_from_moco_run_beside_the_studys_from_moco_run(tmp_path):
+    """`--start=moco`: each variant is the study's `vader_from_moco` run (continued from
+    the seed's MoCo backbone for `continue_steps`) with its settings changed; `default`
+    reuses the study's run; without a finished MoCo run nothing is written."""
+    data_root = tmp_path / "data"
+    make_data_root(str(data_root))
+    missing = run_script(tmp_path, data_root, "--start=moco", "--variants=default")
+    assert missing.returncode == 2
+    assert "--start=moco:" in missing.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+    run_reproduce(tmp_path, data_root, "--seeds=0", "--layers=decoder")
+    runs = tmp_path / "runs" / "seed0"
+    study_run = {
+        name: (runs / "vader_from_moco" / name).stat().st_mtime_ns
+        for name in os.listdir(runs / "vader_from_moco")
+    }
+    completed = run_script(
+        tmp_path, data_root, "--start=moco", "--continue_steps=1",
+        "--variants=default,temperature_0.1", f"--results_dir={tmp_path / 'from_moco'}",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    stored = json.loads((runs / "vader_from_moco_temperature_0.1" / "run_config.json").read_text())
+    assert stored["temperature"] == 0.1 and stored["train_steps"] == 1
+    assert stored["init_weights"] == str(runs / "moco_backbone.weights.h5")
+    # The study's own run was not trained again.
+    assert {
+        name: (runs / "vader_from_moco" / name).stat().st_mtime_ns
+        for name in os.listdir(runs / "vader_from_moco")
+    } == study_run
+    table = (tmp_path / "from_moco" / "tuning.md").read_text()
+    assert table.startswith("Seeds 0; continued from each seed's MoCo run;")

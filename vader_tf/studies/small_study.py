@@ -292,7 +292,11 @@ class VariantsConfig:
             )
         self.study().validate()  # Seeds, steps, sizes, taps and the data layout.
         for variant in self.variants:  # The changed settings themselves.
-            self.pretrain_config(variant, self.seed_list()[0]).validate()
+            self.variant_config_to_validate(variant).validate()
+
+    def variant_config_to_validate(self, variant):
+        """The `PretrainConfig` whose `validate` checks `variant`'s settings."""
+        return self.pretrain_config(variant, self.seed_list()[0])
 
     def study(self, **fields):
         """The `StudyConfig` whose VADeR run and protocols every variant shares; `fields`

@@ -6,7 +6,9 @@ allows to tune changed (`VARIANTS`: InfoNCE temperature, matched points per imag
 pixels queued per image, decoder width). Variant runs live beside the study's own, in
 `<run_dir>/seed<S>/vader_<variant>`, and the `default` variant *is* the study's VADeR
 run (`vader`): pointed at the study's directories, the tuning reuses its run and JSONs
-instead of training it again.
+instead of training it again. With `start="moco"` every variant is the study's run of the
+paper's setting instead (`vader_from_moco`: `continue_steps` from the backbone of the
+seed's MoCo run, which must be in the run directory), in `vader_from_moco_<variant>`.
 
 Every run is evaluated with the study's protocols on the two tuning benchmarks only (the
 CamVid val linear probe and DAVIS label propagation), never on the BSDS500 val photos
@@ -46,6 +48,11 @@ VARIANTS = {
     # The image-level term on the pooled decoder output (the served representation).
     "global_decoder_0.5": dict(global_loss_weight=0.5, global_level="decoder"),
 }
+# Where a variant starts (`TuningConfig.start`) -> the study's run (`small_study.RUNS`) it
+# varies: from the seed's random initialisation, or continued from its MoCo run.
+RANDOM_START = "random"
+MOCO_START = "moco"
+STUDY_RUNS = {RANDOM_START: "vader", MOCO_START: "vader_from_moco"}
 # The tuning benchmarks (CamVid val, the shared DAVIS sequences).
 EVALUATIONS = ("linear_probe", "davis_label_propagation")
 # The columns of the table, and the evaluation each comes from.
@@ -67,7 +74,16 @@ class TuningConfig(small_study.VariantsConfig):
         "JSONs in <results_dir>/seed<S>/, tuning.json and tuning.md in <results_dir>.",
     )
     variants: tuple[str, ...] = option(tuple(VARIANTS), f"Variants, from {tuple(VARIANTS)}.")
+    start: str = option(
+        RANDOM_START,
+        f"Where every variant starts: {RANDOM_START!r} (the seed's initialisation, the study's "
+        f"`vader` run) or {MOCO_START!r} (the paper's setting: `continue_steps` from the "
+        "backbone of the seed's MoCo run in --run_dir, the study's `vader_from_moco` run).",
+    )
     seeds: tuple[int, ...] = option((0,), "Seeds of every variant.")
+    continue_steps: int = option(
+        small_study.StudyConfig.continue_steps, "Steps of a run continued from MoCo (the study's)."
+    )
     layers: tuple[str, ...] = option((small_study.SERVED_TAP,), small_study.TAPS_HELP)
     davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
@@ -77,18 +93,43 @@ class TuningConfig(small_study.VariantsConfig):
 
     def study(self):
         return super().study(
+            continue_steps=self.continue_steps,
             layers=self.layers,
             davis_image_size=self.davis_image_size,
             davis_max_frames=self.davis_max_frames,
         )
 
-    @staticmethod
-    def run_name(variant):
-        return "vader" if variant == "default" else f"vader_{variant}"
+    def validate(self):
+        if self.start not in STUDY_RUNS:
+            raise ValueError(f"--start={self.start!r}: expected one of {tuple(STUDY_RUNS)}.")
+        if self.start == MOCO_START:
+            study = self.study()
+            for seed in self.seeds:
+                moco = os.path.join(study.seed_dir(seed), MOCO_START)
+                if small_study.completed_steps(moco) < study.train_steps:
+                    raise ValueError(
+                        f"--start=moco: {moco} holds no finished MoCo run (make it with "
+                        f"experiments/reproduce_small.py --seeds={seed} --run_dir={self.run_dir})."
+                    )
+        super().validate()
+
+    def variant_config_to_validate(self, variant):
+        config = super().variant_config_to_validate(variant)
+        # The start weights file is written from the MoCo run (checked above) when the
+        # seed's runs begin.
+        return dataclasses.replace(config, init_weights=None)
+
+    def run_name(self, variant):
+        """The variant's run: the study's own (`vader` or `vader_from_moco`) for `default`,
+        else that name with the variant's appended."""
+        study_run = STUDY_RUNS[self.start]
+        return study_run if variant == "default" else f"{study_run}_{variant}"
 
     def pretrain_config(self, variant, seed):
         model_dir = os.path.join(self.study().seed_dir(seed), self.run_name(variant))
-        return self.variant_pretrain_config(variant, seed, model_dir)
+        return self.variant_pretrain_config(
+            variant, seed, model_dir, run=STUDY_RUNS[self.start]
+        )
 
 
 def run(config, command):
@@ -99,6 +140,8 @@ def run(config, command):
     evaluations = small_study.Evaluations(study)
     final_losses = {}
     for seed in config.seeds:
+        if config.start == MOCO_START:
+            small_study.save_start_weights(study, seed, MOCO_START)
         for variant in config.variants:
             name = config.run_name(variant)
             summary = small_study.pretrain_and_summarize(
@@ -137,7 +180,7 @@ def write_tables(config, command, final_losses):
     payload = {"command": list(command), "config": dataclasses.asdict(config), "variants": variants}
     path = os.path.join(config.results_dir, small_study.TUNING_FILE)
     storage.write_json_atomic(path + ".json", payload)
-    storage.write_atomic(path + ".md", table(variants, config.seeds))
+    storage.write_atomic(path + ".md", table(variants, config.seeds, config.start))
     return payload
 
 
@@ -156,18 +199,24 @@ def rewrite_table(results_dir):
         for variant in payload["config"]["variants"]
         if variant in payload["variants"]
     }
-    storage.write_atomic(path + ".md", table(variants, payload["config"]["seeds"]))
+    storage.write_atomic(
+        path + ".md",
+        table(variants, payload["config"]["seeds"], payload["config"].get("start", RANDOM_START)),
+    )
 
 
-def table(variants, seeds):
+def table(variants, seeds, start=RANDOM_START):
     """Markdown table: per variant and tap, the mean (± std) over `seeds` of each column
-    and its difference to the `default` variant's mean, when that was run."""
+    and its difference to the `default` variant's mean, when that was run; runs continued
+    from MoCo (`start`) say so in the first line."""
     default = variants.get("default")
     header = ["variant", "changed", "tap", "final loss"]
     for title in COLUMNS.values():
         header += [title, "vs default"]
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; mean ± std over the seeds.",
+        f"Seeds {', '.join(map(str, seeds))}; "
+        + ("continued from each seed's MoCo run; " if start == MOCO_START else "")
+        + "mean ± std over the seeds.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),
