@@ -5,7 +5,8 @@ with their parity to the SavedModel, all on one image of the same size, in one p
 The encoder is the main job's architecture (ResNet-18, 128-channel decoder and head) with
 seeded random weights: latency does not depend on the weights, parity does a little
 (int8 calibration ranges). "Keras eager" is `encoder(images)`, the direct call of an
-encoder returning the served representation (the L2-normalised decoder output);
+encoder returning the served representation (serving contract 3: the L2-normalised
+decoder output joined with P4);
 "Keras compiled" wraps that call in a `tf.function`, the fairer graph-to-graph reference.
 TFLite runs with as many interpreter threads as the machine has cores.
 

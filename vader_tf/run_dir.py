@@ -220,20 +220,22 @@ def load_encoder(path, checkpoint=None, output=None):
         checkpoint: optional checkpoint path prefix inside a run directory
             (e.g. `RUN/checkpoints/ckpt-1000`).
         output: the representation the encoder returns (`DenseEncoder`'s `output`):
-            by default the served one, "decoder" (the L2-normalised FPN output, as the
-            SavedModel's `features`); "embedding" gives the projection head's output, the
+            by default the served one, "fused" (the L2-normalised FPN output joined with
+            the backbone's P4, as the SavedModel's `features`); "decoder" gives the
+            L2-normalised FPN output alone, "embedding" the projection head's output, the
             embedding it was trained on. Runs of any version load either way (the
             weights do not depend on it).
 
     Returns:
         The `DenseEncoder`: images in [0, 255] -> L2-normalised `[B, H/4, W/4, C]` features,
         with `encoder.pyramid_outputs` giving the backbone levels and decoder output and
-        `encoder.representations` both unit-norm stride-4 outputs.
+        `encoder.representations` the three unit-norm stride-4 outputs.
     """
     # Imported here: the encoder module imports keras-hub, which this module does not need.
-    from vader_tf.models.encoder import DECODER, DenseEncoder
+    from vader_tf.models.encoder import DenseEncoder
+    from vader_tf.serving_contract import SERVED_REPRESENTATION
 
-    output = output or DECODER
+    output = output or SERVED_REPRESENTATION
     path = os.fspath(path)
     if path.endswith(".keras") and not tf.io.gfile.isdir(path) and tf.io.gfile.exists(path):
         encoder = keras.saving.load_model(path)

@@ -3,13 +3,15 @@
 `vader_tf.export` writes SavedModels (and TFLite models) that follow it, and
 `vader_tf.eval.encoders` reads them through it. An export directory
 (`tensorflow_model_server --model_base_path`) holds numbered version directories
-`EXPORT_DIR/<version>/`, each a SavedModel with these signatures (contract version 2,
+`EXPORT_DIR/<version>/`, each a SavedModel with these signatures (contract version 3,
 `CONTRACT_VERSION`):
 
 - `serving_default`: `images` uint8 `[N, H, W, 3]` RGB (H, W multiples of
   `INPUT_MULTIPLE`) -> `features` float32 `[N, H/4, W/4, C]`, unit L2 norm per pixel
-  (`OUTPUT_STRIDE` = 4): the served representation, `SERVED_REPRESENTATION` (the FPN
-  decoder's output, L2-normalised; C = the decoder's width).
+  (`OUTPUT_STRIDE` = 4): the served representation, `SERVED_REPRESENTATION`: the
+  `fused` map of `vader_tf.models.encoder` (the L2-normalised decoder output and the
+  backbone's `P4` resized to stride 4 and L2-normalised, concatenated with weights
+  `FUSED_PARTS`; C = the decoder's width + P4's channels).
 - `pyramid`: the same input -> `features`, `embedding` (the projection head's output,
   the training embedding, `[N, H/4, W/4, D]` unit norm), `decoder` (the FPN output, not
   normalised, stride 4) and the backbone levels `P2`..`P5` (strides 4..32).
@@ -17,13 +19,15 @@
   size with H, W multiples of 32 -> `features`, as for `serving_default`.
 
 Next to the SavedModel, `assets.extra/` holds the TF Serving warmup requests and
-`vader_export.json`: the contract version, which representation `features` is, the
-grid of every output (stride and the input coordinate of cell (0, 0)'s centre), sizes and
+`vader_export.json`: the contract version, which representation `features` is and
+what it is made of (`features_parts`: each part's output name and weight), the grid of
+every output (stride and the input coordinate of cell (0, 0)'s centre), sizes and
 verification results.
 
-Version 1 (exports written before `contract_version` existed; their `vader_export.json`
-has no such key): the same signatures, but `features` was the projection head's
-embedding and `pyramid` had no `embedding` output. `output_source` reads both by name.
+Older versions, still read (`output_source` reads every output by name): version 2
+served the L2-normalised decoder output as `features`; version 1 (exports written before
+`contract_version` existed; no such key in `vader_export.json`) served the projection
+head's embedding and its `pyramid` had no `embedding` output.
 """
 
 import os
@@ -31,13 +35,23 @@ import os
 import tensorflow as tf
 
 from vader_tf import storage
-from vader_tf.models.encoder import DECODER, EMBEDDING, INPUT_MULTIPLE, OUTPUT_STRIDES
+from vader_tf.models.encoder import (
+    DECODER,
+    EMBEDDING,
+    FUSED,
+    FUSED_PARTS,
+    INPUT_MULTIPLE,
+    OUTPUT_STRIDES,
+)
 from vader_tf.ops.grid import FEATURE_STRIDE, declare_grid
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 # What `features` is in each contract version (a `DenseEncoder` representation).
-FEATURES_REPRESENTATION = {1: EMBEDDING, 2: DECODER}
+FEATURES_REPRESENTATION = {1: EMBEDDING, 2: DECODER, 3: FUSED}
 SERVED_REPRESENTATION = FEATURES_REPRESENTATION[CONTRACT_VERSION]
+# The parts `features` joins (`vader_export.json`'s `features_parts`): `pyramid` outputs
+# (each L2-normalised on the stride-4 grid) and their weights.
+SERVED_PARTS = dict(FUSED_PARTS)
 
 SERVING_SIGNATURE = "serving_default"
 PYRAMID_SIGNATURE = "pyramid"
@@ -53,7 +67,10 @@ OUTPUT_DTYPE = tf.float32
 PYRAMID_OUTPUTS = (FEATURES_OUTPUT, EMBEDDING_OUTPUT, DECODER, "P2", "P3", "P4", "P5")
 # The grid of every output: `{name: {"stride": s, "cell_centre": [y, x]}}`.
 OUTPUT_GRID = declare_grid(
-    {FEATURES_OUTPUT: OUTPUT_STRIDES[SERVED_REPRESENTATION], **OUTPUT_STRIDES}
+    {
+        name: OUTPUT_STRIDES[SERVED_REPRESENTATION if name == FEATURES_OUTPUT else name]
+        for name in PYRAMID_OUTPUTS
+    }
 )
 
 OUTPUT_STRIDE = FEATURE_STRIDE

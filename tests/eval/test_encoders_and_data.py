@@ -16,7 +16,7 @@ def random_extractor():
 def test_random_extractor_pads_and_crops(random_extractor):
     images = np.random.default_rng(0).uniform(0, 255, (2, 40, 70, 3)).astype(np.float32)
     features = random_extractor(images).numpy()
-    assert features.shape == (2, 10, 18, 128)
+    assert features.shape == (2, 10, 18, 128 + 256)  # the served map: decoder and P4
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-4)
     # Seeded: the same spec and seed give the same features.
     again = load_feature_extractor("random:resnet18", seed=3)(images).numpy()

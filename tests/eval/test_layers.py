@@ -15,7 +15,7 @@ IMAGES = np.random.default_rng(0).uniform(0, 255, (2, 40, 70, 3)).astype(np.floa
 @pytest.mark.parametrize(
     "layer, channels",
     [
-        ("features", 128), ("embedding", 128), ("decoder", 128),
+        ("features", 128 + 256), ("embedding", 128), ("decoder", 128),
         ("P2", 64), ("P3", 128), ("P4", 256), ("P5", 512),
     ],
 )

@@ -110,7 +110,7 @@ def check_outputs(paths, seeds, layers, continued=True, unrecorded=()):
                         continue
                     # The tap names are those of this serving contract; the encoder's
                     # precision and loss direction are recorded (none for random init).
-                    assert result["config"]["serving_contract"] == 2
+                    assert result["config"]["serving_contract"] == 3
                     assert result.get("training") == (None if name == "random" else TRAINING)
                     assert result["command"][0].endswith(".py")
                     protocol = result["protocol"]
@@ -132,8 +132,9 @@ def check_outputs(paths, seeds, layers, continued=True, unrecorded=()):
         assert 0 < os.path.getsize(os.path.join(results_dir, figure)) < 300_000
     with open(paths["report"]) as f:
         report = f.read()
-    taps = {"embedding": "`embedding` (trained)", "decoder": "`decoder` (trained, served)",
-            "P4": "`P4` (backbone)"}
+    taps = {"embedding": "`embedding` (trained)", "decoder": "`decoder` (trained)",
+            "P4": "`P4` (backbone)",
+            "decoder+P4@0.25": "`decoder+P4@0.25` (trained + backbone, served)"}
     rows = ["| VADeR from MoCo | `", "| MoCo v2 continued | `"] if continued else []
     for text in (f"| VADeR | {taps[layers[0]]} |", "| MoCo v2 | `", "| random init | `",
                  *rows, "## Budget", "## Caveats", "**Goal**", "--train_steps=2"):
@@ -231,7 +232,7 @@ def test_mean_std_and_goal_check_against_numpy():
     values = {"mIoU": [0.30, 0.34, 0.32], "J&F": [0.70, 0.74, 0.72]}
     baseline_p4 = {"mIoU": [0.25, 0.27, 0.26], "J&F": [0.41, 0.40, 0.42]}
     aggregated = {
-        ("vader", "decoder"): values,
+        ("vader", "decoder+P4@0.25"): values,
         ("vader", "embedding"): {"mIoU": [0.9] * 3, "J&F": [0.9] * 3},  # not served
         ("moco", "P4"): baseline_p4,
         ("moco", "decoder"): {"mIoU": [0.2, 0.2, 0.2], "J&F": [0.5, 0.5, 0.5]},
@@ -242,9 +243,10 @@ def test_mean_std_and_goal_check_against_numpy():
     assert std == pytest.approx(np.std(values["mIoU"], ddof=1))
     assert small_study.mean_std([0.5]) == (0.5, None)
     lines = small_study.goal_check(aggregated)
-    # The served `decoder` against the strongest baseline tap. mIoU: MoCo's P4,
+    # The served `decoder+P4@0.25` against the strongest baseline tap. mIoU: MoCo's P4,
     # 32 - 26 = +6 points >= 3, std 2 < 6 -> met.
-    assert "`decoder` (served) 32.0" in lines[0] and "MoCo v2's `P4` 26.0" in lines[0]
+    assert "`decoder+P4@0.25` (served) 32.0" in lines[0]
+    assert "MoCo v2's `P4` 26.0" in lines[0]
     assert "random init's best `decoder` 10.0" in lines[0]
     assert "+6.0 points" in lines[0] and "-> met" in lines[0]
     # J&F: random init's decoder (61) beats MoCo's best (50): 72 - 61 = +11 >= 10, but
@@ -256,7 +258,10 @@ def test_mean_std_and_goal_check_against_numpy():
     assert "+7.0 points" in small_study.goal_check(aggregated)[1]
     assert "-> missed" in small_study.goal_check(aggregated)[1]
     table = small_study.results_table(aggregated)
-    assert "| VADeR | `decoder` (trained, served) | 3 | 0.320 ± 0.020 |" in table
+    assert (
+        "| VADeR | `decoder+P4@0.25` (trained + backbone, served) | 3 | 0.320 ± 0.020 |"
+        in table
+    )
 
 
 def write_result(path, layer, training=None, **config):

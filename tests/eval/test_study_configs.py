@@ -56,7 +56,7 @@ STUDY_FLAGS = {
     "backbone": "resnet18", "image_size": 96, "batch_size": 16, "train_steps": 1200,
     "base_learning_rate": 0.5, "checkpoint_every": 100, "vader_queue_size": 4096,
     "moco_queue_size": 256, "seeds": (0, 1, 2), "continue_steps": 600,
-    "layers": ("embedding", "decoder", "P4"), "probe_image_size": 224, "probe_steps": 1000,
+    "layers": ("embedding", "decoder", "P4", "decoder+P4@0.25"), "probe_image_size": 224, "probe_steps": 1000,
     "probe_limit": None, "davis_image_size": 192, "davis_max_frames": None,
     "correspondence_image_size": 256, "correspondence_images": 100, "force": False,
     "report_only": False, "verbose": 1,
@@ -71,7 +71,7 @@ TUNING_FLAGS = {
     "variants": ("default", "temperature_0.1", "temperature_0.4", "points_128", "queued_8",
                  "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4",
                  "global_decoder_0.5"),
-    "start": "random", "seeds": (0,), "continue_steps": 600, "layers": ("decoder",), "davis_image_size": 192, "davis_max_frames": None,
+    "start": "random", "seeds": (0,), "continue_steps": 600, "layers": ("decoder+P4@0.25",), "davis_image_size": 192, "davis_max_frames": None,
 }
 SPEED_QUALITY_FLAGS = {
     **VARIANT_FLAGS, "run_dir": "runs/speed_quality", "results_dir": "results/speed_quality",

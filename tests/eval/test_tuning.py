@@ -37,7 +37,7 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     results = tmp_path / "results" / "seed0"
     written = sorted(name for name in os.listdir(results) if not name.startswith("pretrain_"))
     assert written == sorted(
-        f"{evaluation}_{run}_decoder.json"
+        f"{evaluation}_{run}_decoder+P4@0.25.json"
         for evaluation in ("davis_label_propagation", "linear_probe")
         for run in ("vader", "vader_temperature_0.1")
     )
@@ -47,7 +47,7 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     summary = json.loads((tmp_path / "results" / "tuning.json").read_text())
     assert list(summary["variants"]) == ["default", "temperature_0.1"]
     for variant in summary["variants"].values():
-        tap = variant["taps"]["decoder"]
+        tap = variant["taps"]["decoder+P4@0.25"]
         assert len(tap["mIoU"]) == 1 and 0.0 <= tap["mIoU"][0] <= 1.0
         assert len(tap["J&F"]) == 1 and 0.0 <= tap["J&F"][0] <= 1.0
     table = (tmp_path / "results" / "tuning.md").read_text().splitlines()

@@ -29,21 +29,27 @@ class _Version1Module(tf.Module):
         self.serve_pyramid = tf.function(
             lambda images: self._pyramid(tf.cast(images, tf.float32)), input_signature=[spec]
         )
-        self.serve_encoded_images = tf.function(
-            lambda image_bytes: self.serve(
-                tf.map_fn(
-                    lambda data: tf.io.decode_image(data, channels=3, expand_animations=False),
-                    image_bytes,
-                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-                )
-            ),
-            input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
-        )
+        self.serve_encoded_images = encoded_images_function(self.serve)
 
 
-def write_version1_export(encoder, path):
-    """Exports `encoder` (a `DenseEncoder`) to the SavedModel directory `path`, version 1."""
-    module = _Version1Module(encoder)
+def encoded_images_function(serve):
+    """The `encoded_images` signature's function of versions 1 and 2: decodes same-size
+    image files and calls `serve` on them."""
+    return tf.function(
+        lambda image_bytes: serve(
+            tf.map_fn(
+                lambda data: tf.io.decode_image(data, channels=3, expand_animations=False),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+            )
+        ),
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+    )
+
+
+def save_export(module, path, metadata):
+    """Saves `module`'s three signatures to `path` with `metadata` (plus their names) as
+    `assets.extra/vader_export.json`, as versions 1 and 2 did."""
     signatures = {
         "serving_default": module.serve.get_concrete_function(),
         "pyramid": module.serve_pyramid.get_concrete_function(),
@@ -51,12 +57,16 @@ def write_version1_export(encoder, path):
     }
     tf.saved_model.save(module, path, signatures=signatures)
     os.makedirs(os.path.join(path, "assets.extra"))
+    with open(os.path.join(path, "assets.extra", "vader_export.json"), "w") as f:
+        json.dump({**metadata, "signatures": sorted(signatures)}, f)
+    return path
+
+
+def write_version1_export(encoder, path):
+    """Exports `encoder` (a `DenseEncoder`) to the SavedModel directory `path`, version 1."""
     metadata = {
         "embedding_dim": int(encoder.representations["embedding"].shape[-1]),
         "input_multiple": 32,
         "output_stride": 4,
-        "signatures": sorted(signatures),
     }
-    with open(os.path.join(path, "assets.extra", "vader_export.json"), "w") as f:
-        json.dump(metadata, f)
-    return path
+    return save_export(_Version1Module(encoder), path, metadata)

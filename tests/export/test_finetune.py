@@ -35,7 +35,7 @@ def test_load_encoder_from_keras_file(encoder, tmp_path):
     restored = vader_tf.load_encoder(path)
     _assert_same_weights(encoder, restored)
     images = np.random.default_rng(0).uniform(0, 255, (1, IMAGE_SIZE, IMAGE_SIZE, 3))
-    served = encoder.with_output("decoder")  # `load_encoder` serves the decoder output.
+    served = encoder.with_output("fused")  # `load_encoder` serves the fused map.
     np.testing.assert_allclose(
         restored.predict(images, verbose=0), served.predict(images, verbose=0), atol=1e-5
     )

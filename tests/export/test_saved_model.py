@@ -13,7 +13,9 @@ import tensorflow as tf
 from vader_tf import serving_contract
 from vader_tf.export import sample_images, saved_model
 
-from tests.export.helpers import EMBEDDING_DIM, FEATURE_DIM, IMAGE_SIZE, small_encoder
+from tests.export.helpers import (
+    EMBEDDING_DIM, FEATURE_DIM, IMAGE_SIZE, fused_reference, small_encoder,
+)
 
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,8 +41,8 @@ def test_export_layout(export_base, export_dir):
         metadata = json.load(f)
     assert metadata["embedding_dim"] == EMBEDDING_DIM
     assert metadata["feature_dim"] == FEATURE_DIM
-    assert metadata["contract_version"] == serving_contract.CONTRACT_VERSION == 2
-    assert metadata["features"] == "decoder"
+    assert metadata["contract_version"] == serving_contract.CONTRACT_VERSION == 3
+    assert metadata["features"] == "fused"
     assert metadata["signatures"] == ["encoded_images", "pyramid", "serving_default"]
     assert metadata["verification"]["serving_default_max_abs_error"] < 1e-4
 
@@ -133,13 +135,12 @@ def test_serving_default_outputs_unit_norm_features(exported):
     np.testing.assert_allclose(np.linalg.norm(features, axis=-1), 1.0, atol=1e-5)
 
 
-def test_features_are_the_normalised_decoder_and_embedding_the_head(exported, loaded_encoder):
+def test_features_are_the_fused_map_and_embedding_the_head(exported, loaded_encoder):
     images = _images(1)
     served = exported.signatures["serving_default"](images=images)["features"].numpy()
     pyramid = {k: v.numpy() for k, v in exported.signatures["pyramid"](images=images).items()}
-    decoder = pyramid["decoder"]
     np.testing.assert_allclose(
-        served, decoder / np.linalg.norm(decoder, axis=-1, keepdims=True), atol=1e-5
+        served, fused_reference(pyramid["decoder"], pyramid["P4"]), atol=1e-5
     )
     # The training embedding: what the encoder as trained returns, unit norm, D channels.
     head = loaded_encoder.with_output("embedding")(tf.cast(images, tf.float32)).numpy()

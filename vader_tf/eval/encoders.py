@@ -11,10 +11,11 @@ An encoder spec names where the features come from:
 
 The `layer` argument chooses which output of the encoder is tapped (`LAYERS`):
 `"features"` (the default: the served representation, what an export's
-`serving_default` returns; for encoders of this version the FPN decoder's output,
-L2-normalised), `"embedding"` (the projection head's output, the training embedding),
-`"decoder"` (the FPN output) or a backbone level `"P2"`..`"P5"` (strides 4..32). For an
-encoder of this version `"features"` and `"decoder"` are the same map. Backbone levels are
+`serving_default` returns; for encoders of this version the `fused` map of
+`vader_tf.models.encoder`), `"embedding"` (the projection head's output, the training
+embedding), `"decoder"` (the FPN output) or a backbone level `"P2"`..`"P5"` (strides
+4..32). For an encoder of this version `"features"` and `"decoder+P4@0.25"` (below) are
+the same map; for a contract-2 export `"features"` is `"decoder"`. Backbone levels are
 resized bilinearly to the stride-4 grid with `vader_tf.ops.grid.resize_grid` (as the
 decoder does, so cell centres stay put), and every tap is L2-normalised per pixel, so
 every tap is a stride-4 map of unit vectors. Taps joined by `+` (e.g. `"decoder+P4"`,
@@ -41,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from vader_tf.models.encoder import DECODER, REPRESENTATIONS, build_encoder
+from vader_tf.models.layers import join_unit_maps
 from vader_tf.ops.grid import resize_grid
 from vader_tf.run_dir import load_encoder
 from vader_tf.serving_contract import (
@@ -61,8 +63,9 @@ RANDOM_PREFIX = "random:"
 FEATURES_LAYER = FEATURES_OUTPUT
 LAYERS = PYRAMID_OUTPUTS
 LAYER_HELP = (
-    "Encoder output to evaluate: features (the served representation: the decoder output "
-    "for this version's encoders and exports), embedding (the projection head's training "
+    "Encoder output to evaluate: features (the served representation: for this version's "
+    "encoders and exports the decoder output joined with P4, the same map as "
+    "decoder+P4@0.25), embedding (the projection head's training "
     "embedding), decoder, or a backbone level P2..P5; or several joined by '+', each with "
     "an optional weight after '@' (e.g. decoder+P4@0.25: cell similarities are the "
     "weighted mean of the parts')."
@@ -114,13 +117,11 @@ def is_layer(layer):
 
 
 def combine_taps(taps, weights):
-    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map: each scaled
-    by sqrt(w_i / sum(w)) and concatenated, so a dot product of two cells is the
-    `weights`-weighted mean of the parts' cosine similarities."""
-    if len(taps) == 1:
-        return taps[0]
-    total = sum(weights)
-    return tf.concat([tap * math.sqrt(w / total) for tap, w in zip(taps, weights)], axis=-1)
+    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map
+    (`vader_tf.models.layers.join_unit_maps`, as the encoder joins its `fused` output): a
+    dot product of two cells is the `weights`-weighted mean of the parts' cosine
+    similarities."""
+    return join_unit_maps(taps, weights)
 
 
 def tap_to_grid(tapped, images, layer):

@@ -44,7 +44,7 @@ import vader_tf
 from vader_tf import storage
 from vader_tf.export import sample_images as sample_images_lib
 from vader_tf.models import backbone as backbone_lib
-from vader_tf.models.encoder import DECODER, EMBEDDING
+from vader_tf.models.encoder import EMBEDDING
 from vader_tf.models.layers import IMAGENET_MEAN, IMAGENET_STD
 from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.serving_contract import SERVED_REPRESENTATION
@@ -128,8 +128,8 @@ def _subclasses(cls):
 def decoder_head_model(encoder):
     """The encoder's decoder and head: `{"P2".."P5"}` -> `{"decoder", "features",
     "embedding"}`: the FPN output, the served features (`SERVED_REPRESENTATION`, the
-    normalised decoder output, as `load_encoder` and the SavedModel serve them) and the
-    projection head's training embedding."""
+    normalised decoder output joined with P4, as `load_encoder` and the SavedModel serve
+    them) and the projection head's training embedding."""
     levels = {
         level: keras.Input(
             shape=(None, None, encoder.pyramid_outputs[level].shape[-1]), name=level
@@ -141,10 +141,7 @@ def decoder_head_model(encoder):
         lateral = encoder.laterals[level](levels[level])
         x = encoder.get_layer(f"decoder_merge_{level}")([lateral, encoder.upsample[level](x, lateral)])
     decoder = encoder.get_layer("decoder_output")(encoder.smooth_bn(encoder.smooth_conv(x)))
-    representations = {
-        DECODER: encoder.decoder_normalize(decoder),
-        EMBEDDING: encoder.l2_normalize(encoder.head_output(encoder.head_hidden(decoder))),
-    }
+    representations = encoder.represent(levels, decoder)
     return keras.Model(
         levels,
         {

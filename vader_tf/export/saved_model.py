@@ -40,6 +40,7 @@ from vader_tf.serving_contract import (
     OUTPUT_GRID,
     OUTPUT_STRIDE,
     PYRAMID_SIGNATURE,
+    SERVED_PARTS,
     SERVED_REPRESENTATION,
     SERVING_SIGNATURE,
     WARMUP_FILE,
@@ -209,6 +210,9 @@ def export_metadata(encoder):
     return {
         "contract_version": CONTRACT_VERSION,
         "features": SERVED_REPRESENTATION,
+        # `features` = each part (a `pyramid` output, L2-normalised on the stride-4 grid)
+        # times sqrt(weight / sum of weights), concatenated in this order.
+        "features_parts": [[name, weight] for name, weight in SERVED_PARTS.items()],
         "feature_dim": int(features.shape[-1]),
         "embedding_dim": int(encoder.representations[EMBEDDING].shape[-1]),
         "output_stride": OUTPUT_STRIDE,

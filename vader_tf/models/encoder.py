@@ -4,12 +4,15 @@ It maps RGB images with pixel values in [0, 255] and any H, W that are multiples
 a stride-4 map whose pixels are L2-normalised (see `vader_tf.ops.grid`). Input
 standardisation is part of the model, so exported graphs take raw pixels.
 
-Two stride-4 representations come out of it (`REPRESENTATIONS`):
+Three stride-4 representations come out of it (`REPRESENTATIONS`), all unit norm per cell:
 
+- `"fused"`: the L2-normalised decoder output joined with the backbone's `P4` level
+  (resized to stride 4 on the grid of `vader_tf.ops.grid`, L2-normalised), weighted 1 and
+  0.25 (`FUSED_PARTS`; `decoder_channels` + P4's channels). The representation served to
+  users (`vader_tf.serving_contract`, `vader_tf.load_encoder`): the small study measures
+  it best on semantics and propagation (RESULTS.md, docs/evaluation.md).
 - `"decoder"`: the FPN decoder's output, L2-normalised per pixel (`decoder_channels`
-  channels). The representation served to users (`vader_tf.serving_contract`,
-  `vader_tf.load_encoder`): the small study measured it at least as good as the
-  embedding on every evaluation (RESULTS.md, docs/evaluation.md).
+  channels); the most precise for correspondence.
 - `"embedding"`: the projection head's output (`embedding_dim` channels), the training
   embedding the contrastive loss is computed on.
 
@@ -22,6 +25,7 @@ from vader_tf.models import backbone as backbone_lib
 from vader_tf.models.layers import (
     BatchNormalization,
     ImageNormalization,
+    JoinUnitMaps,
     L2Normalize,
     ResizeToReference,
     use_fused_batch_norm,
@@ -33,12 +37,19 @@ INPUT_MULTIPLE = 32
 
 DECODER = "decoder"
 EMBEDDING = "embedding"
-REPRESENTATIONS = (DECODER, EMBEDDING)
+FUSED = "fused"
+REPRESENTATIONS = (DECODER, EMBEDDING, FUSED)
+# The parts of `fused` and their weights: the decoder output and a backbone level, each
+# L2-normalised on the stride-4 grid, joined by `layers.join_unit_maps` (cell similarities
+# are the weighted mean of the parts'). The weight was chosen on the tuning sets (CamVid
+# val, the shared DAVIS sequences; results/served_taps/).
+FUSED_PARTS = ((DECODER, 1.0), ("P4", 0.25))
+# The same map as an evaluation tap (`vader_tf.eval.encoders`): "decoder+P4@0.25".
+FUSED_TAP = "+".join(name if w == 1.0 else f"{name}@{w:g}" for name, w in FUSED_PARTS)
 # Stride of every named output: the backbone levels, and the stride-4 representations.
 OUTPUT_STRIDES = {
     **backbone_lib.PYRAMID_STRIDES,
-    DECODER: grid_lib.FEATURE_STRIDE,
-    EMBEDDING: grid_lib.FEATURE_STRIDE,
+    **{name: grid_lib.FEATURE_STRIDE for name in REPRESENTATIONS},
 }
 
 
@@ -60,26 +71,27 @@ class DenseEncoder(keras.Model):
         head_hidden_dim: width of the hidden layer of the projection head.
         embedding_dim: channels D of the projection head's embedding.
         output: which representation the model returns, one of `REPRESENTATIONS`:
-            "embedding" (the default, what training methods consume) or "decoder" (the
-            L2-normalised decoder output, which `vader_tf.load_encoder` and the exports
-            serve). Configs without it (runs saved before it existed) get the default;
-            it changes no weight.
+            "embedding" (the default, what training methods consume), "fused" (what
+            `vader_tf.load_encoder` and the exports serve) or "decoder" (the
+            L2-normalised decoder output). Configs without it (runs saved before it
+            existed) get the default; it changes no weight.
 
     Attributes:
         pyramid_outputs: dict of the symbolic outputs "P2".."P5" (backbone levels) and
             "decoder" (the FPN output before the head, not normalised), for building
             fine-tuning models:
             `keras.Model(encoder.input, encoder.pyramid_outputs["decoder"])`.
-        representations: dict of the two symbolic unit-norm stride-4 outputs, "decoder"
-            and "embedding" (see the module docstring), whatever `output` is.
+        representations: dict of the three symbolic unit-norm stride-4 outputs,
+            "decoder", "embedding" and "fused" (see the module docstring), whatever
+            `output` is.
         grid: `{name: {"stride": s, "cell_centre": [y, x]}}` for every named output
-            ("P2".."P5", "decoder", "embedding"): where cell (0, 0) is centred, in input
+            ("P2".."P5", "decoder", "embedding", "fused"): where cell (0, 0) is centred, in input
             pixel coordinates (`vader_tf.ops.grid.declare_grid`). Also in `get_config`.
 
     Example:
     ```python
-    encoder = DenseEncoder(build_backbone("resnet18"), output="decoder")
-    features = encoder(np.zeros((2, 224, 224, 3), "float32"))  # (2, 56, 56, 128)
+    encoder = DenseEncoder(build_backbone("resnet18"), output="fused")
+    features = encoder(np.zeros((2, 224, 224, 3), "float32"))  # (2, 56, 56, 128 + 256)
     ```
     """
 
@@ -121,6 +133,14 @@ class DenseEncoder(keras.Model):
         # Weightless: renaming or adding these changes no checkpoint or saved weight.
         self.l2_normalize = L2Normalize(name=EMBEDDING)
         self.decoder_normalize = L2Normalize(name="decoder_normalized")
+        levels_in_fused = [name for name, _ in FUSED_PARTS if name != DECODER]
+        self.fused_resize = {
+            level: ResizeToReference(name=f"fused_resize_{level}") for level in levels_in_fused
+        }
+        self.fused_normalize = {
+            level: L2Normalize(name=f"fused_normalize_{level}") for level in levels_in_fused
+        }
+        self.fused_join = JoinUnitMaps([w for _, w in FUSED_PARTS], name=FUSED)
 
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
@@ -134,10 +154,7 @@ class DenseEncoder(keras.Model):
         x = self.smooth_conv(x)
         x = self.smooth_bn(x)
         decoder_output = keras.layers.ReLU(name="decoder_output")(x)
-        representations = {
-            DECODER: self.decoder_normalize(decoder_output),
-            EMBEDDING: self.l2_normalize(self.head_output(self.head_hidden(decoder_output))),
-        }
+        representations = self.represent(levels, decoder_output)
         super().__init__(inputs=images, outputs=representations[output], **kwargs)
 
         # === Config ===
@@ -148,6 +165,21 @@ class DenseEncoder(keras.Model):
         self.pyramid_outputs = {**levels, DECODER: decoder_output}
         self.representations = representations
         self.grid = grid_lib.declare_grid(OUTPUT_STRIDES)
+
+    def represent(self, levels, decoder_output):
+        """The three representations (`REPRESENTATIONS`) of the decoder's output
+        `decoder_output` (before normalisation) and the backbone `levels` it came from."""
+        decoder = self.decoder_normalize(decoder_output)
+        fused_parts = {DECODER: decoder}
+        for level in self.fused_resize:
+            fused_parts[level] = self.fused_normalize[level](
+                self.fused_resize[level](levels[level], decoder_output)
+            )
+        return {
+            DECODER: decoder,
+            EMBEDDING: self.l2_normalize(self.head_output(self.head_hidden(decoder_output))),
+            FUSED: self.fused_join([fused_parts[name] for name, _ in FUSED_PARTS]),
+        }
 
     def get_config(self):
         # Only our own arguments: the functional graph is rebuilt by `__init__`. The

@@ -1,6 +1,7 @@
 """Small layers the dense encoder is made of. TensorFlow backend only."""
 
 import contextlib
+import math
 import threading
 
 import keras
@@ -79,6 +80,42 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def join_unit_maps(maps, weights):
+    """Unit-norm per-cell maps of one grid joined into one unit-norm map: each scaled by
+    `sqrt(w_i / sum(w))` and concatenated on the last axis, so that the dot product of two
+    cells is the `weights`-weighted mean of the maps' cosine similarities."""
+    if len(maps) == 1:
+        return maps[0]
+    total = float(sum(weights))
+    return tf.concat(
+        [tf.cast(m, tf.float32) * math.sqrt(w / total) for m, w in zip(maps, weights)], axis=-1
+    )
+
+
+@keras.saving.register_keras_serializable(package="vader_tf")
+class JoinUnitMaps(keras.layers.Layer):
+    """`join_unit_maps` as a weightless layer: called on a list of unit-norm maps of one
+    grid, returns their weighted concatenation (float32, unit norm per cell)."""
+
+    def __init__(self, part_weights, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.part_weights = tuple(float(w) for w in part_weights)
+
+    def call(self, maps):
+        if len(maps) != len(self.part_weights):
+            raise ValueError(f"Expected {len(self.part_weights)} maps, got {len(maps)}.")
+        return join_unit_maps(list(maps), self.part_weights)
+
+    def compute_output_shape(self, input_shapes):
+        channels = [shape[-1] for shape in input_shapes]
+        total = None if None in channels else sum(channels)
+        return (*input_shapes[0][:-1], total)
+
+    def get_config(self):
+        return {**super().get_config(), "part_weights": list(self.part_weights)}
 
 
 @keras.saving.register_keras_serializable(package="vader_tf")

@@ -12,11 +12,12 @@ different precision. Every result JSON records the run's resolved precision and 
 direction (`small_study.training_record`).
 
 Every run is evaluated, at the study's protocols, on the three evaluations (CamVid
-linear probe, DAVIS label propagation, BSDS500 correspondence) at the served output
-(`decoder`) and at `P4`, MoCo's best semantic tap (random init's best taps are these two
-as well), and so is each seed's random initialisation (`random_init`; the issue's
-strongest baseline may be either), drawn at 0 steps. Runs are made in order of length,
-both methods at each, so the cheapest complete comparison comes first. Resumable like the study: pretraining resumes from its
+linear probe, DAVIS label propagation, BSDS500 correspondence) at `decoder` (the output
+served by contract 2, when the curve was run) and at `P4`, MoCo's best semantic tap
+(random init's best taps are these two as well), and so is each seed's random
+initialisation (`random_init`; the issue's strongest baseline may be either), drawn at
+0 steps. Runs are made in order of length, both methods at each, so the cheapest
+complete comparison comes first. Resumable like the study: pretraining resumes from its
 run directory (an interrupted run from its last checkpoint), and an evaluation whose
 JSON exists is skipped (unless `force`). After every run it rewrites, in `results_dir`,
 `compute_curve.json` (per method, tap and length: every metric over the seeds done),
@@ -50,8 +51,13 @@ from vader_tf.training.pretrain import PretrainConfig
 VADER_FIELDS = {}
 # Method -> the fields its runs change from the study's run of the same name.
 METHODS = {"vader": VADER_FIELDS, "moco": {}}
-# The served output and MoCo's best semantic tap.
-CURVE_LAYERS = (small_study.SERVED_TAP, "P4")
+# VADeR's output the curve follows: the decoder, the served `features` of serving contract
+# 2 when the curve was run (results/compute_curve/); contract 3 serves
+# `small_study.SERVED_TAP`, which the committed curve has at 1200 steps only.
+CURVE_TAP = "decoder"
+CURVE_TAP_LABEL = "served by contract 2"
+# That output and MoCo's best semantic tap.
+CURVE_LAYERS = (CURVE_TAP, "P4")
 # The metrics plotted (`small_study.headline` columns) and their titles.
 PLOTTED = {"mIoU": "CamVid val mIoU", "J&F": "DAVIS J&F", "PCK@8": "PCK@8"}
 # Where the study's report looks for the curve, under its own `results_dir`.
@@ -237,12 +243,12 @@ def curves(config):
 def ordered(points):
     """`[(method, layer, steps, point)]` of `curves`' points (as read back from the
     key-sorted JSON or as `curves` built them): methods in `METHODS` order, random init
-    last, the served tap first, then taps by name, lengths ascending."""
+    last, `CURVE_TAP` first, then taps by name, lengths ascending."""
     return [
         (method, layer, steps, point)
         for method in (*METHODS, RANDOM)
         for layer in sorted(
-            points.get(method, {}), key=lambda tap: (tap != small_study.SERVED_TAP, tap)
+            points.get(method, {}), key=lambda tap: (tap != CURVE_TAP, tap)
         )
         for steps, point in sorted(points[method][layer].items(), key=lambda item: int(item[0]))
     ]
@@ -273,7 +279,7 @@ def write_outputs(config, command):
 
 
 def _label(method, layer):
-    served = " (served)" if layer == small_study.SERVED_TAP else ""
+    served = f" ({CURVE_TAP_LABEL})" if layer == CURVE_TAP else ""
     return f"{small_study.ENCODER_NAMES[method]} {layer}{served}"
 
 
@@ -297,7 +303,7 @@ def precision_sentence(payload):
 def table(payload):
     """Markdown: the precision, then per method, tap and length the mean ± std over the
     seeds of each plotted metric (random init at 0 steps); then, per length and metric,
-    VADeR's served output against each baseline's best tap and the margin over the
+    VADeR's `CURVE_TAP` against each baseline's best tap and the margin over the
     strongest of them."""
     points = payload["curves"]
     lines = [
@@ -317,11 +323,11 @@ def table(payload):
     if margins:
         lines += [
             "",
-            f"Margin: VADeR's served `{small_study.SERVED_TAP}` against the best tap of each "
+            f"Margin: VADeR's `{CURVE_TAP}` ({CURVE_TAP_LABEL}) against the best tap of each "
             "baseline (MoCo v2 at the same length; random init) and its margin over the "
             "strongest of them (means over seeds; positive = VADeR ahead).",
             "",
-            f"| steps | metric | VADeR `{small_study.SERVED_TAP}` | MoCo v2's best tap "
+            f"| steps | metric | VADeR `{CURVE_TAP}` | MoCo v2's best tap "
             "| random init's best tap | margin over the strongest |",
             "|" + " --- |" * 6,
             *margins,
@@ -345,9 +351,9 @@ def best_tap(taps, steps, column):
 
 
 def margin_rows(points):
-    """The margin table's rows, per length of VADeR's served output and plotted metric."""
+    """The margin table's rows, per length of VADeR's `CURVE_TAP` and plotted metric."""
     rows = []
-    vader = points.get("vader", {}).get(small_study.SERVED_TAP, {})
+    vader = points.get("vader", {}).get(CURVE_TAP, {})
     for steps in sorted(vader, key=int):
         for column, title in PLOTTED.items():
             ours = small_study.mean_std(vader[steps].get(column, []))[0]
@@ -399,8 +405,8 @@ def report_section(results_dir, report_dir):
             f"VADeR with {payload['vader_fields']}" if payload["vader_fields"]
             else "VADeR's default"
         ) + ") pretrained for several lengths, each its own run from the seed's random "
-        "initialisation, evaluated with the study's protocols at the served `decoder` and at "
-        "`P4`, beside each seed's random initialisation (0 steps). "
+        f"initialisation, evaluated with the study's protocols at `{CURVE_TAP}` "
+        f"({CURVE_TAP_LABEL}) and at `P4`, beside each seed's random initialisation (0 steps). "
         + precision_sentence(payload) + " Commands:",
         "",
         "```",

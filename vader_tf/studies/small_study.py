@@ -45,10 +45,18 @@ from vader_tf.data.segmentation import load_image, load_segmentation_split, resi
 from vader_tf.eval import visualize
 from vader_tf.eval.correspondence import evaluate_correspondence, list_images, load_images
 from vader_tf.eval.davis import evaluate_davis, list_sequences
-from vader_tf.eval.encoders import COMBINE, LAYERS, check_layer, load_feature_extractor
+from vader_tf.eval.encoders import (
+    COMBINE,
+    LAYERS,
+    check_layer,
+    layer_parts,
+    load_feature_extractor,
+)
 from vader_tf.eval.linear_probe import run_linear_probe
 from vader_tf.eval.protocols import CamVidProbeProtocol, CorrespondenceProtocol, DavisProtocol
 from vader_tf.eval.reporting import same_protocol, write_results
+from vader_tf.models.backbone import PYRAMID_LEVELS
+from vader_tf.models.encoder import FUSED_TAP
 from vader_tf.run_dir import RunDir, load_encoder
 from vader_tf.serving_contract import CONTRACT_VERSION
 from vader_tf.training import precision
@@ -72,15 +80,16 @@ ENCODER_NAMES = {
 }
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
 # The taps the study evaluates by default, named unambiguously: `embedding` is the
-# projection head's output (the training embedding), `decoder` the L2-normalised FPN output,
-# which is what an export serves as `features` since serving contract 2
-# (`vader_tf.serving_contract`). The tap `features` (the served output) is not a default:
-# its meaning changed with the contract version (`check_tap`).
-SERVED_TAP = "decoder"
-STUDY_LAYERS = ("embedding", SERVED_TAP, "P4")
+# projection head's output (the training embedding), `decoder` the L2-normalised FPN output
+# (served as `features` by contract 2), `decoder+P4@0.25` the two joined (`FUSED_TAP`,
+# served as `features` since contract 3, `vader_tf.serving_contract`). The tap `features`
+# (the served output) is not a default: its meaning changes with the contract version
+# (`check_tap`).
+SERVED_TAP = FUSED_TAP
+STUDY_LAYERS = ("embedding", "decoder", "P4", SERVED_TAP)
 TAPS_HELP = (
-    f"Taps evaluated, from {LAYERS} or several joined by {COMBINE!r} (`decoder` = the served "
-    "`features` since serving contract 2)."
+    f"Taps evaluated, from {LAYERS} or several joined by {COMBINE!r} (`{SERVED_TAP}` = the "
+    "served `features` since serving contract 3, `decoder` under contract 2)."
 )
 # The tap of the PCA pictures.
 PCA_LAYER = "embedding"
@@ -459,8 +468,9 @@ def check_same_training(trainings):
 def check_tap(path, result):
     """Raises a one-line ValueError if the result JSON `path` (read as `result`) taps
     `features` without recording the serving contract it was evaluated under: before
-    contract 2 that tap was the projection head's output (today's `embedding`), since then
-    the normalised decoder output, so its numbers cannot be told apart."""
+    contract 2 that tap was the projection head's output (today's `embedding`), under
+    contract 2 the normalised decoder output, since contract 3 `FUSED_TAP`, so its numbers
+    cannot be told apart."""
     config = result.get("config", {})
     if config.get("layer") == "features" and "serving_contract" not in config:
         raise ValueError(
@@ -696,13 +706,15 @@ def format_cell(values, digits=3):
 
 
 def tap_description(name, layer):
-    if layer not in ("features", "embedding", "decoder"):
-        return f"`{layer}` (backbone)"
     served = ", served" if layer == SERVED_TAP else ""
+    levels = [part in PYRAMID_LEVELS for part, _ in layer_parts(layer)]
+    if all(levels):
+        return f"`{layer}` (backbone{served})"
     if name == "random":
         return f"`{layer}` (untrained{served})"
     trained = "trained" if name.startswith("vader") else "untrained decoder"
-    return f"`{layer}` ({trained}{served})"
+    backbone = " + backbone" if any(levels) else ""
+    return f"`{layer}` ({trained}{backbone}{served})"
 
 
 def _table_row(label, tap, row):
@@ -859,12 +871,13 @@ def write_report(config, command, figures, elapsed):
         "backbone levels are resized bilinearly to the stride-4 grid. MoCo trains only the "
         "backbone (its decoder keeps its random initialisation), so its `embedding` and "
         "`decoder` taps are untrained heads on a MoCo backbone. `embedding` is the "
-        "projection head's output (the training embedding); `decoder` = the served "
-        "`features` since serving contract 2 (the L2-normalised decoder output). Results "
-        "evaluated as `--layer=features` under contract 1, when that was the head's "
-        "output, are stored as `embedding` (their JSON's `note` says so).",
+        "projection head's output (the training embedding); `decoder` the L2-normalised "
+        f"decoder output (the served `features` under serving contract 2); `{SERVED_TAP}` "
+        "the two joined, cell similarities weighted 1 : 0.25 (the served `features` since "
+        "contract 3). Results evaluated as `--layer=features` under contract 1, when that "
+        "was the head's output, are stored as `embedding` (their JSON's `note` says so).",
         "",
-        "**Goal** (issue 20: VADeR's served output, `decoder`, against the strongest "
+        f"**Goal** (issue 20: VADeR's served output, `{SERVED_TAP}`, against the strongest "
         "baseline: the best tap of MoCo v2 and of random init; CamVid +3, DAVIS +10):",
         "",
         *goal_check(aggregated),

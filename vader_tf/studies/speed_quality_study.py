@@ -8,8 +8,8 @@ variant runs the same steps at the same batch, so it sees the same images with h
 the backbone work. For each variant this writes its loss curve (from the run's
 TensorBoard events), wall time per training step (median over the logged intervals,
 from the loop's images/s, pipeline included) and the CamVid val linear-probe mIoU at
-the served `decoder` tap (the study's probe, `small_study.Evaluations`), then one JSON and a
-markdown table comparing them. Every variant is probed in float32: a run's saved
+the `decoder` tap (served by contract 2; the study's probe, `small_study.Evaluations`),
+then one JSON and a markdown table comparing them. Every variant is probed in float32: a run's saved
 architecture does not record its training precision (`DenseEncoder.get_config`).
 
 Resumable like the study: pretraining resumes from its run directory, and a variant
@@ -36,10 +36,11 @@ VARIANTS = {
     "bfloat16_symmetric": dict(mixed_precision="mixed_bfloat16", symmetric_loss=True),
     "float32_one_direction": dict(mixed_precision="none", symmetric_loss=False),
 }
-# The served output (`decoder` = the served `features` since serving contract 2). The
-# committed results of issue 13 were probed at the projection head's output (`embedding`,
-# then called `features`; their JSON's `note` says so).
-LAYER = small_study.SERVED_TAP
+# The output probed: `decoder`, the served `features` of serving contract 2 when this
+# study was last run (contract 3 serves `small_study.SERVED_TAP`). The committed results
+# of issue 13 were probed at the projection head's output (`embedding`, then called
+# `features`; their JSON's `note` says so).
+LAYER = "decoder"
 
 
 @dataclasses.dataclass
