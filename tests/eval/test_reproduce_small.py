@@ -232,8 +232,9 @@ def test_mean_std_and_goal_check_against_numpy():
     values = {"mIoU": [0.30, 0.34, 0.32], "J&F": [0.70, 0.74, 0.72]}
     baseline_p4 = {"mIoU": [0.25, 0.27, 0.26], "J&F": [0.41, 0.40, 0.42]}
     aggregated = {
-        ("vader", "decoder+P4@0.25"): values,
-        ("vader", "embedding"): {"mIoU": [0.9] * 3, "J&F": [0.9] * 3},  # not served
+        ("vader", "decoder+P4@0.25"): {**values, "PCK@8": [0.55, 0.56, 0.54]},
+        # Not served; its PCK@8 is the goal's floor.
+        ("vader", "embedding"): {"mIoU": [0.9] * 3, "J&F": [0.9] * 3, "PCK@8": [0.56] * 3},
         ("moco", "P4"): baseline_p4,
         ("moco", "decoder"): {"mIoU": [0.2, 0.2, 0.2], "J&F": [0.5, 0.5, 0.5]},
         ("random", "decoder"): {"mIoU": [0.1, 0.1, 0.1], "J&F": [0.6, 0.63, 0.6]},
@@ -254,6 +255,10 @@ def test_mean_std_and_goal_check_against_numpy():
     assert "strongest baseline, random init's `decoder` 61.0" in lines[1]
     assert "MoCo v2's best `decoder` 50.0" in lines[1]
     assert "+11.0 points" in lines[1] and "-> met" in lines[1]
+    # PCK@8: 0.550 against the embedding's 0.560 -> missed.
+    assert "(served) 0.550 vs `embedding`" in lines[2] and "-0.010 -> missed" in lines[2]
+    aggregated["vader", "embedding"]["PCK@8"] = [0.55, 0.55, 0.54]
+    assert "+0.003 -> met" in small_study.goal_check(aggregated)[2]
     aggregated["random", "P4"] = {"J&F": [0.65, 0.65, 0.65]}
     assert "+7.0 points" in small_study.goal_check(aggregated)[1]
     assert "-> missed" in small_study.goal_check(aggregated)[1]
