@@ -21,7 +21,8 @@ decoder does, so cell centres stay put), and every tap is L2-normalised per pixe
 every tap is a stride-4 map of unit vectors. Taps joined by `+` (e.g. `"decoder+P4"`,
 or `"decoder+P4@0.25"` with a weight) are concatenated, each part scaled so that the
 whole has unit norm and a dot product of two cells is the weighted mean of the parts'
-cosine similarities (`combine_taps`). Tapping the backbone makes frozen evaluation
+cosine similarities (`vader_tf.models.layers.join_unit_maps`, which the encoder's served
+`fused` map uses too). Tapping the backbone makes frozen evaluation
 fair to encoders whose decoder and head were never trained (a MoCo run, a random
 encoder). SavedModels are read by output name through the signature
 `vader_tf.serving_contract.output_source` names for their contract version: an export of
@@ -116,14 +117,6 @@ def is_layer(layer):
     return True
 
 
-def combine_taps(taps, weights):
-    """Unit-norm per-cell tap maps of one grid joined into one unit-norm map
-    (`vader_tf.models.layers.join_unit_maps`, as the encoder joins its `fused` output): a
-    dot product of two cells is the `weights`-weighted mean of the parts' cosine
-    similarities."""
-    return join_unit_maps(taps, weights)
-
-
 def tap_to_grid(tapped, images, layer):
     """An encoder output as unit vectors on the stride-4 grid of `images`.
 
@@ -208,7 +201,7 @@ def _keras_forward(encoder, layer=FEATURES_LAYER):
     @tf.function(reduce_retracing=True)
     def forward(images):
         tapped = tf.nest.flatten(encoder(images, training=False))
-        return combine_taps(
+        return join_unit_maps(
             [tap_to_grid(out, images, name) for out, name in zip(tapped, names)], weights
         )
 
@@ -244,7 +237,7 @@ def _saved_model_forward(path, layer=FEATURES_LAYER):
             signature: loaded.signatures[signature](**{IMAGES_INPUT: pixels})
             for signature in dict.fromkeys(signature for signature, _ in sources)
         }
-        return combine_taps(
+        return join_unit_maps(
             [
                 tap_to_grid(served[signature][output], images, name)
                 for (signature, output), name in zip(sources, names)
