@@ -1,7 +1,7 @@
 r"""How VADeR's margin over MoCo v2 changes with compute (issue 20 §3): the study's VADeR
 and MoCo v2 runs pretrained for 1x, 2x and 4x its budget (1200, 2400, 4800 steps) in
 PretrainConfig's default precision (bfloat16 where the hardware has it), each evaluated on
-the three evaluations at `decoder` (served by contract 2) and at `P4`; writes
+the three evaluations at the served output (`decoder+P4@0.25`), `decoder` and `P4`; writes
 <results_dir>/compute_curve.json, .md and .png after every run. See
 `vader_tf/studies/compute_curve_study.py`.
 

@@ -20,7 +20,9 @@ TINY = (
 )
 RUNS = ("vader_2", "moco_2", "vader_4", "moco_4")
 EVALUATIONS = ("linear_probe", "davis_label_propagation", "correspondence")
-LAYERS = ("decoder", "P4")
+# The served output first, then the taps the curve also follows.
+LAYERS = compute_curve_study.CURVE_LAYERS
+SERVED = compute_curve_study.CURVE_TAP
 
 
 def run_script(tmp_path, data_root, *extra):
@@ -148,8 +150,8 @@ def write_run(results, name, miou, training):
     (results / f"pretrain_{name}.json").write_text(json.dumps(
         {"evaluation": "pretraining", "config": {}, "metrics": {}, **training}
     ))
-    (results / f"linear_probe_{name}_decoder.json").write_text(json.dumps({
-        "evaluation": "linear_probe", "config": {"layer": "decoder"},
+    (results / f"linear_probe_{name}_{SERVED}.json").write_text(json.dumps({
+        "evaluation": "linear_probe", "config": {"layer": SERVED},
         "metrics": {"mean_iou": miou}, **training,
     }))
 
@@ -166,24 +168,25 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     write_run(tmp_path / "seed0", "random", 0.375, None)  # No pretraining summary.
     (tmp_path / "seed0" / "pretrain_random.json").unlink()
     config = compute_curve_study.CurveConfig(
-        results_dir=str(tmp_path), seeds=(1,), steps=(4,), layers=("decoder",)
+        results_dir=str(tmp_path), seeds=(1,), steps=(4,), layers=(SERVED,)
     )
     curve = compute_curve_study.write_outputs(config, ["first"])
     curve = compute_curve_study.write_outputs(config, ["second"])
     assert curve["commands"] == [["first"], ["second"]]
     assert curve["curves"] == {
-        "vader": {"decoder": {"2": {"seeds": [0], "mIoU": [0.25]},
-                              "4": {"seeds": [0, 1], "mIoU": [0.5, 0.75]}}},
-        "moco": {"decoder": {"4": {"seeds": [0], "mIoU": [0.125]}}},
-        "random": {"decoder": {"0": {"seeds": [0], "mIoU": [0.375]}}},
+        "vader": {SERVED: {"2": {"seeds": [0], "mIoU": [0.25]},
+                           "4": {"seeds": [0, 1], "mIoU": [0.5, 0.75]}}},
+        "moco": {SERVED: {"4": {"seeds": [0], "mIoU": [0.125]}}},
+        "random": {SERVED: {"0": {"seeds": [0], "mIoU": [0.375]}}},
     }
     table = (tmp_path / "compute_curve.md").read_text()
-    assert "| VADeR | `decoder` | 4 | 0, 1 | 0.625 ± 0.177 | n/a | n/a |" in table
+    assert f"| VADeR | `{SERVED}` | 4 | 0, 1 | 0.625 ± 0.177 | n/a | n/a |" in table
     # The margin over the strongest baseline: 0.625 - 0.375 (random init beats MoCo).
     assert (
-        "| 4 | CamVid val mIoU | 0.625 | `decoder` 0.125 | `decoder` 0.375 | +0.250 |" in table
+        f"| 4 | CamVid val mIoU | 0.625 | `{SERVED}` 0.125 | `{SERVED}` 0.375 | +0.250 |"
+        in table
     )
-    assert "| 2 | CamVid val mIoU | 0.250 | n/a | `decoder` 0.375 | -0.125 |" in table
+    assert f"| 2 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
 
     # A tap evaluated later (here only for MoCo) joins the curve, and the best-tap margin.
     (tmp_path / "seed0" / "linear_probe_moco_4_decoder+P4.json").write_text(json.dumps({
@@ -193,7 +196,7 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     curve = compute_curve_study.write_outputs(config, ["second"])
     assert curve["curves"]["moco"]["decoder+P4"] == {"4": {"seeds": [0], "mIoU": [0.5]}}
     table = (tmp_path / "compute_curve.md").read_text()
-    margin = "| 4 | CamVid val mIoU | 0.625 | `decoder+P4` 0.500 | `decoder` 0.375 | +0.125 |"
+    margin = f"| 4 | CamVid val mIoU | 0.625 | `decoder+P4` 0.500 | `{SERVED}` 0.375 | +0.125 |"
     assert margin in table
 
     write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))

@@ -12,9 +12,10 @@ different precision. Every result JSON records the run's resolved precision and 
 direction (`small_study.training_record`).
 
 Every run is evaluated, at the study's protocols, on the three evaluations (CamVid
-linear probe, DAVIS label propagation, BSDS500 correspondence) at `decoder` (the output
-served by contract 2, when the curve was run) and at `P4`, MoCo's best semantic tap
-(random init's best taps are these two as well), and so is each seed's random
+linear probe, DAVIS label propagation, BSDS500 correspondence) at the served output
+(`small_study.SERVED_TAP`, serving contract 3), at `decoder` (contract 2's served output)
+and at `P4`, the taps among which every method's best lies in the study, and so is each
+seed's random
 initialisation (`random_init`; the issue's strongest baseline may be either), drawn at
 0 steps. Runs are made in order of length, both methods at each, so the cheapest
 complete comparison comes first. Resumable like the study: pretraining resumes from its
@@ -51,13 +52,11 @@ from vader_tf.training.pretrain import PretrainConfig
 VADER_FIELDS = {}
 # Method -> the fields its runs change from the study's run of the same name.
 METHODS = {"vader": VADER_FIELDS, "moco": {}}
-# VADeR's output the curve follows: the decoder, the served `features` of serving contract
-# 2 when the curve was run (results/compute_curve/); contract 3 serves
-# `small_study.SERVED_TAP`, which the committed curve has at 1200 steps only.
-CURVE_TAP = "decoder"
-CURVE_TAP_LABEL = "served by contract 2"
-# That output and MoCo's best semantic tap.
-CURVE_LAYERS = (CURVE_TAP, "P4")
+# VADeR's output the curve follows: the served `features` (serving contract 3).
+CURVE_TAP = small_study.SERVED_TAP
+CURVE_TAP_LABEL = "served"
+# That output and its two parts, among which each method's best tap lies in the study.
+CURVE_LAYERS = (CURVE_TAP, "decoder", "P4")
 # The metrics plotted (`small_study.headline` columns) and their titles.
 PLOTTED = {"mIoU": "CamVid val mIoU", "J&F": "DAVIS J&F", "PCK@8": "PCK@8"}
 # Where the study's report looks for the curve, under its own `results_dir`.
@@ -67,7 +66,7 @@ CURVE_FILE = "compute_curve"
 RANDOM = "random"
 _RUN_SUMMARY = re.compile(r"seed(\d+)/pretrain_(" + "|".join(METHODS) + r")_(\d+)\.json$")
 _RANDOM_RESULT = re.compile(
-    r"seed(\d+)/(" + "|".join(small_study.EVALUATIONS) + r")_" + RANDOM + r"_\w+\.json$"
+    r"seed(\d+)/(" + "|".join(small_study.EVALUATIONS) + r")_" + RANDOM + r"_[^/]+\.json$"
 )
 
 
@@ -406,7 +405,8 @@ def report_section(results_dir, report_dir):
             else "VADeR's default"
         ) + ") pretrained for several lengths, each its own run from the seed's random "
         f"initialisation, evaluated with the study's protocols at `{CURVE_TAP}` "
-        f"({CURVE_TAP_LABEL}) and at `P4`, beside each seed's random initialisation (0 steps). "
+        f"({CURVE_TAP_LABEL}) and at every other tap in the table, beside each seed's random "
+        "initialisation (0 steps). "
         + precision_sentence(payload) + " Commands:",
         "",
         "```",
