@@ -9,7 +9,12 @@ at the study's protocols; writes <results_dir>/tuning.json and tuning.md. See
     python experiments/tune_small.py --variants=default,points_128 --train_steps=3 \
         --image_size=64 --batch_size=4 --probe_steps=3 --probe_limit=2 \
         --probe_image_size=32 --davis_max_frames=2    # smoke
+    python experiments/tune_small.py --variants=default,global_0.5 --seeds=0,1,2 --held_out \
+        --run_dir=runs/reproduce_small --results_dir=results/methods/carry  # carry a choice
 
+`--held_out` adds the BSDS500 correspondence photos, for a variant already chosen: the
+study's report (experiments/reproduce_small.py) puts the variants found in
+<its results_dir>/methods/carry and methods/from_moco through issue 20's goal check.
 Every field of `TuningConfig` is a flag of the same name. With the study's --run_dir and
 --results_dir, `default` is the study's own VADeR run. Rerunning resumes: pretraining
 continues from --run_dir and evaluations whose JSON exists are skipped.

@@ -256,7 +256,7 @@ def test_mean_std_and_goal_check_against_numpy():
     assert "MoCo v2's best `decoder` 50.0" in lines[1]
     assert "+11.0 points" in lines[1] and "-> met" in lines[1]
     # PCK@8: 0.550 against the embedding's 0.560 -> missed.
-    assert "(served) 0.550 vs `embedding`" in lines[2] and "-0.010 -> missed" in lines[2]
+    assert "(served) 0.550 vs VADeR's `embedding`" in lines[2] and "-0.010 -> missed" in lines[2]
     aggregated["vader", "embedding"]["PCK@8"] = [0.55, 0.55, 0.54]
     assert "+0.003 -> met" in small_study.goal_check(aggregated)[2]
     aggregated["random", "P4"] = {"J&F": [0.65, 0.65, 0.65]}

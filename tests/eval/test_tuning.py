@@ -5,6 +5,8 @@ the tuning sets only, the JSON and table, resume, and a bad variant."""
 import json
 import os
 
+import pytest
+
 from tests.eval.test_reproduce_small import (
     make_data_root, run_experiment, run_reproduce, small_study,
 )
@@ -69,6 +71,17 @@ def test_tuning_runs_beside_the_study_on_the_tuning_sets_and_resumes(tmp_path):
     mtimes = {name: (results / name).stat().st_mtime_ns for name in written}
     again = run_script(tmp_path, data_root, "--variants=default,temperature_0.1")
     assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: (results / name).stat().st_mtime_ns for name in written} == mtimes
+
+    # `--held_out` adds the correspondence photos (for a variant already chosen), and only
+    # them: the tuning evaluations are not recomputed.
+    held_out = run_script(tmp_path, data_root, "--variants=temperature_0.1", "--held_out")
+    assert held_out.returncode == 0, held_out.stderr[-3000:]
+    added = sorted(
+        name for name in os.listdir(results)
+        if not name.startswith("pretrain_") and name not in written
+    )
+    assert added == ["correspondence_vader_temperature_0.1_decoder+P4@0.25.json"]
     assert {name: (results / name).stat().st_mtime_ns for name in written} == mtimes
 
 
@@ -136,3 +149,75 @@ def test_variants_continued_from_moco_run_beside_the_studys_from_moco_run(tmp_pa
     } == study_run
     table = (tmp_path / "from_moco" / "tuning.md").read_text()
     assert table.startswith("Seeds 0; continued from each seed's MoCo run;")
+
+
+def write_headline(results_dir, name, layer, training, miou=None, jf=None, pck8=None):
+    """Result JSONs of encoder `name` at `layer` holding the given headline numbers."""
+    results = {
+        "linear_probe": miou is not None and {"mean_iou": miou},
+        "davis_label_propagation": jf is not None and {"J_mean": jf, "F_mean": jf, "JF_mean": jf},
+        "correspondence": pck8 is not None and {
+            "all": {"pck@8": pck8, "pck@16": pck8, "mean_error": 1.0}
+        },
+    }
+    for evaluation, metrics in results.items():
+        if metrics:
+            path = results_dir / f"{evaluation}_{name}_{layer}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({
+                "evaluation": evaluation, "config": {"layer": layer}, "metrics": metrics,
+                **({"training": training} if training else {}),
+            }))
+
+
+def test_the_carried_variant_is_goal_checked_against_the_studys_baselines(tmp_path):
+    """The report's carry section: each carried variant's served output against the
+    strongest tap of the study's baselines, over the same seeds (numbers worked by hand),
+    its PCK@8 floor from the study's own run; a carried run of another precision is
+    refused."""
+    from vader_tf.studies import tuning_study
+
+    float32 = {"mixed_precision": "float32", "symmetric_loss": True}
+    served = small_study.SERVED_TAP
+    for seed, offset in ((0, 0.0), (1, 0.02)):
+        study = tmp_path / f"seed{seed}"
+        write_headline(study, "vader", "embedding", float32, pck8=0.50)
+        write_headline(study, "vader", served, float32, miou=0.9, jf=0.9, pck8=0.9)
+        write_headline(study, "moco", "P4", float32, miou=0.30 + offset, jf=0.40)
+        write_headline(study, "moco", "decoder", float32, miou=0.20, jf=0.50)
+        write_headline(study, "random", "decoder", None, miou=0.10, jf=0.55 + offset)
+        carry = tmp_path / "methods" / "carry" / f"seed{seed}"
+        write_headline(carry, "vader_global_0.5", served, float32,
+                       miou=0.35 + offset, jf=0.70 + offset, pck8=0.49 + offset)
+    (tmp_path / "methods" / "carry" / "tuning.json").write_text(json.dumps({
+        "command": ["python", "experiments/tune_small.py", "--variants=default,global_0.5"],
+        "config": {"variants": ["default", "global_0.5"], "seeds": [0, 1], "layers": [served],
+                   "start": "random"},
+        "variants": {
+            variant: {"settings": tuning_study.VARIANTS[variant], "final_loss": [1.0, 1.0],
+                      "taps": {served: {"mIoU": [0.3, 0.3], "J&F": [0.6, 0.6]}}}
+            for variant in ("default", "global_0.5")
+        },
+    }))
+    config = small_study.StudyConfig(results_dir=str(tmp_path), seeds=(0, 1))
+    section = "\n".join(tuning_study.carry_section(config))
+    assert "## Method variant carried" in section and "### From random init" in section
+    assert "tune_small.py --variants=default,global_0.5" in section
+    assert "Continued from MoCo" not in section  # No from-MoCo folder.
+    # CamVid: (0.35 + 0.37) / 2 = 36.0 against MoCo's P4 (0.30 + 0.32) / 2 = 31.0: +5.0,
+    # std 1.4 -> met.
+    assert (
+        f"CamVid mIoU: VADeR global_0.5 `{served}` (served) 36.0 vs the strongest baseline, "
+        "MoCo v2's `P4` 31.0 (random init's best `decoder` 10.0): gap +5.0 points, "
+        "largest seed std 1.4 -> met" in section
+    )
+    # DAVIS: 71.0 against random init's decoder 56.0 (MoCo's best: decoder, 50.0): +15.0.
+    assert "random init's `decoder` 56.0 (MoCo v2's best `decoder` 50.0): gap +15.0" in section
+    # PCK@8: 0.500 against the study's VADeR embedding, 0.500: +0.000 -> met.
+    assert "(served) 0.500 vs VADeR's `embedding`" in section and "+0.000 -> met" in section
+
+    bfloat16 = dict(float32, mixed_precision="mixed_bfloat16")
+    write_headline(tmp_path / "methods" / "carry" / "seed1", "vader_global_0.5", served,
+                   bfloat16, miou=0.37)
+    with pytest.raises(ValueError, match="precision or loss direction"):
+        tuning_study.carry_section(config)

@@ -677,10 +677,24 @@ def collect(results_dir, names, layers, trainings=None):
 def aggregate(config, names=tuple(ENCODER_NAMES)):
     """`{(name, layer): {column: [value per seed]}}` of the encoders `names`, over the
     seeds with results; refuses results of runs of different precision or direction."""
+    return aggregate_sources([(config, names)])
+
+
+def aggregate_sources(sources):
+    """`aggregate` over several `(config, names)` (e.g. the study's folder and a tuning
+    folder beside it), with the seeds and taps of the first; refuses results of runs of
+    different precision or direction across all of them."""
+    first = sources[0][0]
     trainings = {}
     per_seed = [
-        collect(config.seed_results(seed), names, config.layers, trainings)
-        for seed in config.seeds
+        {
+            key: row
+            for config, names in sources
+            for key, row in collect(
+                config.seed_results(seed), names, first.layers, trainings
+            ).items()
+        }
+        for seed in first.seeds
     ]
     check_same_training(trainings)
     merged = {}
@@ -747,14 +761,20 @@ def results_table(aggregated, before=None, before_label="before"):
     return "\n".join(lines) + "\n"
 
 
-def goal_check(aggregated, vader="vader", baselines=("moco", "random"), tap=SERVED_TAP):
+def goal_check(
+    aggregated, vader="vader", baselines=("moco", "random"), tap=SERVED_TAP, label=None,
+    floor=None,
+):
     """Issue 20's goal: whether VADeR's served output (`tap`) beats the strongest baseline,
     the best tap of any of `baselines`, by >= 3 points of CamVid mIoU and >= 10 of DAVIS
     J&F, with the seed spread smaller than the gap, and keeps PCK@8 at least at that of
-    the output served when the goal was set (`ISSUE_FEATURES_TAP`). Lines of Markdown,
-    naming the strongest baseline and each baseline's best tap."""
+    the output served when the goal was set (`ISSUE_FEATURES_TAP` of run `floor`, by
+    default `vader` itself). Lines of Markdown, naming the strongest baseline and each
+    baseline's best tap; `label` names `vader` (default: its `ENCODER_NAMES` entry)."""
+    label = label or ENCODER_NAMES[vader]
+    floor = floor or vader
     lines = []
-    for column, label, target in (("mIoU", "CamVid mIoU", 3), ("J&F", "DAVIS J&F", 10)):
+    for column, title, target in (("mIoU", "CamVid mIoU", 3), ("J&F", "DAVIS J&F", 10)):
         ours, our_std = mean_std(aggregated.get((vader, tap), {}).get(column, []))
         best_taps = {}  # baseline -> (layer, mean, std) of its best tap
         for baseline in baselines:
@@ -768,7 +788,7 @@ def goal_check(aggregated, vader="vader", baselines=("moco", "random"), tap=SERV
                 layer = max(taps, key=lambda layer: taps[layer][0])
                 best_taps[baseline] = (layer, *taps[layer])
         if ours is None or len(best_taps) < len(baselines):
-            lines.append(f"- {label}: not measured yet.")
+            lines.append(f"- {title}: not measured yet.")
             continue
         strongest = max(best_taps, key=lambda baseline: best_taps[baseline][1])
         best_layer, best, best_std = best_taps[strongest]
@@ -781,19 +801,19 @@ def goal_check(aggregated, vader="vader", baselines=("moco", "random"), tap=SERV
         spread = 100 * max(our_std or 0.0, best_std or 0.0)
         met = gap >= target and spread < gap
         lines.append(
-            f"- {label}: {ENCODER_NAMES[vader]} `{tap}` (served) {100 * ours:.1f} vs the "
+            f"- {title}: {label} `{tap}` (served) {100 * ours:.1f} vs the "
             f"strongest baseline, {ENCODER_NAMES[strongest]}'s `{best_layer}` "
             f"{100 * best:.1f} ({others}): gap {gap:+.1f} points, largest seed std "
             f"{spread:.1f} -> {'met' if met else 'missed'} (goal: gap >= {target} and "
             "std < gap)."
         )
     ours = mean_std(aggregated.get((vader, tap), {}).get("PCK@8", []))[0]
-    before = mean_std(aggregated.get((vader, ISSUE_FEATURES_TAP), {}).get("PCK@8", []))[0]
+    before = mean_std(aggregated.get((floor, ISSUE_FEATURES_TAP), {}).get("PCK@8", []))[0]
     if ours is None or before is None:
         lines.append("- PCK@8: not measured yet.")
     else:
         lines.append(
-            f"- PCK@8: {ENCODER_NAMES[vader]} `{tap}` (served) {ours:.3f} vs "
+            f"- PCK@8: {label} `{tap}` (served) {ours:.3f} vs {ENCODER_NAMES[floor]}'s "
             f"`{ISSUE_FEATURES_TAP}` (the served `features` when issue 20 was filed) "
             f"{before:.3f}: {ours - before:+.3f} -> {'met' if ours >= before else 'missed'} "
             "(goal: not below)."
@@ -969,10 +989,10 @@ def write_report(config, command, figures, elapsed):
         "probe's training set; BSDS500 val photos are kept out of pretraining.",
         "",
     ]
+    from vader_tf.studies import compute_curve_study, tuning_study  # They import this module.
+
     tuning = os.path.join(c.results_dir, TUNING_FILE)
     if tf.io.gfile.exists(tuning + ".json"):
-        from vader_tf.studies import tuning_study  # It imports this module.
-
         tuning_study.rewrite_table(c.results_dir)
         lines += [
             "## Tuning",
@@ -987,8 +1007,7 @@ def write_report(config, command, figures, elapsed):
             storage.read_bytes(tuning + ".md").decode().strip(),
             "",
         ]
-    from vader_tf.studies import compute_curve_study  # It imports this module.
-
+    lines += tuning_study.carry_section(c)
     lines += compute_curve_study.report_section(c.results_dir, os.path.dirname(c.report) or ".")
     notes = c.notes or os.path.join(c.results_dir, FINDINGS_FILE)
     if tf.io.gfile.exists(notes):

@@ -21,9 +21,11 @@ where the study's report (`small_study.write_report`) shows them in a "Tuning" s
 
 import dataclasses
 import os
+import shlex
 from typing import ClassVar
 
 import keras
+import tensorflow as tf
 
 from vader_tf import storage
 from vader_tf.config_flags import option
@@ -55,6 +57,15 @@ MOCO_START = "moco"
 STUDY_RUNS = {RANDOM_START: "vader", MOCO_START: "vader_from_moco"}
 # The tuning benchmarks (CamVid val, the shared DAVIS sequences).
 EVALUATIONS = ("linear_probe", "davis_label_propagation")
+# The held-out check (BSDS500 val photos), only for a variant already chosen.
+HELD_OUT = "correspondence"
+# Where issue 20's chosen method variant was carried to 3 seeds, per start, under the
+# study's results folder; the study's report puts each folder's variants through the goal
+# check (`carry_section`).
+CARRY_DIRS = {RANDOM_START: "methods/carry", MOCO_START: "methods/from_moco"}
+# Per start: the study's baselines of the goal check and the run whose `embedding` PCK@8
+# is the floor.
+GOAL_BASELINES = {RANDOM_START: ("moco", "random"), MOCO_START: ("moco_continued", "random")}
 # The columns of the table, and the evaluation each comes from.
 COLUMNS = {"mIoU": "CamVid val mIoU", "J&F": "DAVIS J&F"}
 
@@ -87,6 +98,11 @@ class TuningConfig(small_study.VariantsConfig):
     layers: tuple[str, ...] = option((small_study.SERVED_TAP,), small_study.TAPS_HELP)
     davis_image_size: int = option(small_study.StudyConfig.davis_image_size, "DAVIS short side.")
     davis_max_frames: int | None = option(None, "Use only the first N frames of each sequence.")
+    held_out: bool = option(
+        False,
+        "Also evaluate on the BSDS500 val correspondence photos: the held-out check of "
+        "variants already chosen on the tuning sets (when carrying one), never for choosing.",
+    )
 
     def seed_list(self):
         return self.seeds
@@ -153,7 +169,8 @@ def run(config, command):
             final_losses.setdefault(variant, []).append(summary["final_loss"])
             small_study.evaluate_encoders(
                 evaluations, {name: os.path.join(study.seed_dir(seed), name)}, config.layers,
-                seed, study.seed_results(seed), force=config.force, which=EVALUATIONS,
+                seed, study.seed_results(seed), force=config.force,
+                which=EVALUATIONS + ((HELD_OUT,) if config.held_out else ()),
             )
             payload = write_tables(config, command, final_losses)
     return payload
@@ -194,8 +211,18 @@ def rewrite_table(results_dir):
                 f"{path}.json: tap `features` without a serving contract version (before "
                 "contract 2 it was the projection head's output, now `embedding`)."
             )
-    variants = {  # In the order they were run (`--variants`), as `write_tables` has them.
-        variant: payload["variants"][variant]
+    layers = payload["config"]["layers"]
+    variants = {  # Variants and taps in the order asked, as `write_tables` has them.
+        variant: dict(
+            payload["variants"][variant],
+            taps={
+                layer: payload["variants"][variant]["taps"][layer]
+                for layer in sorted(
+                    payload["variants"][variant]["taps"],
+                    key=lambda layer: layers.index(layer) if layer in layers else len(layers),
+                )
+            },
+        )
         for variant in payload["config"]["variants"]
         if variant in payload["variants"]
     }
@@ -237,3 +264,60 @@ def table(variants, seeds, start=RANDOM_START):
                     cells.append(f"{difference:+.3f}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def carry_section(study_config):
+    """Markdown lines of the study report's section on the method variants carried to
+    several seeds (`CARRY_DIRS` under the study's `results_dir`; none when absent): per
+    start, the command, the tuning table, and each variant's goal check against the
+    study's baselines, from the same seeds."""
+    lines = []
+    for start, subdir in CARRY_DIRS.items():
+        results_dir = os.path.join(study_config.results_dir, subdir)
+        path = os.path.join(results_dir, small_study.TUNING_FILE)
+        if not tf.io.gfile.exists(path + ".json"):
+            continue
+        payload = storage.read_json(path + ".json")
+        rewrite_table(results_dir)
+        study_run = STUDY_RUNS[start]
+        carried = [variant for variant in payload["variants"] if variant != "default"]
+        names = {f"{study_run}_{variant}": variant for variant in carried}
+        aggregated = small_study.aggregate_sources([
+            (study_config, (study_run, *GOAL_BASELINES[start])),
+            (dataclasses.replace(study_config, results_dir=results_dir), tuple(names)),
+        ])
+        setting = "continued from MoCo" if start == MOCO_START else "from random init"
+        lines += [
+            f"### {setting[0].upper()}{setting[1:]}",
+            "",
+            "```",
+            shlex.join(payload["command"]),
+            "```",
+            "",
+            storage.read_bytes(path + ".md").decode().strip(),
+            "",
+        ]
+        for name, variant in names.items():
+            changed = ", ".join(f"`--{k}={v}`" for k, v in VARIANTS[variant].items())
+            lines += [
+                f"Goal check of `{variant}` ({changed}), {setting}, against the study's "
+                "baselines of the same seeds:",
+                "",
+                *small_study.goal_check(
+                    aggregated, name, GOAL_BASELINES[start],
+                    label=f"{small_study.ENCODER_NAMES[study_run]} {variant}", floor=study_run,
+                ),
+                "",
+            ]
+    if not lines:
+        return []
+    return [
+        "## Method variant carried",
+        "",
+        "The method variant chosen on the tuning sets (seed 0), carried to the study's seeds "
+        "in both settings, beside the study's default run (`default`). The tables hold the "
+        "tuning sets; the goal check adds the BSDS500 correspondence photos (held out: the "
+        "variant was chosen before they were evaluated: `--held_out`).",
+        "",
+        *lines,
+    ]
