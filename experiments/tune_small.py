@@ -15,6 +15,7 @@ at the study's protocols; writes <results_dir>/tuning.json and tuning.md. See
 `--held_out` adds the BSDS500 correspondence photos, for a variant already chosen: the
 study's report (experiments/reproduce_small.py) puts the variants found in
 <its results_dir>/methods/carry and methods/from_moco through issue 20's goal check.
+
 Every field of `TuningConfig` is a flag of the same name. With the study's --run_dir and
 --results_dir, `default` is the study's own VADeR run. Rerunning resumes: pretraining
 continues from --run_dir and evaluations whose JSON exists are skipped.

@@ -991,9 +991,8 @@ def write_report(config, command, figures, elapsed):
     ]
     from vader_tf.studies import compute_curve_study, tuning_study  # They import this module.
 
-    tuning = os.path.join(c.results_dir, TUNING_FILE)
-    if tf.io.gfile.exists(tuning + ".json"):
-        tuning_study.rewrite_table(c.results_dir)
+    if tf.io.gfile.exists(os.path.join(c.results_dir, TUNING_FILE + ".json")):
+        tuning, markdown = tuning_study.rewrite_table(c.results_dir)
         lines += [
             "## Tuning",
             "",
@@ -1001,10 +1000,10 @@ def write_report(config, command, figures, elapsed):
             "val, the DAVIS sequences above; never the BSDS500 val photos). Command:",
             "",
             "```",
-            shlex.join(storage.read_json(tuning + ".json")["command"]),
+            shlex.join(tuning["command"]),
             "```",
             "",
-            storage.read_bytes(tuning + ".md").decode().strip(),
+            markdown.strip(),
             "",
         ]
     lines += tuning_study.carry_section(c)

@@ -136,16 +136,20 @@ class TuningConfig(small_study.VariantsConfig):
         return dataclasses.replace(config, init_weights=None)
 
     def run_name(self, variant):
-        """The variant's run: the study's own (`vader` or `vader_from_moco`) for `default`,
-        else that name with the variant's appended."""
-        study_run = STUDY_RUNS[self.start]
-        return study_run if variant == "default" else f"{study_run}_{variant}"
+        return run_name(self.start, variant)
 
     def pretrain_config(self, variant, seed):
         model_dir = os.path.join(self.study().seed_dir(seed), self.run_name(variant))
         return self.variant_pretrain_config(
             variant, seed, model_dir, run=STUDY_RUNS[self.start]
         )
+
+
+def run_name(start, variant):
+    """The run of `variant` starting from `start`: the study's own (`vader` or
+    `vader_from_moco`) for `default`, else that name with the variant's appended."""
+    study_run = STUDY_RUNS[start]
+    return study_run if variant == "default" else f"{study_run}_{variant}"
 
 
 def run(config, command):
@@ -202,7 +206,8 @@ def write_tables(config, command, final_losses):
 
 
 def rewrite_table(results_dir):
-    """Rewrites `tuning.md` in `results_dir` from its `tuning.json` (no training)."""
+    """Rewrites `tuning.md` in `results_dir` from its `tuning.json` (no training); returns
+    `(the JSON's dict, the table)`."""
     path = os.path.join(results_dir, small_study.TUNING_FILE)
     payload = storage.read_json(path + ".json")
     for variant in payload["variants"].values():
@@ -226,10 +231,11 @@ def rewrite_table(results_dir):
         for variant in payload["config"]["variants"]
         if variant in payload["variants"]
     }
-    storage.write_atomic(
-        path + ".md",
-        table(variants, payload["config"]["seeds"], payload["config"].get("start", RANDOM_START)),
+    markdown = table(
+        variants, payload["config"]["seeds"], payload["config"].get("start", RANDOM_START)
     )
+    storage.write_atomic(path + ".md", markdown)
+    return payload, markdown
 
 
 def table(variants, seeds, start=RANDOM_START):
@@ -274,14 +280,15 @@ def carry_section(study_config):
     lines = []
     for start, subdir in CARRY_DIRS.items():
         results_dir = os.path.join(study_config.results_dir, subdir)
-        path = os.path.join(results_dir, small_study.TUNING_FILE)
-        if not tf.io.gfile.exists(path + ".json"):
+        if not tf.io.gfile.exists(os.path.join(results_dir, small_study.TUNING_FILE + ".json")):
             continue
-        payload = storage.read_json(path + ".json")
-        rewrite_table(results_dir)
+        payload, markdown = rewrite_table(results_dir)
         study_run = STUDY_RUNS[start]
-        carried = [variant for variant in payload["variants"] if variant != "default"]
-        names = {f"{study_run}_{variant}": variant for variant in carried}
+        names = {
+            run_name(start, variant): variant
+            for variant in payload["variants"]
+            if variant != "default"
+        }
         aggregated = small_study.aggregate_sources([
             (study_config, (study_run, *GOAL_BASELINES[start])),
             (dataclasses.replace(study_config, results_dir=results_dir), tuple(names)),
@@ -294,7 +301,7 @@ def carry_section(study_config):
             shlex.join(payload["command"]),
             "```",
             "",
-            storage.read_bytes(path + ".md").decode().strip(),
+            markdown.strip(),
             "",
         ]
         for name, variant in names.items():
