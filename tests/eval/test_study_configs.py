@@ -27,7 +27,7 @@ STUDY_VADER = {
     "ema_momentum": 0.99, "momentum_schedule": "constant", "bn_groups": 2, "shuffle_bn": True,
     "symmetric_loss": True, "train_steps": 1200, "base_learning_rate": 0.5,
     "reference_batch_size": 256, "warmup_steps": 0, "weight_decay": 0.0001,
-    "sgd_momentum": 0.9, "mixed_precision": "none", "strategy": "auto", "num_cpu_devices": 1,
+    "sgd_momentum": 0.9, "backbone_learning_rate_scale": 1.0, "mixed_precision": "none", "strategy": "auto", "num_cpu_devices": 1,
     "checkpoint_every": 100, "log_every": 10, "image_summary_every": None,
     "keep_checkpoints": 3, "seed": 1, "deterministic": False, "jit_compile": False,
     "verbose": 0,
@@ -70,7 +70,7 @@ TUNING_FLAGS = {
     **VARIANT_FLAGS, "run_dir": "runs/reproduce_small", "results_dir": "results",
     "variants": ("default", "temperature_0.1", "temperature_0.4", "points_128", "queued_8",
                  "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4",
-                 "global_decoder_0.5"),
+                 "global_decoder_0.5", "backbone_lr_0.1", "backbone_frozen"),
     "start": "random", "seeds": (0,), "continue_steps": 600, "layers": ("decoder+P4@0.25",),
     "davis_image_size": 192, "davis_max_frames": None, "held_out": False,
 }

@@ -49,6 +49,10 @@ VARIANTS = {
     "coarse_P4": dict(coarse_level="P4"),
     # The image-level term on the pooled decoder output (the served representation).
     "global_decoder_0.5": dict(global_loss_weight=0.5, global_level="decoder"),
+    # For `start="moco"`: the MoCo backbone moves slower (or not at all) while the new
+    # decoder and head train, so the decoder learns on stable features in its few steps.
+    "backbone_lr_0.1": dict(backbone_learning_rate_scale=0.1),
+    "backbone_frozen": dict(backbone_learning_rate_scale=0.0),
 }
 # Where a variant starts (`TuningConfig.start`) -> the study's run (`small_study.RUNS`) it
 # varies: from the seed's random initialisation, or continued from its MoCo run.

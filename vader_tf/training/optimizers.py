@@ -12,6 +12,10 @@ optimiser reproduces the PyTorch update, for every trainable variable:
 
 It also keeps the buffer in gradient units as PyTorch does (Keras folds the learning rate
 into it), which matters when the learning rate changes during training.
+
+`scale_learning_rate` gives some variables a multiple of the rate (PyTorch's parameter
+groups with `lr=scale * lr`): the whole step of such a variable, decay included, is
+scaled, so a scale of 0 leaves it exactly as it is.
 """
 
 import keras
@@ -37,9 +41,25 @@ class TorchSGD(keras.optimizers.SGD):
         # The base class's `weight_decay` is the decoupled kind; keep it off.
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
         self.l2_weight_decay = float(weight_decay or 0.0)
+        self._learning_rate_scales = {}
+
+    def scale_learning_rate(self, var_list, scale):
+        """Multiplies the learning rate of the variables in `var_list` by `scale` (>= 0).
+
+        Like Keras' `exclude_from_weight_decay`, call it before the optimiser is built;
+        the scales belong to this instance (they are not part of `get_config`).
+        """
+        if self.built:
+            raise ValueError("scale_learning_rate() must be called before the optimizer is built.")
+        if not scale >= 0:
+            raise ValueError(f"A learning-rate scale must be at least 0, got {scale!r}.")
+        self._learning_rate_scales.update({self._var_key(v): float(scale) for v in var_list})
 
     def update_step(self, gradient, variable, learning_rate):
+        scale = self._learning_rate_scales.get(self._var_key(variable), 1.0)
         learning_rate = ops.cast(learning_rate, variable.dtype)
+        if scale != 1.0:
+            learning_rate = ops.multiply(learning_rate, scale)
         gradient = ops.cast(gradient, variable.dtype)
         if self.l2_weight_decay and self._use_weight_decay(variable):
             gradient = ops.add(gradient, ops.multiply(variable, self.l2_weight_decay))

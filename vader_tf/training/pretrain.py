@@ -58,6 +58,7 @@ _FLOAT_RANGES = {
     "ema_momentum": (0.0, 1.0, True),
     "base_learning_rate": (0.0, math.inf, True),
     "weight_decay": (0.0, math.inf, True),
+    "backbone_learning_rate_scale": (0.0, 1.0, True),
     "sgd_momentum": (0.0, 1.0, True),
     "densecl_loss_weight": (0.0, 1.0, True),
 }
@@ -211,6 +212,13 @@ class PretrainConfig:
         "1e-4), on all parameters incl. BN and biases.",
     )
     sgd_momentum: float = _optimizer(0.9, "SGD momentum.")
+    backbone_learning_rate_scale: float = _optimizer(
+        1.0,
+        "Multiplies the backbone's learning rate (decoder and heads keep the full rate): "
+        "below 1 keeps a pretrained backbone (--init_weights, --backbone_preset) near its "
+        "start while the new decoder trains; 0 freezes its parameters (BN statistics "
+        "still follow the data).",
+    )
 
     # Runtime: where, how long and how visibly the run goes; the fields a resumed run may
     # change (checkpoints depend on none of them; the data stream is bitwise the same with
@@ -470,7 +478,12 @@ def _build_model(config):
         raise TypeError(
             f"Method {config.method!r} must set `encoder` to the encoder it was built with."
         )
-    model.compile(optimizer=build_optimizer(config))
+    optimizer = build_optimizer(config)
+    if config.backbone_learning_rate_scale != 1.0:
+        optimizer.scale_learning_rate(
+            encoder.backbone.trainable_variables, config.backbone_learning_rate_scale
+        )
+    model.compile(optimizer=optimizer)
     return model
 
 
