@@ -70,7 +70,8 @@ TUNING_FLAGS = {
     **VARIANT_FLAGS, "run_dir": "runs/reproduce_small", "results_dir": "results",
     "variants": ("default", "temperature_0.1", "temperature_0.4", "points_128", "queued_8",
                  "queued_64", "decoder_256", "global_0.25", "global_0.5", "coarse_P4",
-                 "global_decoder_0.5", "backbone_lr_0.1", "backbone_frozen"),
+                 "global_decoder_0.5", "backbone_lr_0.1", "backbone_frozen",
+                 "decoder_lr_4x"),
     "start": "random", "seeds": (0,), "continue_steps": 600, "layers": ("decoder+P4@0.25",),
     "davis_image_size": 192, "davis_max_frames": None, "held_out": False,
 }
