@@ -48,7 +48,8 @@ FLAG_GROUPS = {
     ),
     "optimiser": (
         "batch_size", "train_steps", "base_learning_rate", "reference_batch_size",
-        "warmup_steps", "weight_decay", "sgd_momentum", "mixed_precision", "jit_compile",
+        "warmup_steps", "weight_decay", "sgd_momentum", "backbone_learning_rate_scale",
+        "mixed_precision", "jit_compile",
     ),
     "run": (
         "model_dir", "strategy", "num_cpu_devices", "checkpoint_every", "log_every",
