@@ -181,12 +181,13 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     }
     table = (tmp_path / "compute_curve.md").read_text()
     assert f"| VADeR | `{SERVED}` | 4 | 0, 1 | 0.625 ± 0.177 | n/a | n/a |" in table
-    # The margin over the strongest baseline: 0.625 - 0.375 (random init beats MoCo).
+    # The margin over the strongest baseline, over the seeds every point has (seed 1 has
+    # VADeR only): 0.5 - 0.375 (random init beats MoCo).
     assert (
-        f"| 4 | CamVid val mIoU | 0.625 | `{SERVED}` 0.125 | `{SERVED}` 0.375 | +0.250 |"
+        f"| 4 | 0 | CamVid val mIoU | 0.500 | `{SERVED}` 0.125 | `{SERVED}` 0.375 | +0.125 |"
         in table
     )
-    assert f"| 2 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
+    assert f"| 2 | 0 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
 
     # A tap evaluated later (here only for MoCo) joins the curve, and the best-tap margin.
     (tmp_path / "seed0" / "linear_probe_moco_4_decoder+P4.json").write_text(json.dumps({
@@ -196,7 +197,23 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     curve = compute_curve_study.write_outputs(config, ["second"])
     assert curve["curves"]["moco"]["decoder+P4"] == {"4": {"seeds": [0], "mIoU": [0.5]}}
     table = (tmp_path / "compute_curve.md").read_text()
-    margin = f"| 4 | CamVid val mIoU | 0.625 | `decoder+P4` 0.500 | `{SERVED}` 0.375 | +0.125 |"
+    margin = f"| 4 | 0 | CamVid val mIoU | 0.500 | `decoder+P4` 0.500 | `{SERVED}` 0.375 | +0.000 |"
+    assert margin in table
+
+    # Seed 1 of the baselines, MoCo at length 4 only: length 4 compares seeds 0 and 1,
+    # length 2 still seed 0 alone (random init's seed 0, not the mean of both).
+    write_run(tmp_path / "seed1", "random", 0.875, None)
+    (tmp_path / "seed1" / "pretrain_random.json").unlink()
+    write_run(tmp_path / "seed1", "moco_4", 0.25, bfloat16)
+    (tmp_path / "seed1" / "linear_probe_moco_4_decoder+P4.json").write_text(json.dumps({
+        "evaluation": "linear_probe", "config": {"layer": "decoder+P4"},
+        "metrics": {"mean_iou": 0.25}, "training": bfloat16,
+    }))
+    compute_curve_study.write_outputs(config, ["second"])
+    table = (tmp_path / "compute_curve.md").read_text()
+    assert f"| random init | `{SERVED}` | 0 | 0, 1 | 0.625 ± 0.354 | n/a | n/a |" in table
+    assert f"| 2 | 0 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
+    margin = f"| 4 | 0, 1 | CamVid val mIoU | 0.625 | `decoder+P4` 0.375 | `{SERVED}` 0.625 | +0.000 |"
     assert margin in table
 
     write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))

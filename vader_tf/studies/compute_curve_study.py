@@ -231,9 +231,12 @@ def curves(config):
                 point = points.setdefault(method, {}).setdefault(layer, {}).setdefault(
                     str(steps), {"seeds": []}
                 )
+                # Every column's list is aligned with "seeds" (None where a seed lacks it).
+                for column in set(point) - {"seeds"} | set(row):
+                    point.setdefault(column, [None] * len(point["seeds"])).append(
+                        row.get(column)
+                    )
                 point["seeds"].append(seed)
-                for column, value in row.items():
-                    point.setdefault(column, []).append(value)
     small_study.check_same_training(trainings)
     records = [record for record in trainings.values() if record is not None]
     return points, (records[0] if records else None)
@@ -324,21 +327,27 @@ def table(payload):
             "",
             f"Margin: VADeR's `{CURVE_TAP}` ({CURVE_TAP_LABEL}) against the best tap of each "
             "baseline (MoCo v2 at the same length; random init) and its margin over the "
-            "strongest of them (means over seeds; positive = VADeR ahead).",
+            "strongest of them (means over the seeds all of them have at that length; "
+            "positive = VADeR ahead).",
             "",
-            f"| steps | metric | VADeR `{CURVE_TAP}` | MoCo v2's best tap "
+            f"| steps | seeds | metric | VADeR `{CURVE_TAP}` | MoCo v2's best tap "
             "| random init's best tap | margin over the strongest |",
-            "|" + " --- |" * 6,
+            "|" + " --- |" * 7,
             *margins,
         ]
     return "\n".join(lines) + "\n"
 
 
-def best_tap(taps, steps, column):
-    """`(layer, mean)` of the tap of `taps` (`{layer: {steps: point}}`) with the highest
-    mean of `column` at `steps`; None if none has it."""
+def _at_seeds(point, column, seeds):
+    """`point`'s values of `column` for the seeds in `seeds`."""
+    return [v for seed, v in zip(point["seeds"], point.get(column, [])) if seed in seeds]
+
+
+def best_tap(taps, steps, column, seeds):
+    """`(layer, mean over seeds)` of the tap of `taps` (`{layer: {steps: point}}`) with the
+    highest mean of `column` at `steps` over `seeds`; None if none has it."""
     means = {
-        layer: small_study.mean_std(by_steps[steps].get(column, []))[0]
+        layer: small_study.mean_std(_at_seeds(by_steps[steps], column, seeds))[0]
         for layer, by_steps in taps.items()
         if steps in by_steps
     }
@@ -349,24 +358,39 @@ def best_tap(taps, steps, column):
     return layer, means[layer]
 
 
+def shared_seeds(points, steps):
+    """The seeds of VADeR's `CURVE_TAP` at `steps` that every baseline tap measured (MoCo
+    v2 at the same length, random init), so that a margin compares the same seeds (a
+    second seed run only at one length must not shift the others' margins)."""
+    seeds = set(points["vader"][CURVE_TAP][steps]["seeds"])
+    for method, at in (("moco", steps), (RANDOM, "0")):
+        for by_steps in points.get(method, {}).values():
+            if at in by_steps:
+                seeds &= set(by_steps[at]["seeds"])
+    return sorted(seeds)
+
+
 def margin_rows(points):
-    """The margin table's rows, per length of VADeR's `CURVE_TAP` and plotted metric."""
+    """The margin table's rows, per length of VADeR's `CURVE_TAP` and plotted metric, each
+    over the seeds shared with the baselines (`shared_seeds`)."""
     rows = []
     vader = points.get("vader", {}).get(CURVE_TAP, {})
     for steps in sorted(vader, key=int):
+        seeds = shared_seeds(points, steps)
         for column, title in PLOTTED.items():
-            ours = small_study.mean_std(vader[steps].get(column, []))[0]
+            ours = small_study.mean_std(_at_seeds(vader[steps], column, seeds))[0]
             if ours is None:
                 continue
             baselines = [
-                best_tap(points.get("moco", {}), steps, column),
-                best_tap(points.get(RANDOM, {}), "0", column),
+                best_tap(points.get("moco", {}), steps, column, seeds),
+                best_tap(points.get(RANDOM, {}), "0", column, seeds),
             ]
             cells = [f"`{tap[0]}` {tap[1]:.3f}" if tap else "n/a" for tap in baselines]
             measured = [tap[1] for tap in baselines if tap]
             margin = f"{ours - max(measured):+.3f}" if measured else "n/a"
             rows.append(
-                f"| {steps} | {title} | {ours:.3f} | " + " | ".join(cells) + f" | {margin} |"
+                f"| {steps} | {', '.join(map(str, seeds))} | {title} | {ours:.3f} | "
+                + " | ".join(cells) + f" | {margin} |"
             )
     return rows
 
