@@ -215,6 +215,14 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     assert f"| 2 | 0 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
     margin = f"| 4 | 0, 1 | CamVid val mIoU | 0.625 | `decoder+P4` 0.375 | `{SERVED}` 0.625 | +0.000 |"
     assert margin in table
+    # A tap measured at seed 0 only is left out of the 2-seed margin, not allowed to
+    # narrow it to seed 0.
+    (tmp_path / "seed0" / "linear_probe_random_decoder.json").write_text(json.dumps({
+        "evaluation": "linear_probe", "config": {"layer": "decoder"},
+        "metrics": {"mean_iou": 0.95},
+    }))
+    compute_curve_study.write_outputs(config, ["second"])
+    assert margin in (tmp_path / "compute_curve.md").read_text()
 
     write_run(tmp_path / "seed1", "moco_4", 0.125, dict(bfloat16, mixed_precision="float32"))
     with pytest.raises(ValueError, match=r"different precision.*seed1/linear_probe_moco_4"):

@@ -345,11 +345,12 @@ def _at_seeds(point, column, seeds):
 
 def best_tap(taps, steps, column, seeds):
     """`(layer, mean over seeds)` of the tap of `taps` (`{layer: {steps: point}}`) with the
-    highest mean of `column` at `steps` over `seeds`; None if none has it."""
+    highest mean of `column` at `steps` over `seeds`, among the taps measured at all of
+    `seeds`; None if none is."""
     means = {
         layer: small_study.mean_std(_at_seeds(by_steps[steps], column, seeds))[0]
         for layer, by_steps in taps.items()
-        if steps in by_steps
+        if steps in by_steps and set(seeds) <= set(by_steps[steps]["seeds"])
     }
     means = {layer: mean for layer, mean in means.items() if mean is not None}
     if not means:
@@ -359,14 +360,15 @@ def best_tap(taps, steps, column, seeds):
 
 
 def shared_seeds(points, steps):
-    """The seeds of VADeR's `CURVE_TAP` at `steps` that every baseline tap measured (MoCo
-    v2 at the same length, random init), so that a margin compares the same seeds (a
-    second seed run only at one length must not shift the others' margins)."""
+    """The seeds of VADeR's `CURVE_TAP` at `steps` that each baseline (MoCo v2 at the same
+    length, random init) has too, so that a margin compares the same seeds (a second seed
+    run only at one length must not shift the others' margins)."""
     seeds = set(points["vader"][CURVE_TAP][steps]["seeds"])
     for method, at in (("moco", steps), (RANDOM, "0")):
-        for by_steps in points.get(method, {}).values():
-            if at in by_steps:
-                seeds &= set(by_steps[at]["seeds"])
+        measured = [by_steps[at]["seeds"] for by_steps in points.get(method, {}).values()
+                    if at in by_steps]
+        if measured:
+            seeds &= set().union(*measured)
     return sorted(seeds)
 
 
