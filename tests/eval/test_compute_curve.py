@@ -213,7 +213,9 @@ def test_a_seed_added_later_joins_the_curve_and_mixed_precision_is_refused(tmp_p
     table = (tmp_path / "compute_curve.md").read_text()
     assert f"| random init | `{SERVED}` | 0 | 0, 1 | 0.625 ± 0.354 | n/a | n/a |" in table
     assert f"| 2 | 0 | CamVid val mIoU | 0.250 | n/a | `{SERVED}` 0.375 | -0.125 |" in table
-    margin = f"| 4 | 0, 1 | CamVid val mIoU | 0.625 | `decoder+P4` 0.375 | `{SERVED}` 0.625 | +0.000 |"
+    margin = (
+        f"| 4 | 0, 1 | CamVid val mIoU | 0.625 | `decoder+P4` 0.375 | `{SERVED}` 0.625 | +0.000 |"
+    )
     assert margin in table
     # A tap measured at seed 0 only is left out of the 2-seed margin, not allowed to
     # narrow it to seed 0.

@@ -82,7 +82,9 @@ def test_a_scaled_variable_takes_scale_times_the_torch_step(scale):
     optimizer = pretrain.build_optimizer(config)
     rng = np.random.default_rng(1)
     initial = [rng.normal(size=(2, 3)).astype("float32") for _ in range(2)]
-    gradients = [[rng.normal(size=(2, 3)).astype("float32") for _ in range(2)] for _ in range(steps)]
+    gradients = [
+        [rng.normal(size=(2, 3)).astype("float32") for _ in range(2)] for _ in range(steps)
+    ]
     scaled, plain = (tf.Variable(w) for w in initial)
     optimizer.scale_learning_rate([scaled], scale)
     for g in gradients:

@@ -359,14 +359,19 @@ def best_tap(taps, steps, column, seeds):
     return layer, means[layer]
 
 
+def baselines(points, steps):
+    """`[(taps, at)]` VADeR's `CURVE_TAP` at `steps` is compared with: MoCo v2's taps at
+    the same length, random init's at 0 steps."""
+    return [(points.get("moco", {}), steps), (points.get(RANDOM, {}), "0")]
+
+
 def shared_seeds(points, steps):
-    """The seeds of VADeR's `CURVE_TAP` at `steps` that each baseline (MoCo v2 at the same
-    length, random init) has too, so that a margin compares the same seeds (a second seed
-    run only at one length must not shift the others' margins)."""
+    """The seeds of VADeR's `CURVE_TAP` at `steps` that each baseline has too, so that a
+    margin compares the same seeds (a second seed run only at one length must not shift
+    the others' margins)."""
     seeds = set(points["vader"][CURVE_TAP][steps]["seeds"])
-    for method, at in (("moco", steps), (RANDOM, "0")):
-        measured = [by_steps[at]["seeds"] for by_steps in points.get(method, {}).values()
-                    if at in by_steps]
+    for taps, at in baselines(points, steps):
+        measured = [by_steps[at]["seeds"] for by_steps in taps.values() if at in by_steps]
         if measured:
             seeds &= set().union(*measured)
     return sorted(seeds)
@@ -383,12 +388,9 @@ def margin_rows(points):
             ours = small_study.mean_std(_at_seeds(vader[steps], column, seeds))[0]
             if ours is None:
                 continue
-            baselines = [
-                best_tap(points.get("moco", {}), steps, column, seeds),
-                best_tap(points.get(RANDOM, {}), "0", column, seeds),
-            ]
-            cells = [f"`{tap[0]}` {tap[1]:.3f}" if tap else "n/a" for tap in baselines]
-            measured = [tap[1] for tap in baselines if tap]
+            best = [best_tap(taps, at, column, seeds) for taps, at in baselines(points, steps)]
+            cells = [f"`{tap[0]}` {tap[1]:.3f}" if tap else "n/a" for tap in best]
+            measured = [tap[1] for tap in best if tap]
             margin = f"{ours - max(measured):+.3f}" if measured else "n/a"
             rows.append(
                 f"| {steps} | {', '.join(map(str, seeds))} | {title} | {ours:.3f} | "

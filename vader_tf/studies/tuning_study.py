@@ -53,9 +53,12 @@ VARIANTS = {
     # decoder and head train, so the decoder learns on stable features in its few steps.
     "backbone_lr_0.1": dict(backbone_learning_rate_scale=0.1),
     "backbone_frozen": dict(backbone_learning_rate_scale=0.0),
-    # The backbone at the study's rate (0.5 x 0.25) and the new decoder and head at 4x it,
-    # so the decoder trains further in the continued run's few steps.
-    "decoder_lr_4x": dict(base_learning_rate=2.0, backbone_learning_rate_scale=0.25),
+    # The backbone at the study's rate and the new decoder and head at 4x it, so the
+    # decoder trains further in the continued run's few steps.
+    "decoder_lr_4x": dict(
+        base_learning_rate=4 * small_study.BUDGET["base_learning_rate"],
+        backbone_learning_rate_scale=0.25,
+    ),
 }
 # Where a variant starts (`TuningConfig.start`) -> the study's run (`small_study.RUNS`) it
 # varies: from the seed's random initialisation, or continued from its MoCo run.
