@@ -1,6 +1,7 @@
-"""VADeR's optional terms (image-level and coarse-level, issue 20's method variants): the
-loss, weights and queues against a NumPy re-derivation from the networks' outputs, one
-replica against two, validation, and a run through the real loop."""
+"""VADeR's optional terms (image-level and coarse-level, issue 20's method variants) and
+PixPro's pixel propagation: the loss, weights and queues against a NumPy re-derivation
+from the networks' outputs, one replica against two, validation, and a run through the
+real loop."""
 
 import re
 
@@ -27,6 +28,8 @@ COARSE = 0.4  # the coarse level's share of the dense loss (not 0.5: swaps would
 IMAGE_SIZE = 64  # stride-4 grid 16 x 16, P4 grid 4 x 4
 TERMS = dict(global_loss_weight=LAMBDA, global_queue_size=6, coarse_level="P4",
              coarse_loss_weight=COARSE)
+# Not PixPro's 2, so that a power ignored or fixed at 2 would show.
+PROPAGATION = dict(propagation_power=3.0)
 
 
 def _outputs(network, batch):
@@ -101,6 +104,49 @@ def test_terms_losses_weights_and_queues_match_numpy(symmetric_loss):
     np.testing.assert_allclose(model.global_queue.numpy()[slots], key[1]["global"], atol=1e-5)
 
 
+def _propagated(query_map, transformed_map, points, power):
+    """PixPro's propagation at `points` of one image, from its definition: the unit query
+    at each point weights every cell's transformed feature by its clipped cosine to the
+    query, raised to `power`."""
+    cells = reference.unit(query_map.reshape(-1, query_map.shape[-1]))
+    weights = np.maximum(reference.unit(reference.bilinear(query_map, points)) @ cells.T, 0)
+    return reference.unit(weights**power @ transformed_map.reshape(len(cells), -1))
+
+
+@pytest.mark.parametrize("symmetric_loss", [True, False], ids=["symmetric", "one_direction"])
+def test_propagated_queries_match_numpy(symmetric_loss):
+    model = build_small_model("vader", queue_size=20, symmetric_loss=symmetric_loss, **PROPAGATION)
+    assert [t.name for t in model.terms] == ["dense"]
+    first, second = (synthetic_batch(4, IMAGE_SIZE, seed=s, invalid=(2,)) for s in (0, 1))
+    model.train_step({k: tf.constant(v) for k, v in first.items()})
+    for metric in model.metrics:
+        metric.reset_state()
+    queue = model.queue.numpy().copy()
+    transform = model.query_model.get_layer("propagation_transform").kernel.numpy().copy()
+    query, key = _outputs(model.query_model, second), _outputs(model.key_model, second)
+    metrics = run_steps(model, tf.distribute.get_strategy(), [second])[0]
+
+    directions = ((0, 1), (1, 0)) if symmetric_loss else ((0, 1),)
+    points = (second["points1"], second["points2"])
+    queries, positives = [], []
+    for q, k in directions:
+        for image in np.flatnonzero(second["valid"]):
+            queries.append(_propagated(
+                query[q]["dense"][image], query[q]["propagation"][image], points[q][image], 3.0
+            ))
+            positives.append(reference.unit(reference.bilinear(
+                key[k]["dense"][image], points[k][image])))
+    queries, positives = np.concatenate(queries), np.concatenate(positives)
+    expected = np.mean(reference.info_nce(queries, positives, queue, 0.2)[0])
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-4)
+    # The plain queries (no propagation) give another loss, so the check can fail.
+    plain, _ = _pixel_rows("dense", points, directions, query, key, second["valid"])
+    assert abs(np.mean(reference.info_nce(plain, positives, queue, 0.2)[0]) - expected) > 1e-3
+    # The transform g is trained by the term.
+    after = model.query_model.get_layer("propagation_transform").kernel.numpy()
+    assert np.max(np.abs(after - transform)) > 0
+
+
 def test_image_term_on_the_decoder_pools_the_decoder_and_trains_it():
     model = build_small_model(
         "vader", queue_size=20, global_loss_weight=0.5, global_level="decoder"
@@ -128,13 +174,18 @@ def test_image_term_on_the_decoder_pools_the_decoder_and_trains_it():
     assert float(tf.reduce_max(tf.abs(tape.gradient(loss, smooth)))) > 0
 
 
-def test_two_replicas_equal_one_replica():
+@pytest.mark.parametrize(
+    "terms, queues",
+    [(TERMS, ("queue", "P4_queue", "global_queue")), (PROPAGATION, ("queue",))],
+    ids=["terms", "propagation"],
+)
+def test_two_replicas_equal_one_replica(terms, queues):
     batches = [synthetic_batch(4, IMAGE_SIZE, seed=s) for s in range(2)]
 
     def train(strategy, bn_groups):
         with strategy.scope():
             model = build_small_model(
-                "vader", queue_size=16, bn_groups=bn_groups, shuffle_bn=True, tiny=True, **TERMS
+                "vader", queue_size=16, bn_groups=bn_groups, shuffle_bn=True, tiny=True, **terms
             )
         return model, run_steps(model, strategy, batches)
 
@@ -144,7 +195,7 @@ def test_two_replicas_equal_one_replica():
     # scaled wrongly for the replica count would be off by that much).
     for a, b in zip(one.query_model.trainable_weights, two.query_model.trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3, err_msg=a.path)
-    for name in ("queue", "P4_queue", "global_queue"):
+    for name in queues:
         np.testing.assert_allclose(
             getattr(one, name).numpy(), getattr(two, name).numpy(), atol=1e-5, err_msg=name
         )
@@ -170,6 +221,8 @@ def test_without_terms_the_model_is_plain_vader():
         (dict(global_level="P4"), "global_level must be one of P5, decoder"),
         (dict(method="moco", global_level="decoder"), "global_level must be P5"),
         (dict(coarse_loss_weight=1.5), "coarse_loss_weight must be in [0.0, 1.0]"),
+        (dict(propagation_power=0.5), "propagation_power must be at least 1"),
+        (dict(method="moco", propagation_power=2.0), "propagation_power must be None"),
     ],
 )
 def test_bad_settings_are_one_line_errors_naming_the_flag(fields, message):
@@ -179,11 +232,15 @@ def test_bad_settings_are_one_line_errors_naming_the_flag(fields, message):
 
 def test_a_run_with_both_terms_trains_and_exports_the_plain_encoder(tmp_path):
     write_smooth_photos(tmp_path, 6)
-    config = small_config(tmp_path / "run", tmp_path, train_steps=2, **TERMS)
+    config = small_config(tmp_path / "run", tmp_path, train_steps=2, **TERMS, **PROPAGATION)
     _, history = pretrain(config)
     assert {"dense_loss", "P4_loss", "global_loss"} <= set(history[-1])
     assert np.isfinite(history[-1]["loss"])
     encoder = load_encoder(str(tmp_path / "run"))
     names = {layer.name for layer in encoder._flatten_layers()}
     assert "decoder_output" in names
-    assert not names & {"coarse_hidden", "coarse_output", "image_mlp_hidden", "image_embedding"}
+    heads = {
+        "coarse_hidden", "coarse_output", "image_mlp_hidden", "image_embedding",
+        "propagation_transform",
+    }
+    assert not names & heads

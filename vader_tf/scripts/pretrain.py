@@ -43,8 +43,8 @@ FLAG_GROUPS = {
     "method": (
         "method", "queue_size", "queue_points_per_image", "temperature",
         "densecl_loss_weight", "global_loss_weight", "global_queue_size", "global_level",
-        "coarse_level", "coarse_loss_weight", "ema_momentum", "momentum_schedule", "bn_groups",
-        "shuffle_bn", "symmetric_loss",
+        "coarse_level", "coarse_loss_weight", "propagation_power", "ema_momentum",
+        "momentum_schedule", "bn_groups", "shuffle_bn", "symmetric_loss",
     ),
     "optimiser": (
         "batch_size", "train_steps", "base_learning_rate", "reference_batch_size",

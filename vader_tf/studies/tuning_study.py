@@ -49,6 +49,8 @@ VARIANTS = {
     "coarse_P4": dict(coarse_level="P4"),
     # The image-level term on the pooled decoder output (the served representation).
     "global_decoder_0.5": dict(global_loss_weight=0.5, global_level="decoder"),
+    # PixPro's pixel-propagation module on the stride-4 queries, with PixPro's gamma.
+    "propagation_2": dict(propagation_power=2.0),
     # For `start="moco"`: the MoCo backbone moves slower (or not at all) while the new
     # decoder and head train, so the decoder learns on stable features in its few steps.
     "backbone_lr_0.1": dict(backbone_learning_rate_scale=0.1),

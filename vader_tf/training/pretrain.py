@@ -181,6 +181,11 @@ class PretrainConfig:
     coarse_loss_weight: float = _method(
         0.5, "VADeR: the coarse level's share w of the dense loss (stride 4 gets 1 - w)."
     )
+    propagation_power: float | None = _method(
+        None,
+        "VADeR: PixPro's pixel-propagation module on the stride-4 queries, with this "
+        "sharpness gamma (at least 1; PixPro uses 2); default: off.",
+    )
     ema_momentum: float = _method(0.99, "Momentum of the key network's EMA.")
     momentum_schedule: str = _method(
         "constant", "'constant' or 'cosine' (momentum -> 1 by the last step)."
@@ -296,11 +301,12 @@ class PretrainConfig:
             )
         vader.check_terms(
             self.global_loss_weight, self.global_level, self.coarse_level,
-            self.coarse_loss_weight,
+            self.coarse_loss_weight, self.propagation_power,
         )
         if self.method != "vader":
             vader_only = (
-                ("global_loss_weight", 0.0), ("global_level", "P5"), ("coarse_level", None)
+                ("global_loss_weight", 0.0), ("global_level", "P5"), ("coarse_level", None),
+                ("propagation_power", None),
             )
             for name, off in vader_only:
                 if getattr(self, name) != off:

@@ -20,9 +20,18 @@ by default, and then the model, its checkpoint and its step are the plain method
   stride 4 is `g / 4` at stride 16). The dense loss is then
   `(1 - w) * stride-4 + w * coarse` with `w = coarse_loss_weight`.
 
+And one change to the stride-4 term itself, PixPro's pixel-propagation module (Xie et
+al., CVPR 2021; `propagation_power` = gamma, off by default): a query pixel at a matched
+point becomes `y = sum_j max(cos(x, x_j), 0) ** gamma * g(x_j)` over all cells `j` of its
+view's embedding map, `g` a learned linear 1x1 convolution, and `y` (re-normalised) is
+contrasted against the key pixel and the queue as before. A query is pulled towards its
+positive through the pixels that resemble it, which favours features that are smooth
+within a region (semantics) over features that single out a point. Keys are unchanged.
+
 The extra heads are not part of the exported encoder. They train the backbone only
 (the decoder and head, what is served, are trained by the stride-4 term alone), except
-an image-level term on the decoder (`global_level="decoder"`).
+an image-level term on the decoder (`global_level="decoder"`), and the propagation
+transform `g`, which sits on the embedding map and trains the decoder and head with it.
 """
 
 import math
@@ -50,7 +59,33 @@ def _sample_unit(feature_map, points):
     return tf.math.l2_normalize(sampled, axis=-1)
 
 
-def check_terms(global_loss_weight, global_level, coarse_level, coarse_loss_weight):
+def propagate(query_points, query_map, transformed_map, power):
+    """PixPro's pixel propagation at sampled points.
+
+    Args:
+        query_points: `[B, P, D]` unit query features at the matched points.
+        query_map: `[B, h, w, D]` the view's embedding map (re-normalised here).
+        transformed_map: `[B, h, w, D]` `g` applied to the embedding map.
+        power: gamma (at least 1), the sharpness of the similarity weights.
+
+    Returns:
+        `[B, P, D]` unit rows `normalize(sum_j max(cos(q, x_j), 0) ** gamma * g(x_j))`.
+    """
+
+    def flat(feature_map):  # [B, h, w, D] -> [B, h * w, D]
+        shape = tf.shape(feature_map)
+        return tf.reshape(tf.cast(feature_map, tf.float32), [shape[0], -1, shape[-1]])
+
+    cells = tf.math.l2_normalize(flat(query_map), axis=-1)
+    weights = tf.nn.relu(tf.einsum("bpd,bnd->bpn", query_points, cells)) ** power
+    return tf.math.l2_normalize(
+        tf.einsum("bpn,bnd->bpd", weights, flat(transformed_map)), axis=-1
+    )
+
+
+def check_terms(
+    global_loss_weight, global_level, coarse_level, coarse_loss_weight, propagation_power=None
+):
     """Raises `ValueError` naming the first bad setting of the optional terms (the
     `PretrainConfig` fields of the same names)."""
     if not (math.isfinite(global_loss_weight) and 0.0 <= global_loss_weight < 1.0):
@@ -65,6 +100,13 @@ def check_terms(global_loss_weight, global_level, coarse_level, coarse_loss_weig
         )
     if not (math.isfinite(coarse_loss_weight) and 0.0 <= coarse_loss_weight <= 1.0):
         raise ValueError(f"coarse_loss_weight must be in [0.0, 1.0], got {coarse_loss_weight!r}.")
+    # Below 1, the weights' gradient at a cosine of 0 is infinite.
+    if propagation_power is not None and not (
+        math.isfinite(propagation_power) and propagation_power >= 1
+    ):
+        raise ValueError(
+            f"propagation_power must be at least 1 (or unset), got {propagation_power!r}."
+        )
 
 
 def coarse_points(points, stride):
@@ -74,11 +116,19 @@ def coarse_points(points, stride):
 
 
 def vader_heads_model(
-    encoder, global_term=False, coarse_level=None, global_level="P5", name="vader_heads"
+    encoder,
+    global_term=False,
+    coarse_level=None,
+    global_level="P5",
+    propagation=False,
+    name="vader_heads",
 ):
     """Images -> `{"dense": the encoder's embedding map, "global": [B, D] unit image
     embedding of the pooled `global_level` map (if `global_term`), "coarse": [B, h, w, D]
-    map on `coarse_level` (if given; not normalised)}`, sharing `encoder`'s layers."""
+    map on `coarse_level` (if given; not normalised), "propagation": the embedding map
+    through the propagation transform `g` (if `propagation`)}`, sharing `encoder`'s
+    layers. (The key network has `g` too, unused, so that query and key weights pair up
+    for the momentum update.)"""
     outputs = {"dense": encoder.output}
     dim = encoder.embedding_dim
     if global_term:
@@ -91,6 +141,10 @@ def vader_heads_model(
             level.shape[-1], 1, activation="relu", name="coarse_hidden"
         )(level)
         outputs["coarse"] = keras.layers.Conv2D(dim, 1, name="coarse_output")(x)
+    if propagation:
+        outputs["propagation"] = keras.layers.Conv2D(dim, 1, name="propagation_transform")(
+            encoder.output
+        )
     return keras.Model(encoder.input, outputs, name=name)
 
 
@@ -111,6 +165,8 @@ class VADeR(MomentumContrast):
         coarse_level: backbone level of the coarse pixel term (one of `COARSE_LEVELS`),
             or None (no such term).
         coarse_loss_weight: w, the coarse term's share of the dense loss.
+        propagation_power: gamma of the pixel-propagation module on the stride-4 term's
+            queries (`propagate`), or None (plain queries).
         **kwargs: `MomentumContrast` arguments (queue size, temperature, momentum, ...);
             `queue_size` is the size of each pixel term's queue.
 
@@ -128,19 +184,22 @@ class VADeR(MomentumContrast):
         global_level="P5",
         coarse_level=None,
         coarse_loss_weight=0.5,
+        propagation_power=None,
         **kwargs,
     ):
-        check_terms(global_loss_weight, global_level, coarse_level, coarse_loss_weight)
+        check_terms(
+            global_loss_weight, global_level, coarse_level, coarse_loss_weight, propagation_power
+        )
         key_encoder = DenseEncoder.from_config({**encoder.get_config(), "name": "key_encoder"})
         kwargs.setdefault("name", "vader")
         self.has_global = global_loss_weight > 0
         self.coarse_level = coarse_level
+        self.propagation_power = propagation_power
         dim = encoder.embedding_dim
-        if self.has_global or coarse_level is not None:
-            query_model = vader_heads_model(encoder, self.has_global, coarse_level, global_level)
-            key_model = vader_heads_model(
-                key_encoder, self.has_global, coarse_level, global_level, name="key_vader_heads"
-            )
+        if self._has_heads:
+            heads = (self.has_global, coarse_level, global_level, propagation_power is not None)
+            query_model = vader_heads_model(encoder, *heads)
+            key_model = vader_heads_model(key_encoder, *heads, name="key_vader_heads")
             queue_size = kwargs.pop("queue_size", 65536)
             dense_weight = 1.0 - global_loss_weight
             coarse_weight = coarse_loss_weight if coarse_level is not None else 0.0
@@ -161,7 +220,9 @@ class VADeR(MomentumContrast):
 
     @property
     def _has_heads(self):
-        return self.has_global or self.coarse_level is not None
+        return (
+            self.has_global or self.coarse_level is not None or self.propagation_power is not None
+        )
 
     @classmethod
     def from_pretrain_config(cls, encoder, config, **common):
@@ -173,6 +234,7 @@ class VADeR(MomentumContrast):
             global_level=config.global_level,
             coarse_level=config.coarse_level,
             coarse_loss_weight=config.coarse_loss_weight,
+            propagation_power=config.propagation_power,
             **common,
         )
 
@@ -192,16 +254,25 @@ class VADeR(MomentumContrast):
             reduced["global"] = tf.cast(key_outputs["global"], tf.float32)
         return reduced
 
-    def _pixel_term(self, name, data, query_maps, sampled_keys, stride):
+    def _pixel_term(self, name, data, query_maps, sampled_keys, stride, propagation_maps=None):
         """The pixel InfoNCE rows of one level: query maps per view (stride `stride`),
-        key samples per view (`reduce_keys`), at the pairs' matched points."""
+        key samples per view (`reduce_keys`), at the pairs' matched points; with
+        `propagation_maps` (`g` of each view's query map) the queries are propagated."""
         points = (data["points1"], data["points2"])
         queries, positives = [], []
         for query_view, key_view in self.directions:
             view_points = points[query_view]
             if stride != grid_lib.FEATURE_STRIDE:
                 view_points = coarse_points(view_points, stride)
-            queries.append(_sample_unit(query_maps[query_view], view_points))
+            query = _sample_unit(query_maps[query_view], view_points)
+            if propagation_maps is not None:
+                query = propagate(
+                    query,
+                    query_maps[query_view],
+                    propagation_maps[query_view],
+                    self.propagation_power,
+                )
+            queries.append(query)
             positives.append(sampled_keys[key_view])
         dim = tf.shape(queries[0])[-1]
         point_valid = tf.broadcast_to(
@@ -238,6 +309,11 @@ class VADeR(MomentumContrast):
                 select_outputs(query_outputs, "dense"),
                 select_outputs(key_outputs, "dense"),
                 grid_lib.FEATURE_STRIDE,
+                propagation_maps=(
+                    None
+                    if self.propagation_power is None
+                    else select_outputs(query_outputs, "propagation")
+                ),
             )
         ]
         if self.coarse_level is not None:
