@@ -112,13 +112,15 @@ def test_learning_rate_scales_are_set_before_the_optimizer_is_built():
 def test_backbone_learning_rate_scale_scales_the_backbones_first_step_on_two_replicas(tmp_path):
     # Momentum's buffer starts at 0, so a first step is lr * (g + wd * w): with the same
     # start and batch, the backbone moves `scale` times as far as at scale 1 and the
-    # decoder and head as far; on 2 replicas, whose variables are mirrored.
+    # decoder and head as far; on 2 replicas, whose variables are mirrored. (Scale 0, a
+    # frozen backbone, is checked on one replica against the NumPy reference above: each
+    # 2-replica build and trace here costs about a minute of CI.)
     from tests.training.helpers import run_steps, small_config, synthetic_batch, two_replicas
 
     strategy = two_replicas()
     batch = synthetic_batch(4, num_points=8)
     deltas = {}
-    for scale in (1.0, 0.25, 0.0):
+    for scale in (1.0, 0.25):
         config = small_config(tmp_path, tmp_path, backbone_learning_rate_scale=scale)
         with strategy.scope():
             model = pretrain.build_model(config)
@@ -133,11 +135,9 @@ def test_backbone_learning_rate_scale_scales_the_backbones_first_step_on_two_rep
     for in_backbone in (True, False):
         full = np.concatenate([d.ravel() for b, d in deltas[1.0] if b == in_backbone])
         assert np.linalg.norm(full) > 0, parts[in_backbone]
-        for scale in (0.25, 0.0):
-            moved = np.concatenate([d.ravel() for b, d in deltas[scale] if b == in_backbone])
-            factor = scale if in_backbone else 1.0
-            np.testing.assert_allclose(moved, factor * full, rtol=1e-3, atol=1e-6)
-    assert not any(np.any(d) for b, d in deltas[0.0] if b), "a frozen backbone moved"
+        moved = np.concatenate([d.ravel() for b, d in deltas[0.25] if b == in_backbone])
+        factor = 0.25 if in_backbone else 1.0
+        np.testing.assert_allclose(moved, factor * full, rtol=1e-3, atol=1e-6)
 
 
 def test_backbone_learning_rate_scale_is_validated():
