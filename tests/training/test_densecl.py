@@ -121,7 +121,8 @@ def test_two_replicas_equal_one_replica():
     def train(strategy, bn_groups):
         with strategy.scope():
             model = build_small_model(
-                "densecl", queue_size=16, bn_groups=bn_groups, shuffle_bn=True, loss_weight=LAMBDA
+                "densecl", queue_size=16, bn_groups=bn_groups, shuffle_bn=True,
+                loss_weight=LAMBDA, tiny=True,
             )
         return model, run_steps(model, strategy, batches)
 
