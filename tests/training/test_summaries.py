@@ -122,6 +122,19 @@ def test_pca_rgb_colours_follow_the_main_component():
     assert (np.diff(red) >= 0).all() and red[0] == 0 and red[-1] == 255
 
 
+def test_pca_rgb_of_partly_non_finite_features_is_a_picture_of_the_rest():
+    # Seen in a float16 run at 32 px: the served tap overflowed in inference mode at the
+    # first checkpoint and the eigendecomposition stopped the run. The finite channel
+    # still orders the red channel; the non-finite ones count as 0.
+    ramp = np.linspace(-1, 1, 16)
+    features = np.zeros((1, 4, 4, 8), np.float32)
+    features[..., 3] = ramp.reshape(1, 4, 4)
+    features[..., 6] = np.inf
+    features[..., 7] = np.nan
+    red = np.asarray(summaries.pca_rgb(features))[..., 0].ravel().astype(int)
+    assert (np.diff(red) >= 0).all() and red[0] == 0 and red[-1] == 255
+
+
 def test_rendered_grid_is_read_back_from_the_event_files(runs):
     model_dir, _ = runs
     pictures, histograms = summaries.read_pictures(RunDir(model_dir).event_files())

@@ -53,9 +53,12 @@ def pca_rgb(features):
     to 99th percentile onto 0..255 (sign fixed so the largest loading is positive).
 
     TensorFlow ops (an eigendecomposition of the D x D covariance), so it compiles into
-    the same graph as the forward pass.
+    the same graph as the forward pass. Non-finite values (a float16 forward pass can
+    overflow in inference mode early in a run) count as 0: the picture shows the rest,
+    instead of the eigendecomposition failing and stopping the training run.
     """
     features = tf.convert_to_tensor(features, tf.float32)
+    features = tf.where(tf.math.is_finite(features), features, tf.zeros_like(features))
     shape = tf.shape(features)
     flat = tf.reshape(features, [-1, shape[-1]])
     centred = flat - tf.reduce_mean(flat, axis=0)
